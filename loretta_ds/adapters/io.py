@@ -1,0 +1,145 @@
+"""save_adapter / load_adapter: only the trainable tensors, plus what is needed to check a match.
+
+Directory layout: ``adapter_config.json`` ({"loretta": LorettaConfig, "base": model facts,
+"target_shapes": {module: [out, in]}}) and ``adapter.safetensors`` (trainable tensors, named as in
+the adapted model's ``named_parameters()``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import LorettaConfig
+from .inject import adapter_layers, inject, linear_shape, plan_injection, trainable_parameter_names
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+FORMAT_VERSION = 1
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors of an adapted model, detached, contiguous, on CPU.
+
+    Under ZeRO-3 they must be whole on this rank (persistent, or inside GatheredParameters).
+    """
+    params = dict(model.named_parameters())
+    state = {}
+    for name in trainable_parameter_names(model):
+        tensor = params[name].detach()
+        if hasattr(params[name], "ds_shape") and tuple(tensor.shape) != tuple(params[name].ds_shape):
+            raise ValueError(f"{name} is partitioned by ZeRO-3; gather it before saving the adapter")
+        state[name] = tensor.to("cpu").contiguous()
+    return state
+
+
+def _base_facts(model: nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "_name_or_path")
+    return {k: getattr(config, k) for k in keys if config is not None and hasattr(config, k)}
+
+
+def _write_atomically(directory: Path, name: str, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, directory / name)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``adapter_config.json`` and ``adapter.safetensors`` (trainable tensors only).
+
+    Each file is replaced atomically, so a crash never leaves a half-written file under its name.
+    """
+    cfg: LorettaConfig = model.loretta_config if hasattr(model, "loretta_config") else None
+    if cfg is None:
+        raise ValueError("this model has no LoRETTA adapter to save; call inject(model, cfg) first")
+    state = adapter_state_dict(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "loretta": cfg.to_dict(),
+        "base": _base_facts(model),
+        "target_shapes": {name: list(linear_shape(layer.base_layer))
+                          for name, layer in adapter_layers(model).items()},
+    }
+    _write_atomically(directory, WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    _write_atomically(directory, CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    return directory
+
+
+def read_adapter_config(directory: str | os.PathLike) -> tuple[LorettaConfig, dict]:
+    """(LorettaConfig, full metadata) of a saved adapter, with clear errors for missing/bad files."""
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not path.is_file() or not (directory / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a LoRETTA adapter: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
+            f"(written by save_adapter or a training run's OUTPUT_DIR/adapter)"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-save the adapter") from None
+    if not isinstance(meta, dict) or "loretta" not in meta:
+        raise ValueError(f"{path} has no 'loretta' section; it was not written by save_adapter")
+    return LorettaConfig.from_dict(meta["loretta"]), meta
+
+
+def _check_base_matches(model: nn.Module, cfg: LorettaConfig, meta: dict) -> None:
+    """The adapter's modules must be exactly the ones its config targets in ``model``, same shapes."""
+    injected = adapter_layers(model)
+    modules = ({name: layer.base_layer for name, layer in injected.items()} if injected
+               else {item.name: item.module for item in plan_injection(model, cfg)})
+    saved = meta.get("target_shapes", {})
+    problems = [f"{name} is missing" for name in sorted(set(saved) - set(modules))]
+    problems += [f"{name} is not in the adapter" for name in sorted(set(modules) - set(saved))]
+    problems += [f"{name} has shape {list(linear_shape(modules[name]))}, the adapter expects {shape}"
+                 for name, shape in saved.items()
+                 if name in modules and list(linear_shape(modules[name])) != list(shape)]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        trained_on = meta.get("base", {}).get("_name_or_path") or "another model"
+        raise ValueError(f"this adapter was trained on a different base model ({trained_on}): {shown}. "
+                         "Load it onto the base model it was trained on.")
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Put a saved adapter onto ``model`` (injecting it first if the model has none) and return it.
+
+    Refuses, before changing anything, a base model whose shapes differ from the adapter's, or an
+    already-adapted model whose LorettaConfig differs (the message names the differing fields).
+    """
+    cfg, meta = read_adapter_config(directory)
+    current: LorettaConfig | None = getattr(model, "loretta_config", None)
+    if current is not None and current.to_dict() != cfg.to_dict():
+        diffs = [f"{k}: model {v!r} vs adapter {cfg.to_dict()[k]!r}"
+                 for k, v in current.to_dict().items() if cfg.to_dict()[k] != v]
+        raise ValueError(f"the adapter's config does not match this model's adapter ({'; '.join(diffs)}); "
+                         "load it onto a fresh base model instead")
+    _check_base_matches(model, cfg, meta)
+    state = load_file(str(Path(directory) / WEIGHTS_NAME))
+    if current is None:
+        inject(model, cfg)
+    params = dict(model.named_parameters())
+    expected = set(trainable_parameter_names(model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    bad_shape = [n for n in expected & set(state) if tuple(state[n].shape) != tuple(params[n].shape)]
+    if missing or unexpected or bad_shape:
+        raise ValueError(f"{directory}/{WEIGHTS_NAME} does not fit its config: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, wrong shape {bad_shape[:3]}; re-save the adapter")
+    with torch.no_grad():
+        for name in expected:
+            params[name].copy_(state[name].to(params[name].dtype))
+    return model
+

@@ -1,0 +1,136 @@
+"""The two LoRETTA layers. Each wraps an existing nn.Linear (kept as ``base_layer``, never copied).
+
+LorettaRepLinear:  y = W0 x + (alpha / r) * B(A(dropout(x)))     A: d_in -> r, B: r -> d_out
+LorettaAdpLinear:  a series bottleneck adapter  h -> h + s * up(act(down(h)))  on the layer's
+                   input (position "input") or on its output (position "output").
+A, B, down and up are TT factor matrices (loretta_ds.tt).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..tt import TTFactorMatrix
+
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
+
+
+def linear_shape(layer: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a linear layer, also when ZeRO-3 has partitioned its weight.
+
+    A partitioned weight has an empty ``shape``; DeepSpeed keeps the real one in ``ds_shape``.
+    """
+    weight = layer.weight
+    shape = tuple(getattr(weight, "ds_shape", weight.shape))
+    if len(shape) != 2:
+        raise ValueError(f"expected a 2-D linear weight, got shape {shape}")
+    return int(shape[0]), int(shape[1])
+
+
+class LorettaRepLinear(nn.Module):
+    """LoRETTA_rep around ``base_layer``: a rank-r LoRA update whose two factors are TT matrices.
+
+    Shapes: x (..., in_features) -> (..., out_features). ``delta_weight()`` is the dense
+    (out_features, in_features) update, alpha / r included; forward and merge both use it.
+    """
+
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, tensor_rank: int,
+                 dropout: float = 0.0, modes_a: list[int] | None = None,
+                 modes_b: list[int] | None = None):
+        super().__init__()
+        self.out_features, self.in_features = linear_shape(base_layer)
+        self.base_layer = base_layer
+        dtype, device = base_layer.weight.dtype, base_layer.weight.device
+        self.r, self.scaling = r, alpha / r
+        self.loretta_A = TTFactorMatrix(self.in_features, r, tensor_rank, modes_a, dtype, device)
+        self.loretta_B = TTFactorMatrix(r, self.out_features, tensor_rank, modes_b, dtype, device)
+        self.loretta_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def reset_parameters(self, init: str) -> None:
+        """"reference": Gaussian cores everywhere; "zero": the same, but B is exactly zero."""
+        self.loretta_A.reset_reference_()
+        self.loretta_B.reset_reference_()
+        if init == "zero":
+            self.loretta_B.zero_last_core_()
+
+    def delta_weight(self) -> torch.Tensor:
+        """The dense update (alpha / r) * (A B)^T, shape (out_features, in_features)."""
+        return (self.loretta_A() @ self.loretta_B()).T * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.merged:
+            return result
+        a, b = self.loretta_A(), self.loretta_B()
+        # (x A) B costs tokens * r * (d_in + d_out), the same as LoRA; never form A B per token.
+        update = (self.loretta_dropout(x).to(a.dtype) @ a) @ b
+        return result + (update * self.scaling).to(result.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the update into the base weight (needs the full weight: gather it under ZeRO-3)."""
+        if not self.merged:
+            weight = self.base_layer.weight
+            weight.add_(self.delta_weight().to(weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the update again (restores the base weight up to rounding)."""
+        if self.merged:
+            weight = self.base_layer.weight
+            weight.sub_(self.delta_weight().to(weight.dtype))
+            self.merged = False
+
+
+class LorettaAdpLinear(nn.Module):
+    """LoRETTA_adp: a TT bottleneck adapter on the input or the output of ``base_layer``.
+
+    position "input":  y = base(h + s * up(act(down(h))))
+    position "output": y = z + s * up(act(down(z))),  z = base(h)
+    down (d -> bottleneck) and up (bottleneck -> d) are TT matrices with biases; d is the layer's
+    in_features for "input" and out_features for "output". Nonlinear, so never mergeable.
+    """
+
+    def __init__(self, base_layer: nn.Linear, position: str, bottleneck: int, tensor_rank: int,
+                 activation: str = "relu", scaling: float = 1.0,
+                 modes_down: list[int] | None = None, modes_up: list[int] | None = None):
+        super().__init__()
+        if position not in ("input", "output"):
+            raise ValueError(f"adapter position must be 'input' or 'output', got {position!r}")
+        self.out_features, self.in_features = linear_shape(base_layer)
+        self.base_layer, self.position = base_layer, position
+        self.features = self.in_features if position == "input" else self.out_features
+        dtype, device = base_layer.weight.dtype, base_layer.weight.device
+        self.scaling, self.activation = scaling, activation
+        self.loretta_down = TTFactorMatrix(self.features, bottleneck, tensor_rank, modes_down, dtype, device)
+        self.loretta_up = TTFactorMatrix(bottleneck, self.features, tensor_rank, modes_up, dtype, device)
+        self.loretta_down_bias = nn.Parameter(torch.zeros(bottleneck, dtype=dtype, device=device))
+        self.loretta_up_bias = nn.Parameter(torch.zeros(self.features, dtype=dtype, device=device))
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str) -> None:
+        """"reference": Gaussian cores, biases U(-1/sqrt(fan_out), 1/sqrt(fan_out)) as the reference;
+        "zero": the same, but up's last core and up's bias are zero, so the adapter outputs 0."""
+        self.loretta_down.reset_reference_()
+        self.loretta_up.reset_reference_()
+        for bias in (self.loretta_down_bias, self.loretta_up_bias):
+            bound = bias.numel() ** -0.5
+            bias.copy_(torch.empty(bias.shape, dtype=torch.float32).uniform_(-bound, bound))
+        if init == "zero":
+            self.loretta_up.zero_last_core_()
+            self.loretta_up_bias.zero_()
+
+    def adapter(self, h: torch.Tensor) -> torch.Tensor:
+        """s * up(act(down(h))) for h (..., features)."""
+        down, up = self.loretta_down(), self.loretta_up()
+        hidden = _ACTIVATIONS[self.activation](h.to(down.dtype) @ down + self.loretta_down_bias)
+        return ((hidden @ up + self.loretta_up_bias) * self.scaling).to(h.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.position == "input":
+            return self.base_layer(x + self.adapter(x))
+        out = self.base_layer(x)
+        return out + self.adapter(out)

@@ -1,0 +1,69 @@
+"""Write a LoRETTA_rep adapter as a standard PEFT LoRA adapter.
+
+rep's update (alpha / r) * (A B)^T is a rank-r product, so it is exactly a LoRA adapter with
+lora_A.weight = A^T (r, d_in) and lora_B.weight = B^T (d_out, r) under the same alpha and r.
+Trained norm weights travel as PEFT ``modules_to_save``, so stock PEFT reproduces the model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import LorettaConfig
+from .inject import adapter_layers, trainable_parameter_names
+from .layers import LorettaRepLinear
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def peft_lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """PEFT-named LoRA tensors (and trained norm weights) of an adapted rep model."""
+    cfg: LorettaConfig | None = getattr(model, "loretta_config", None)
+    if cfg is None or cfg.method != "rep":
+        raise ValueError("PEFT LoRA export needs a LoRETTA_rep model: LoRETTA_adp is a nonlinear "
+                         "adapter with no LoRA equivalent (save it with save_adapter instead)")
+    tensors: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, layer in adapter_layers(model).items():
+            assert isinstance(layer, LorettaRepLinear)
+            tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = layer.loretta_A().T.contiguous().cpu()
+            tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = layer.loretta_B().T.contiguous().cpu()
+        params = dict(model.named_parameters())
+        for name in trainable_parameter_names(model):
+            if "loretta_" not in name:
+                tensors[_PEFT_PREFIX + name] = params[name].detach().contiguous().cpu()
+    return tensors
+
+
+def export_peft_lora(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` that
+    ``peft.PeftModel.from_pretrained(base, directory)`` loads with no loretta_ds import."""
+    tensors = peft_lora_tensors(model)
+    cfg: LorettaConfig = model.loretta_config
+    norm_modules = sorted({n.rsplit(".", 2)[-2] for n in trainable_parameter_names(model) if "loretta_" not in n})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": sorted(cfg.target_modules),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": norm_modules or None,
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return directory

@@ -1,0 +1,1 @@
+"""Subcommands of `loretta-ds` (see loretta_ds/cli.py)."""
