@@ -1,0 +1,464 @@
+#!/usr/bin/env bash
+# Shared launcher for the sbatch scripts in this folder: one trainer process per GPU via srun.
+#
+#   _launch.sh run    validate the inputs, resolve nodes / master / world size, start
+#                     `srun ... _launch.sh task ...` and handle preemption (DRY_RUN=1: print all
+#                     of it, start nothing)
+#   _launch.sh task   (inside srun, one per process) map SLURM_PROCID / SLURM_LOCALID to the
+#                     RANK / LOCAL_RANK that deepspeed.init_distributed reads, exec the trainer
+#
+# Inputs (environment; the sbatch scripts set defaults):
+#   MODEL          HF model directory (or name); a value that looks like a path must exist
+#   DATA           dataset name or path; a value that looks like a path must exist
+#   METHOD         LoRETTA method (rep | adp)
+#   OUTPUT_DIR     run directory: checkpoints, adapter/, merged/
+#   DS_CONFIG      DeepSpeed JSON (absolute, relative to the current directory, or to the checkout)
+#   GPUS_PER_NODE  processes per node (one per GPU; on CPU, one per process wanted)
+#   EXTRA_ARGS     more trainer arguments, split on whitespace
+#   MASTER_PORT    rendezvous port (default: derived from the job id)
+#   PYTHON         interpreter for the trainer (default: python3)
+#   MAX_REQUEUES   give up after this many restarts of the same job (default 50)
+#   DRY_RUN=1      print the plan and exit; outside SLURM, SLURM_JOB_NODELIST may be any
+#                  host list (gpu[01-04], node[1-2,5], a01,b02); default: this host
+#   LORETTA_HOSTLIST=auto|scontrol|python   who expands the node list (default auto:
+#                  `scontrol show hostnames` when a SLURM config is reachable, else python)
+#
+# Preemption: on SIGUSR1 or SIGTERM this script sends SIGUSR1 to the srun step (srun passes it
+# on to every task; srun itself turns a SIGTERM into SIGKILL for its tasks, hence USR1 for
+# both). The trainer finishes its step, checkpoints and exits 75. Exit 75, or any failure after
+# a signal, requeues the job (`scontrol requeue`); the next start resumes with --resume auto.
+set -euo pipefail
+
+readonly EXIT_PREEMPTED=75
+readonly EXIT_BAD_INPUT=2
+
+log() { printf '[launch] %s\n' "$*"; }
+err() { printf '[launch] ERROR: %s\n' "$*" >&2; }
+
+HELPER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+ROOT="${LORETTA_ROOT:-$(cd "$(dirname "$HELPER")/.." && pwd)}"
+PYTHON="${PYTHON:-python3}"
+
+# --- task mode: runs once per process, inside srun ------------------------------------------
+task_main() {
+    ((${#@} > 0)) || { err "task mode needs the trainer command"; exit "$EXIT_BAD_INPUT"; }
+    : "${SLURM_PROCID:?task mode runs under srun (SLURM_PROCID unset)}"
+    : "${SLURM_LOCALID:?task mode runs under srun (SLURM_LOCALID unset)}"
+    : "${WORLD_SIZE:?WORLD_SIZE not exported by _launch.sh run}"
+    if [[ -n ${SLURM_NTASKS:-} && $SLURM_NTASKS != "$WORLD_SIZE" ]]; then
+        err "srun started $SLURM_NTASKS tasks but WORLD_SIZE=$WORLD_SIZE"
+        exit "$EXIT_BAD_INPUT"
+    fi
+    export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" NODE_RANK="${SLURM_NODEID:-0}"
+    exec "$@"
+}
+
+# --- node list ------------------------------------------------------------------------------
+# SLURM clients need a config (a missing SLURM_CONF file makes them retry for a minute);
+# inside a job a configless setup also works.
+slurm_config_reachable() {
+    if [[ -n ${SLURM_CONF:-} ]]; then
+        [[ -f $SLURM_CONF ]]
+    else
+        [[ -f /etc/slurm/slurm.conf || -n ${SLURM_JOB_ID:-} ]]
+    fi
+}
+
+expand_with_python() {
+    "$PYTHON" - "$1" <<'PY'
+import re
+import sys
+
+
+def split_top(text):
+    """Split on commas that are not inside [...]."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("unbalanced ']'")
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth:
+        raise ValueError("unbalanced '['")
+    parts.append(cur)
+    return [p for p in parts if p]
+
+
+def expand_range(body):
+    out = []
+    for item in body.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+        if not m:
+            raise ValueError(f"bad range {item!r}")
+        lo, hi = m.group(1), m.group(2) or m.group(1)
+        if int(hi) < int(lo):
+            raise ValueError(f"descending range {item!r}")
+        width = len(lo)
+        out += [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    return out
+
+
+def expand(name):
+    m = re.search(r"\[([^\]]*)\]", name)
+    if not m:
+        return [name]
+    head, tail = name[: m.start()], name[m.end():]
+    return [head + n + rest for n in expand_range(m.group(1)) for rest in expand(tail)]
+
+
+try:
+    hosts = [h for part in split_top(sys.argv[1].strip()) for h in expand(part)]
+except ValueError as e:
+    sys.exit(f"cannot expand node list {sys.argv[1]!r}: {e}")
+print("\n".join(hosts))
+PY
+}
+
+# expand_nodelist LIST: sets HOSTS (one entry per host) and HOSTLIST_TOOL
+expand_nodelist() {
+    local list=$1 mode="${LORETTA_HOSTLIST:-auto}" out=""
+    HOSTS=()
+    HOSTLIST_TOOL=""
+    case "$mode" in
+        auto | scontrol | python) ;;
+        *)
+            err "LORETTA_HOSTLIST=$mode: use auto, scontrol or python"
+            return 1
+            ;;
+    esac
+    local try_scontrol=0
+    if [[ $mode == scontrol ]]; then
+        try_scontrol=1
+    elif [[ $mode == auto ]] && command -v scontrol >/dev/null && slurm_config_reachable; then
+        try_scontrol=1
+    fi
+    if ((try_scontrol)); then
+        if out="$(timeout 20 scontrol show hostnames "$list" 2>/dev/null)" && [[ -n $out ]]; then
+            HOSTLIST_TOOL=scontrol
+        elif [[ $mode == scontrol ]]; then
+            err "scontrol show hostnames '$list' failed (is SLURM_CONF set to a readable config?)"
+            return 1
+        fi
+    fi
+    if [[ -z $HOSTLIST_TOOL ]]; then
+        out="$(expand_with_python "$list")" || return 1
+        HOSTLIST_TOOL=python
+    fi
+    mapfile -t HOSTS <<<"$out"
+}
+
+# --- validation -----------------------------------------------------------------------------
+looks_like_path() {
+    case "$1" in
+        /* | ./* | ../* | "~"/* | . | ..) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+abspath() {  # abspath PATH: absolute, normalised form (the file may not exist)
+    case "$1" in
+        "~"/*) realpath -m -- "$HOME/${1#"~/"}" ;;
+        *) realpath -m -- "$1" ;;
+    esac
+}
+
+quote_cmd() {  # quote_cmd WORD...: one line that a shell reads back as the same words
+    local out
+    printf -v out '%q ' "$@"
+    printf '%s' "${out% }"
+}
+
+# batch_check CONFIG WORLD NODES PER_NODE: train_batch_size vs. micro batch x accumulation x
+# world size, for the values that are numbers ("auto" is filled in by the trainer).
+batch_check() {
+    "$PYTHON" - "$@" <<'PY'
+import json
+import sys
+
+path, world, nodes, per_node = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+try:
+    with open(path) as f:
+        cfg = json.load(f)
+except json.JSONDecodeError as e:
+    print(f"DS_CONFIG={path} is not valid JSON ({e}). Fix the file, or point DS_CONFIG at "
+          "one of ds_configs/*.json.")
+    sys.exit(1)
+if not isinstance(cfg, dict):
+    print(f"DS_CONFIG={path} is not a JSON object; it is not a DeepSpeed config.")
+    sys.exit(1)
+
+
+def number(key):
+    v = cfg.get(key)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+tbs = number("train_batch_size")
+mb = number("train_micro_batch_size_per_gpu")
+ga = number("gradient_accumulation_steps")
+procs = f"{world} processes ({nodes} nodes x GPUS_PER_NODE={per_node})"
+fix = ("Fix: submit with fewer nodes (sbatch --nodes=N) or set GPUS_PER_NODE so that "
+       "nodes x GPUS_PER_NODE = {need}; or set train_batch_size to {want} (or \"auto\") "
+       f"in {path}.")
+problem = None
+if tbs is not None and mb is not None and ga is not None:
+    per_step = mb * ga
+    if tbs != per_step * world:
+        if tbs % per_step == 0:
+            need = tbs // per_step
+            what = "more processes than" if world > need else "fewer processes than"
+            problem = (f"{what} the DeepSpeed batch allows: train_batch_size={tbs} / "
+                       f"(train_micro_batch_size_per_gpu={mb} x gradient_accumulation_steps={ga})"
+                       f" = {need} processes, but the job starts {procs}. "
+                       + fix.format(need=need, want=per_step * world))
+        else:
+            problem = (f"train_batch_size={tbs} is not a multiple of "
+                       f"train_micro_batch_size_per_gpu={mb} x gradient_accumulation_steps={ga}"
+                       f" = {per_step}; with {procs} it must be {per_step * world}. "
+                       f"Set train_batch_size to {per_step * world} (or \"auto\") in {path}.")
+elif tbs is not None and (mb is not None or ga is not None):
+    known, name = (mb, "train_micro_batch_size_per_gpu") if mb else (ga, "gradient_accumulation_steps")
+    if tbs % (known * world):
+        need = tbs // known
+        problem = (f"train_batch_size={tbs} cannot be split over {procs} with {name}={known}: "
+                   f"{tbs} / ({known} x {world}) is not a whole number"
+                   + (f"; at most {need} processes fit" if world > need else "") + ". "
+                   + fix.format(need=need, want=known * world))
+elif tbs is not None:
+    if tbs % world:
+        problem = (f"train_batch_size={tbs} is not divisible by the {procs}"
+                   + (f"; more processes than the batch allows" if world > tbs else "") + ". "
+                   + fix.format(need=tbs, want=world))
+if problem:
+    print(problem)
+    sys.exit(1)
+parts = [f"{k}={cfg.get(k, '-')}" for k in
+         ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")]
+print(" ".join(parts) + f" for world size {world}: ok")
+PY
+}
+
+# --- run mode -------------------------------------------------------------------------------
+SRUN_PID=""
+SIGNALS_SEEN=0
+SIGNAL_NAME=""
+
+on_signal() {
+    SIGNALS_SEEN=$((SIGNALS_SEEN + 1))
+    SIGNAL_NAME=$1
+    if [[ -n $SRUN_PID ]] && kill -0 "$SRUN_PID" 2>/dev/null; then
+        log "got SIG$1: asking the trainer to checkpoint and stop (SIGUSR1 to srun $SRUN_PID)"
+        kill -USR1 "$SRUN_PID" 2>/dev/null || true
+    else
+        log "got SIG$1 before the trainer started"
+    fi
+}
+
+requeue_and_exit() {
+    log "requeueing job $SLURM_JOB_ID; the next start resumes with --resume auto"
+    if scontrol requeue "$SLURM_JOB_ID"; then
+        log "requeued"
+        exit 0
+    fi
+    err "scontrol requeue $SLURM_JOB_ID failed; resubmit the same script by hand:" \
+        "it resumes from $OUTPUT_DIR"
+    exit "$EXIT_PREEMPTED"
+}
+
+run_main() {
+    local dry_run=0
+    [[ ${DRY_RUN:-0} =~ ^(1|yes|true)$ ]] && dry_run=1
+    local errors=()
+
+    : "${METHOD:=rep}"
+    : "${GPUS_PER_NODE:=${SLURM_NTASKS_PER_NODE:-8}}"
+    : "${EXTRA_ARGS:=}"
+    [[ -n ${MODEL:-} ]] || errors+=("MODEL is not set. Set MODEL to a HF model directory, e.g. MODEL=/models/Llama-2-7b-hf sbatch ...")
+    [[ -n ${DATA:-} ]] || errors+=("DATA is not set. Set DATA to a dataset name or file.")
+    [[ -n ${OUTPUT_DIR:-} ]] || errors+=("OUTPUT_DIR is not set. Set OUTPUT_DIR to a directory on a shared file system.")
+    [[ -n ${DS_CONFIG:-} ]] || errors+=("DS_CONFIG is not set. Set DS_CONFIG to a DeepSpeed JSON such as ds_configs/zero3_offload.json.")
+    if ! [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]]; then
+        errors+=("GPUS_PER_NODE='$GPUS_PER_NODE' is not a positive whole number. Set it to the GPUs per node (one process each).")
+    fi
+
+    if [[ -n ${MODEL:-} ]] && looks_like_path "$MODEL"; then
+        MODEL="$(abspath "$MODEL")"
+        [[ -e $MODEL ]] || errors+=("MODEL=$MODEL does not exist. Set MODEL to a local HF checkpoint directory (config.json + weights) that every node can read.")
+    fi
+    if [[ -n ${DATA:-} ]] && looks_like_path "$DATA"; then
+        DATA="$(abspath "$DATA")"
+        [[ -e $DATA ]] || errors+=("DATA=$DATA does not exist. Set DATA to an existing dataset file or directory, or to a dataset name.")
+    fi
+    [[ -n ${OUTPUT_DIR:-} ]] && OUTPUT_DIR="$(abspath "$OUTPUT_DIR")"
+
+    if [[ -n ${DS_CONFIG:-} ]]; then
+        if [[ -f $DS_CONFIG ]]; then
+            DS_CONFIG="$(abspath "$DS_CONFIG")"
+        elif [[ $DS_CONFIG != /* && -f $ROOT/$DS_CONFIG ]]; then
+            DS_CONFIG="$ROOT/$DS_CONFIG"
+        else
+            local known
+            known="$(cd "$ROOT" && find ds_configs -maxdepth 1 -name '*.json' 2>/dev/null | sort | tr '\n' ' ')"
+            errors+=("DS_CONFIG=$DS_CONFIG not found (looked in $PWD and $ROOT). Set DS_CONFIG to an existing DeepSpeed JSON${known:+; available: ${known% }}.")
+            DS_CONFIG=""
+        fi
+    fi
+
+    # Node list: the allocation's, or in a dry run any list given (default: this host).
+    local nodelist="${SLURM_JOB_NODELIST:-}"
+    if [[ -z $nodelist ]]; then
+        if ((dry_run)); then
+            # The sbatch scripts say how many nodes they ask for: invent that many names.
+            local want="${LORETTA_DRY_RUN_NODES:-1}"
+            if [[ $want =~ ^[0-9]+$ ]] && ((want > 1)); then
+                nodelist="node[1-$want]"
+            else
+                nodelist="$(hostname -s)"
+            fi
+        else
+            errors+=("not inside a SLURM allocation (SLURM_JOB_NODELIST unset). Submit with sbatch, or set DRY_RUN=1 to print the plan.")
+        fi
+    fi
+    HOSTS=()
+    if [[ -n $nodelist ]] && ! expand_nodelist "$nodelist"; then
+        errors+=("cannot expand the node list '$nodelist'.")
+    fi
+    local nodes=${#HOSTS[@]}
+    if [[ -n ${SLURM_JOB_NUM_NODES:-} && $nodes -gt 0 && $SLURM_JOB_NUM_NODES != "$nodes" ]]; then
+        errors+=("the node list '$nodelist' has $nodes hosts but SLURM_JOB_NUM_NODES=$SLURM_JOB_NUM_NODES.")
+    fi
+    if [[ -n ${SLURM_NTASKS_PER_NODE:-} && $SLURM_NTASKS_PER_NODE =~ ^[0-9]+$ \
+        && $GPUS_PER_NODE =~ ^[0-9]+$ && $GPUS_PER_NODE -gt $SLURM_NTASKS_PER_NODE ]]; then
+        errors+=("GPUS_PER_NODE=$GPUS_PER_NODE but the job has only --ntasks-per-node=$SLURM_NTASKS_PER_NODE. Submit with --ntasks-per-node=$GPUS_PER_NODE (and --gpus-per-node) or lower GPUS_PER_NODE.")
+    fi
+
+    local world=0 batch_msg=""
+    if ((nodes > 0)) && [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]]; then
+        world=$((nodes * GPUS_PER_NODE))
+        if [[ -n ${DS_CONFIG:-} ]]; then
+            if ! batch_msg="$(batch_check "$DS_CONFIG" "$world" "$nodes" "$GPUS_PER_NODE")"; then
+                errors+=("$batch_msg")
+                batch_msg=""
+            fi
+        fi
+    fi
+
+    local trainer="$ROOT/launch/train.py"
+    if ((!dry_run)) && [[ ! -f $trainer ]]; then
+        errors+=("trainer $trainer not found. Set LORETTA_ROOT to the loretta_ds checkout (submit from its root).")
+    fi
+    if ((!dry_run)) && [[ -n ${SLURM_RESTART_COUNT:-} ]] \
+        && ((SLURM_RESTART_COUNT > ${MAX_REQUEUES:-50})); then
+        errors+=("job restarted $SLURM_RESTART_COUNT times (MAX_REQUEUES=${MAX_REQUEUES:-50}); giving up. Check $OUTPUT_DIR and the log above, then resubmit.")
+    fi
+
+    if ((${#errors[@]} > 0)); then
+        local e
+        for e in "${errors[@]}"; do err "$e"; done
+        err "nothing was started (${#errors[@]} problem(s) above)"
+        exit "$EXIT_BAD_INPUT"
+    fi
+
+    local master_addr=${HOSTS[0]}
+    local master_port=${MASTER_PORT:-}
+    if [[ -z $master_port ]]; then
+        if [[ -n ${SLURM_JOB_ID:-} ]]; then
+            master_port=$((20000 + SLURM_JOB_ID % 20000))
+        else
+            master_port=29500
+        fi
+    fi
+
+    local extra=()
+    read -r -a extra <<<"$EXTRA_ARGS"
+    local cmd=("$PYTHON" "$trainer" --ds_config "$DS_CONFIG" --model "$MODEL" --dataset "$DATA"
+        --method "$METHOD" --output_dir "$OUTPUT_DIR" --resume auto "${extra[@]}")
+    local srun_cmd=(srun --nodes="$nodes" --ntasks="$world" --ntasks-per-node="$GPUS_PER_NODE"
+        --distribution=block --kill-on-bad-exit=0 --export=ALL)
+    [[ -n ${SLURM_CPUS_PER_TASK:-} ]] && srun_cmd+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+    srun_cmd+=(bash "$HELPER" task "${cmd[@]}")
+
+    export MASTER_ADDR="$master_addr" MASTER_PORT="$master_port" WORLD_SIZE="$world"
+    export LOCAL_WORLD_SIZE="$GPUS_PER_NODE"
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
+
+    ((dry_run)) && log "DRY_RUN=1: printing the plan, starting nothing"
+    log "job: ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0}"
+    log "node list: $nodelist -> ${HOSTS[*]} ($nodes node(s), expanded with $HOSTLIST_TOOL)"
+    log "master: MASTER_ADDR=$master_addr MASTER_PORT=$master_port"
+    log "world size: WORLD_SIZE=$world ($nodes node(s) x GPUS_PER_NODE=$GPUS_PER_NODE)"
+    log "batch: $batch_msg"
+    log "srun: $(quote_cmd "${srun_cmd[@]}")"
+
+    if ((dry_run)); then
+        local n r local_rank
+        for ((n = 0; n < nodes; n++)); do
+            log "node ${HOSTS[n]} (node rank $n): cd $(quote_cmd "$PWD") && $(quote_cmd "${cmd[@]}")"
+            for ((local_rank = 0; local_rank < GPUS_PER_NODE; local_rank++)); do
+                r=$((n * GPUS_PER_NODE + local_rank))
+                log "  rank $r on ${HOSTS[n]}: RANK=$r LOCAL_RANK=$local_rank WORLD_SIZE=$world MASTER_ADDR=$master_addr MASTER_PORT=$master_port"
+            done
+        done
+        exit 0
+    fi
+
+    mkdir -p "$OUTPUT_DIR"
+    trap 'on_signal USR1' USR1
+    trap 'on_signal TERM' TERM
+    if ((SIGNALS_SEEN > 0)); then
+        requeue_and_exit
+    fi
+
+    "${srun_cmd[@]}" &
+    SRUN_PID=$!
+    # A signal that arrived between the trap and here has not reached the trainer yet.
+    ((SIGNALS_SEEN > 0)) && on_signal "$SIGNAL_NAME"
+
+    local rc seen
+    while :; do
+        seen=$SIGNALS_SEEN
+        set +e
+        wait "$SRUN_PID"
+        rc=$?
+        set -e
+        # A trapped signal interrupts `wait` (status > 128) while srun runs on: wait again.
+        ((SIGNALS_SEEN != seen && rc > 128)) && continue
+        break
+    done
+    SRUN_PID=""
+
+    if ((rc == 0)); then
+        log "trainer finished (exit 0); adapter and merged export in $OUTPUT_DIR"
+        exit 0
+    fi
+    if ((rc == EXIT_PREEMPTED)); then
+        log "trainer exited $EXIT_PREEMPTED (preempted, checkpoint written)"
+        requeue_and_exit
+    fi
+    if ((SIGNALS_SEEN > 0)); then
+        log "trainer exited $rc after SIG$SIGNAL_NAME; resuming from its last checkpoint"
+        requeue_and_exit
+    fi
+    err "trainer failed with exit code $rc; see the log above. Not requeued."
+    exit "$rc"
+}
+
+case "${1:-}" in
+    run) run_main ;;
+    task)
+        shift
+        task_main "$@"
+        ;;
+    *)
+        printf 'usage: %s run | task CMD...\n' "$0" >&2
+        exit "$EXIT_BAD_INPUT"
+        ;;
+esac
