@@ -1,0 +1,134 @@
+"""Canonical records -> token ids and loss labels (-100 on <s> and prompt tokens), cut to seq_len.
+
+The prompt and prompt+completion are tokenized jointly and the answer is what follows their
+common prefix: that is how the model sees the text at inference, and no tokenizer-specific
+assumption about leading spaces is needed. (If a tokenizer merges across the boundary, the one
+merged token counts as answer.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+
+from .formats import FORMAT_SPECS
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TruncationStats:
+    """How many examples were longer than seq_len.
+
+    examples: examples seen; truncated: longer than seq_len (cut); dropped: left with no answer
+    token after cutting (removed: they would train nothing); longest: longest example in tokens
+    before cutting.
+    """
+
+    examples: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    longest: int = 0
+    seq_len: int = 0
+
+    def __str__(self) -> str:
+        text = (f"{self.truncated} of {self.examples} examples exceeded seq_len={self.seq_len} "
+                f"and were truncated (longest: {self.longest} tokens)")
+        if self.dropped:
+            text += f"; {self.dropped} had no answer token left and were dropped"
+        return text
+
+
+def special_ids(tokenizer) -> tuple[int | None, int | None]:
+    """(bos, eos) ids of a tokenizer; either may be None."""
+    return tokenizer.bos_token_id, tokenizer.eos_token_id
+
+
+def pad_id_of(tokenizer) -> int:
+    """The id used for padding: pad, else eos (LLaMA-2 has no pad), else 0. Padded positions are
+    masked out of attention and loss, so any valid id works."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def build_example(prompt_ids: list[int], full_ids: list[int], bos: int | None, eos: int | None,
+                  append_eos: bool, seq_len: int, truncation_side: str
+                  ) -> tuple[list[int], list[int], bool]:
+    """Assemble one example from tokenized prompt and prompt+completion.
+
+    Returns (input_ids, labels, truncated), both lists of length <= seq_len. labels equal
+    input_ids on answer tokens and IGNORE_INDEX elsewhere (HF causal LMs shift them inside).
+    truncation_side "left" keeps the answer and drops the oldest prompt tokens (after <s>);
+    "right" cuts the end. The answer may come back empty after a right cut.
+    """
+    split = _common_prefix(prompt_ids, full_ids)
+    head = [bos] if bos is not None else []
+    prompt_part, answer = full_ids[:split], full_ids[split:]
+    if append_eos and eos is not None:
+        answer = answer + [eos]
+    total = len(head) + len(prompt_part) + len(answer)
+    truncated = total > seq_len
+    if truncated:
+        room = seq_len - len(head)
+        if truncation_side == "left" and len(answer) < room:
+            prompt_part = prompt_part[len(prompt_part) - (room - len(answer)):]
+        else:
+            prompt_part = prompt_part[:room]
+            answer = answer[:room - len(prompt_part)]
+    input_ids = head + prompt_part + answer
+    labels = [IGNORE_INDEX] * (len(head) + len(prompt_part)) + answer
+    return input_ids, labels, truncated
+
+
+def encode_pairs(tokenizer, prompts: list[str], completions: list[str]
+                 ) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of the prompts and of prompt+completion, without special tokens (batched)."""
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer([p + c for p, c in zip(prompts, completions)],
+                         add_special_tokens=False)["input_ids"]
+    return prompt_ids, full_ids
+
+
+def tokenize_dataset(dataset: datasets.Dataset, tokenizer, seq_len: int
+                     ) -> tuple[datasets.Dataset, TruncationStats]:
+    """Tokenize canonical records (prompt, completion, format columns).
+
+    Returns (dataset with input_ids, labels and length columns, one example per record except
+    dropped ones; lengths <= seq_len, TruncationStats). Each record's format decides </s> and
+    the truncation side (formats.FORMAT_SPECS).
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2 (one prompt and one answer token), got {seq_len}")
+    bos, eos = special_ids(tokenizer)
+    stats = TruncationStats(seq_len=seq_len)
+    columns = {"input_ids": [], "labels": [], "length": []}
+    chunk = 2048  # bounds the memory of one batched tokenizer call
+    for start in range(0, len(dataset), chunk):
+        rows = dataset[start:start + chunk]
+        prompt_ids, full_ids = encode_pairs(tokenizer, rows["prompt"], rows["completion"])
+        for p_ids, f_ids, fmt in zip(prompt_ids, full_ids, rows["format"]):
+            spec = FORMAT_SPECS[fmt]
+            stats.examples += 1
+            stats.longest = max(stats.longest, len(f_ids) + (bos is not None)
+                                + (spec.append_eos and eos is not None))
+            input_ids, labels, truncated = build_example(
+                p_ids, f_ids, bos, eos, spec.append_eos, seq_len, spec.truncation_side)
+            stats.truncated += truncated
+            if all(label == IGNORE_INDEX for label in labels):
+                stats.dropped += 1
+                continue
+            columns["input_ids"].append(input_ids)
+            columns["labels"].append(labels)
+            columns["length"].append(len(input_ids))
+    return datasets.Dataset.from_dict(columns), stats
