@@ -1,7 +1,8 @@
 """`loretta-ds` command line: one subcommand per module in loretta_ds.commands.
 
-Each command module offers ``add_arguments(parser)`` (cheap imports only, so ``--help`` and fast
-commands stay fast) and ``run(args) -> int``. Errors a user can cause (ValueError,
+Each command module offers ``add_arguments(parser)`` (cheap imports only) and ``run(args) -> int``;
+only the module of the command being run is imported, so one command's heavy or broken imports
+never slow down or break another. Errors a user can cause (ValueError,
 FileNotFoundError) print one message and exit 2; ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
@@ -13,24 +14,37 @@ import sys
 
 # name -> (module under loretta_ds.commands, one-line help)
 COMMANDS = {
+    "train": ("train", "fine-tune with LoRETTA (or a LoRA baseline) under DeepSpeed; the run behind launch/train.py"),
     "count": ("count", "trainable and total parameters of a LoRETTA model (meta device, no weights)"),
+    "export": ("export", "merged HF checkpoint, PEFT LoRA or LoRETTA adapter from a run (streams, no GPU)"),
+    "bench": ("bench", "time / memory / size of LoRETTA vs LoRA, adapters, the reference and a frozen floor"),
+    "estimate": ("estimate", "per-GPU and host memory plan of a LoRETTA run under ZeRO-3 (meta device)"),
 }
 
 USER_ERRORS = (ValueError, FileNotFoundError)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loretta-ds", description=__doc__.splitlines()[0])
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``selected``, only that command gets its arguments (and import)."""
+    parser = argparse.ArgumentParser(
+        prog="loretta-ds", description="LoRETTA tensor-train fine-tuning of LLaMA-2 under DeepSpeed ZeRO-3")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(f"loretta_ds.commands.{module_name}")
         command = sub.add_parser(name, help=help_text, description=help_text)
+        if selected not in (None, name):
+            continue
+        module = importlib.import_module(f"loretta_ds.commands.{module_name}")
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show tracebacks for errors")
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser
+
+
+def _selected_command(argv: list[str]) -> str | None:
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in COMMANDS else None
 
 
 def report_user_error(err: BaseException) -> None:
@@ -40,7 +54,8 @@ def report_user_error(err: BaseException) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_selected_command(argv)).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except USER_ERRORS as err:

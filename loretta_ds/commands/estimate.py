@@ -1,0 +1,83 @@
+"""`loretta-ds estimate`: per-GPU and per-node memory of a LoRETTA run under ZeRO-3, beside DeepSpeed's estimate."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .count import _parse_bool, add_loretta_arguments, loretta_config_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="llama2-7b | llama2-13b | llama2-70b | an HF config.json or model dir")
+    add_loretta_arguments(parser)
+    run = parser.add_argument_group("hardware and DeepSpeed")
+    run.add_argument("--nodes", type=int, default=1)
+    run.add_argument("--gpus_per_node", type=int, default=8)
+    run.add_argument("--offload", default="none", help="none | optimizer | param+optimizer")
+    run.add_argument("--bf16", type=_parse_bool, nargs="?", const=True, default=True,
+                     help="bf16 weights and activations (default true; --bf16 false for fp32)")
+    run.add_argument("--micro_batch_size", type=int, default=1, help="sequences per GPU per step")
+    run.add_argument("--seq_len", type=int, default=4096)
+    run.add_argument("--gradient_checkpointing", action="store_true", help="one checkpoint per decoder layer")
+    run.add_argument("--param_persistence_threshold", type=int, default=100_000,
+                     help="DeepSpeed stage3_param_persistence_threshold")
+    run.add_argument("--json", action="store_true", help="print the estimate as JSON")
+
+
+def _gib(n: int) -> str:
+    """Bytes in the largest unit that keeps the number >= 1 (the small adapter figures stay readable)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:10.2f} {unit}"
+    return f"{n:10d} B  "
+
+
+def format_estimate(e) -> str:
+    s, ds = e.setup, e.deepspeed
+    gpu_optimizer = e.optimizer_bytes if s.offload == "none" else 0
+    gpu_partition = 0 if s.offload == "param+optimizer" else e.frozen_partition_bytes + e.trainable_partition_bytes
+    act = e.activation_terms
+    lines = [
+        f"{e.model}: LoRETTA_{e.method}, {s.nodes} node(s) x {s.gpus_per_node} GPU(s) = {s.world_size}, "
+        f"ZeRO-3, offload {s.offload}, {'bf16' if s.bf16 else 'fp32'}, micro batch {s.micro_batch_size} x "
+        f"seq {s.seq_len}, gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}",
+        f"  parameters: {e.total_params:,} total, {e.trainable_params:,} trainable "
+        f"({100 * e.trainable_params / e.total_params:.4f}%), {e.persistent_params:,} persistent (<= threshold)",
+        "",
+        "  per GPU                          LoRETTA",
+        f"    frozen weights (partition)  {_gib(gpu_partition)}",
+        f"    persistent (adapter, norms) {_gib(e.persistent_bytes)}",
+        f"    gathered weights (working)  {_gib(e.gathered_bytes)}",
+        f"    gradients                   {_gib(e.gradient_bytes)}",
+        f"    optimizer state             {_gib(gpu_optimizer)}",
+        f"    model states                {_gib(e.gpu_model_state_bytes)}    DeepSpeed all-trainable: {_gib(ds.gpu_bytes)}",
+        f"    activations                 {_gib(e.activation_bytes)}    "
+        f"({act['bytes_per_token'] / 2**20:.2f} MiB/token x {act['tokens']} tokens)",
+        f"    total                       {_gib(e.gpu_total_bytes)}",
+        "",
+        f"  host per node (offload)       {_gib(e.host_bytes_per_node)}    DeepSpeed all-trainable: "
+        f"{_gib(ds.host_bytes_per_node)}",
+        f"  adapter file                  {_gib(e.adapter_file_bytes)}    full model weights:      "
+        f"{_gib(e.total_params * s.compute_bytes)}",
+        f"  training checkpoint (+Adam)   {_gib(e.training_checkpoint_bytes)}    all-trainable:           "
+        f"{_gib(e.full_training_checkpoint_bytes)}",
+        "",
+        "  DeepSpeed's estimator (estimate_zero3_model_states_mem_needs) counts every parameter as trainable "
+        f"(largest layer {ds.largest_layer_params:,} params, buffer factor 1.5) and leaves out activations.",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..estimate import Setup, estimate_memory
+    from ..models import load_model_config
+
+    setup = Setup(nodes=args.nodes, gpus_per_node=args.gpus_per_node, offload=args.offload, bf16=args.bf16,
+                  micro_batch_size=args.micro_batch_size, seq_len=args.seq_len,
+                  gradient_checkpointing=args.gradient_checkpointing,
+                  param_persistence_threshold=args.param_persistence_threshold)
+    cfg = loretta_config_from_args(args)
+    estimate = estimate_memory(load_model_config(args.model), cfg, setup, model_name=args.model)
+    print(json.dumps(estimate.to_dict(), indent=2) if args.json else format_estimate(estimate))
+    return 0

@@ -1,0 +1,296 @@
+"""DeepSpeed JSON configs: read, fill the "auto" values from the run, validate. Pure functions.
+
+A config may leave the values that belong to the run as "auto" (batch sizes, lr, warmup, total
+steps, clipping, bf16, ZeRO-3 bucket sizes and persistence thresholds); ``resolve_ds_config``
+fills them from a ``RunFacts`` and rejects what DeepSpeed would only reject later, after the model
+has loaded (or would silently misread): bad JSON, no optimizer, an unknown ZeRO stage, batch sizes
+that do not fit the world size, numbers that contradict the run's flags.
+
+Nothing here imports deepspeed or torch, so every rule is testable without processes.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+AUTO = "auto"
+SUPPORTED_STAGES = (1, 2, 3)
+OFFLOAD_DEVICES = ("cpu", "nvme", "none")
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the run knows before any model loads; the source of every "auto" value.
+
+    micro_batch_size / grad_accum: None when the flag was not given (the config's number, else
+    the default, is then used). max_trainable_numel / total_trainable_numel: the largest trainable
+    tensor and the sum of all of them (from a meta-device model), for ZeRO-3 persistence.
+    """
+
+    world_size: int
+    lr: float | None
+    warmup_steps: int
+    total_steps: int
+    grad_clip: float
+    bf16: bool
+    hidden_size: int
+    max_trainable_numel: int
+    total_trainable_numel: int
+    micro_batch_size: int | None = None
+    grad_accum: int | None = None
+    cuda_available: bool = False
+    default_global_batch: int = 16
+    default_lr: float = 1e-2
+
+
+def load_ds_config(path: str | Path) -> dict:
+    """The JSON object in ``path``; FileNotFoundError / ValueError (with line and column) otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config {path} does not exist; pass --ds_config with one of "
+                                "ds_configs/zero3_offload.json, zero3.json, zero2.json or your own file")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"DeepSpeed config {path} is not valid JSON: {err.msg} at line {err.lineno}, "
+                         f"column {err.colno}; fix the file (ds_configs/ has working examples)") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"DeepSpeed config {path} must hold a JSON object, not {type(config).__name__}")
+    return config
+
+
+def zero_stage(config: dict) -> int:
+    """The ZeRO stage of ``config``; a clear error for a missing section or an unknown stage."""
+    zero = config.get("zero_optimization")
+    if not isinstance(zero, dict):
+        raise ValueError("the DeepSpeed config has no 'zero_optimization' section; add one with "
+                         f"\"stage\": one of {SUPPORTED_STAGES} (see ds_configs/)")
+    stage = zero.get("stage")
+    if isinstance(stage, bool) or stage not in SUPPORTED_STAGES:
+        hint = (" (stage 0, plain data parallelism, keeps a full optimizer per rank: use zero2.json)"
+                if stage == 0 else "")
+        raise ValueError(f"unknown ZeRO stage {stage!r} in the DeepSpeed config; use one of "
+                         f"{SUPPORTED_STAGES}{hint}")
+    return int(stage)
+
+
+def is_zero3(config: dict) -> bool:
+    return zero_stage(config) == 3
+
+
+def offloads_optimizer(config: dict) -> bool:
+    device = (config.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
+    return device in ("cpu", "nvme")
+
+
+def _number(value, name: str) -> int | None:
+    """None for "auto" or absent; the integer otherwise; an error for anything else."""
+    if value is None or value == AUTO:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise ValueError(f"{name} in the DeepSpeed config must be a positive integer or \"auto\", got {value!r}")
+    return int(value)
+
+
+def resolve_batch(config: dict, facts: RunFacts) -> tuple[int, int, int]:
+    """(micro batch per rank, gradient accumulation, global batch), consistent with the world size.
+
+    A flag and a number in the config must agree (a silent override would train with a batch
+    the config's author did not choose); "auto" defers to the flag, else to the default.
+    """
+    world = facts.world_size
+    cfg_micro = _number(config.get("train_micro_batch_size_per_gpu"), "train_micro_batch_size_per_gpu")
+    cfg_accum = _number(config.get("gradient_accumulation_steps"), "gradient_accumulation_steps")
+    cfg_global = _number(config.get("train_batch_size"), "train_batch_size")
+    for flag, flag_value, key, cfg_value in (("--micro_batch_size", facts.micro_batch_size,
+                                              "train_micro_batch_size_per_gpu", cfg_micro),
+                                             ("--grad_accum", facts.grad_accum,
+                                              "gradient_accumulation_steps", cfg_accum)):
+        if flag_value is not None and cfg_value is not None and flag_value != cfg_value:
+            raise ValueError(f"{flag} {flag_value} contradicts {key}={cfg_value} in the DeepSpeed config; "
+                             f"set {key} to \"auto\" or drop the flag")
+    micro = facts.micro_batch_size or cfg_micro
+    accum = facts.grad_accum or cfg_accum
+    if cfg_global is not None:
+        # Derive the missing factor from the global batch, as DeepSpeed would.
+        if micro is None and accum is None:
+            accum = 1
+        if micro is None:
+            micro = cfg_global // (accum * world)
+        elif accum is None:
+            accum = cfg_global // (micro * world)
+        if micro < 1 or accum < 1 or micro * accum * world != cfg_global:
+            raise ValueError(
+                f"train_batch_size={cfg_global} in the DeepSpeed config does not divide into "
+                f"{world} process(es) x micro batch {micro} x gradient accumulation {accum}; set "
+                f"train_batch_size to \"auto\" or to a multiple of the world size that fits")
+    if micro is None:
+        # Nothing chose a batch: keep the default global batch whatever the process count, so
+        # the same command gives the same training on 1 or N processes (when N divides it).
+        accum = accum or 1
+        fits = facts.default_global_batch % (world * accum) == 0
+        micro = facts.default_global_batch // (world * accum) if fits else max(1, facts.default_global_batch // world)
+    accum = accum or 1
+    return micro, accum, micro * accum * world
+
+
+def _fill(section: dict, key: str, value, path: str, flag_value=None, flag: str | None = None) -> None:
+    """Replace an "auto" (or absent) entry; a number that contradicts a given flag is an error."""
+    current = section.get(key, AUTO)
+    if current == AUTO:
+        section[key] = value
+    elif flag is not None and flag_value is not None and current != flag_value:
+        raise ValueError(f"{flag} {flag_value} contradicts {path}={current!r} in the DeepSpeed config; "
+                         f"set it to \"auto\" or drop the flag")
+
+
+def _fill_optimizer(config: dict, facts: RunFacts) -> float:
+    optimizer = config.get("optimizer")
+    if not isinstance(optimizer, dict) or not optimizer.get("type"):
+        raise ValueError("the DeepSpeed config has no 'optimizer' section: the trainer builds its optimizer "
+                         "from it (over the trainable parameters only). Add e.g. "
+                         "{\"type\": \"AdamW\", \"params\": {\"lr\": \"auto\"}}")
+    params = optimizer.setdefault("params", {})
+    if not isinstance(params, dict):
+        raise ValueError("optimizer.params in the DeepSpeed config must be an object")
+    _fill(params, "lr", facts.lr if facts.lr is not None else facts.default_lr, "optimizer.params.lr",
+          facts.lr, "--lr")
+    for key, value in (("betas", [0.9, 0.999]), ("eps", 1e-8), ("weight_decay", 0.0)):
+        _fill(params, key, value, f"optimizer.params.{key}")
+    lr = params["lr"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"optimizer.params.lr must be a positive number or \"auto\", got {lr!r}")
+    # DeepSpeed's fused Adam needs CUDA; without it (and without the CPU Adam of an optimizer
+    # offload) torch's AdamW does the same update.
+    if (optimizer["type"].lower() in ("adam", "adamw") and not facts.cuda_available
+            and not offloads_optimizer(config)):
+        params.setdefault("torch_adam", True)
+    return float(lr)
+
+
+def _fill_scheduler(config: dict, facts: RunFacts, lr: float) -> None:
+    scheduler = config.get("scheduler")
+    if scheduler is None:
+        return
+    if not isinstance(scheduler, dict) or not scheduler.get("type"):
+        raise ValueError("'scheduler' in the DeepSpeed config needs a 'type' (e.g. WarmupCosineLR)")
+    params = scheduler.setdefault("params", {})
+    kind = scheduler["type"]
+    # DeepSpeed's warmup schedules need at least 2 warmup steps.
+    warmup = max(2, facts.warmup_steps)
+    known = {
+        "WarmupCosineLR": {"warmup_num_steps": warmup, "total_num_steps": facts.total_steps},
+        "WarmupDecayLR": {"warmup_num_steps": warmup, "total_num_steps": facts.total_steps,
+                          "warmup_max_lr": lr, "warmup_min_lr": 0.0},
+        "WarmupLR": {"warmup_num_steps": warmup, "warmup_max_lr": lr, "warmup_min_lr": 0.0},
+    }
+    for key, value in known.get(kind, {}).items():
+        _fill(params, key, value, f"scheduler.params.{key}")
+
+
+def _fill_precision(config: dict, facts: RunFacts, stage: int) -> None:
+    bf16 = config.setdefault("bf16", {})
+    _fill(bf16, "enabled", facts.bf16, "bf16.enabled", facts.bf16 if facts.bf16 else None, "--bf16")
+    if bf16["enabled"] and stage in (1, 2):
+        # ZeRO-1/2 in bf16 skips a step with non-finite gradients only when asked to; the trainer
+        # counts such steps as bad steps (ZeRO-3 always checks).
+        bf16.setdefault("check_grad_overflow", True)
+    fp16 = config.get("fp16")
+    if isinstance(fp16, dict) and fp16.get("enabled") == AUTO:
+        fp16["enabled"] = False
+    if isinstance(fp16, dict) and fp16.get("enabled") is True and not facts.cuda_available:
+        raise ValueError("the DeepSpeed config enables fp16, which needs CUDA (no GPU is visible here); set "
+                         "fp16.enabled to false (or \"auto\") in the config, or train in --bf16")
+    if bf16["enabled"] and isinstance(fp16, dict) and fp16.get("enabled") is True:
+        raise ValueError("the DeepSpeed config enables both bf16 and fp16; keep one")
+
+
+def _fill_zero(config: dict, facts: RunFacts, stage: int) -> list[str]:
+    """ZeRO buckets from the hidden size; ZeRO-3 persistence so every trainable tensor stays whole."""
+    zero = config["zero_optimization"]
+    notes: list[str] = []
+    for key in ("offload_param", "offload_optimizer"):
+        offload = zero.get(key)
+        if offload is not None:
+            device = offload.get("device", "none") if isinstance(offload, dict) else offload
+            if device not in OFFLOAD_DEVICES:
+                raise ValueError(f"zero_optimization.{key}.device must be one of {OFFLOAD_DEVICES}, got {device!r}")
+    if stage != 3 and (zero.get("offload_param") or {}).get("device", "none") != "none":
+        raise ValueError("zero_optimization.offload_param needs ZeRO stage 3 (only stage 3 partitions "
+                         "parameters); use ds_configs/zero3_offload.json or remove offload_param")
+    hidden = facts.hidden_size
+    _fill(zero, "reduce_bucket_size", hidden * hidden, "zero_optimization.reduce_bucket_size")
+    if stage == 3:
+        _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * hidden * hidden),
+              "zero_optimization.stage3_prefetch_bucket_size")
+        # Trainable tensors (TT cores, norms) must never be partitioned: each step would gather
+        # thousands of tiny tensors, and rank 0 writes them whole into checkpoints. DeepSpeed keeps
+        # a parameter whole when its numel is at most this threshold (and the model-wide budget
+        # allows); frozen base weights are far larger and stay partitioned.
+        need = facts.max_trainable_numel
+        _fill(zero, "stage3_param_persistence_threshold", need, "zero_optimization.stage3_param_persistence_threshold")
+        threshold = _number(zero["stage3_param_persistence_threshold"], "stage3_param_persistence_threshold")
+        if threshold < need:
+            zero["stage3_param_persistence_threshold"] = need
+            notes.append(f"stage3_param_persistence_threshold raised from {threshold} to {need} (the largest "
+                         "trainable tensor) so that every trainable tensor stays whole on each rank")
+        budget = zero.get("stage3_model_persistence_threshold", AUTO)
+        if budget == AUTO:
+            zero["stage3_model_persistence_threshold"] = max(facts.total_trainable_numel, 10 ** 6)
+        elif _number(budget, "stage3_model_persistence_threshold") < facts.total_trainable_numel:
+            zero["stage3_model_persistence_threshold"] = facts.total_trainable_numel
+            notes.append(f"stage3_model_persistence_threshold raised from {budget} to "
+                         f"{facts.total_trainable_numel} (all trainable parameters)")
+    return notes
+
+
+def _find_auto(value, path: str = "") -> list[str]:
+    if value == AUTO:
+        return [path or "<root>"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _find_auto(v, f"{path}.{k}" if path else k)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _find_auto(v, f"{path}[{i}]")]
+    return []
+
+
+def resolve_ds_config(config: dict, facts: RunFacts) -> tuple[dict, list[str]]:
+    """A copy of ``config`` with every "auto" filled from ``facts``, validated; plus notes to log.
+
+    Raises ValueError for what would fail (or silently misbehave) later: unknown ZeRO stage, no
+    optimizer, batch sizes that do not fit the world size, numbers contradicting flags, "auto"
+    in a place the trainer cannot fill.
+    """
+    if facts.world_size < 1:
+        raise ValueError(f"world size must be >= 1, got {facts.world_size}")
+    config = copy.deepcopy(config)
+    stage = zero_stage(config)
+    micro, accum, global_batch = resolve_batch(config, facts)
+    config["train_micro_batch_size_per_gpu"] = micro
+    config["gradient_accumulation_steps"] = accum
+    config["train_batch_size"] = global_batch
+    lr = _fill_optimizer(config, facts)
+    _fill_scheduler(config, facts, lr)
+    _fill(config, "gradient_clipping", facts.grad_clip, "gradient_clipping")
+    clip = config["gradient_clipping"]
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0 or math.isnan(clip):
+        raise ValueError(f"gradient_clipping must be a number >= 0 or \"auto\", got {clip!r}")
+    _fill_precision(config, facts, stage)
+    notes = _fill_zero(config, facts, stage)
+    # The trainer prints its own progress; DeepSpeed's every-N-steps lines would interleave with it.
+    config.setdefault("steps_per_print", 10 ** 9)
+    config.setdefault("wall_clock_breakdown", False)
+    left = _find_auto(config)
+    if left:
+        raise ValueError(f"the DeepSpeed config has \"auto\" at {', '.join(left)}, which the trainer does not "
+                         "fill; put a value there")
+    return config, notes
+
+
+def batch_summary(config: dict) -> str:
+    return (f"global batch {config['train_batch_size']} = micro batch "
+            f"{config['train_micro_batch_size_per_gpu']} x grad accum "
+            f"{config['gradient_accumulation_steps']} x {config['train_batch_size'] // (config['train_micro_batch_size_per_gpu'] * config['gradient_accumulation_steps'])} process(es)")

@@ -1,0 +1,257 @@
+"""Process group, ZeRO-3-aware model loading context, deepspeed.initialize and the parameter report.
+
+Under ZeRO-3 the DeepSpeed config is registered with transformers (HfDeepSpeedConfig) before
+``from_pretrained``, so each rank materializes only its partition of every base weight; LoRETTA
+is injected into that partitioned model, and ``deepspeed.initialize`` builds the optimizer over the
+trainable parameters alone. The trainable tensors (TT cores, norms) are small and kept whole on
+every rank (ZeRO-3 "persistent"); the report below proves it and counts the rest.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def single_process_environment() -> None:
+    """``python launch/train.py`` without a launcher: a world of one on this host."""
+    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+
+
+def world_from_environment() -> tuple[int, int, int]:
+    """(rank, local rank, world size) as the launcher (deepspeed, srun helper, or none) set them."""
+    single_process_environment()
+    return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def share_cpu_threads() -> int:
+    """Without OMP_NUM_THREADS, give each local rank its share of this machine's cores.
+
+    torch would otherwise start one thread per core in every rank: N ranks on N cores then run
+    N * N threads that preempt each other (and the launcher sets the variable only when binding
+    cores). Returns the thread count in use.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // max(1, local)))
+    return torch.get_num_threads()
+
+
+def init_distributed(timeout_s: int) -> None:
+    """Join the process group; every collective fails after ``timeout_s`` seconds instead of
+    waiting forever for a rank that died (gloo on CPU, nccl on GPUs)."""
+    import deepspeed
+
+    share_cpu_threads()
+    if cuda_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    deepspeed.init_distributed(dist_backend="nccl" if cuda_available() else "gloo",
+                               auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s),
+                               verbose=False)
+
+
+def quiet_deepspeed(verbose: bool) -> None:
+    """DeepSpeed logs every init detail and per-step warnings on every rank; the trainer reports
+    what matters itself (skipped steps included). ``verbose`` keeps DeepSpeed's INFO log."""
+    import logging
+
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether ``err`` comes from a collective whose peers are gone or silent (not a bug here)."""
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    text = str(err)
+    return any(sign in text for sign in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset",
+                                         "Broken pipe", "Timed out", "timed out", "Socket Timeout"))
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device() -> torch.device:
+    if cuda_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is true on at least one rank (a collective: every rank must call it)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def flags_on_any_rank(*flags: bool) -> list[bool]:
+    """``any_rank`` for several flags in one collective."""
+    value = torch.tensor([1.0 if f else 0.0 for f in flags], device=device())
+    if dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return [bool(v > 0) for v in value.tolist()]
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device())
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class Zero3LoadContext:
+    """Keeps transformers' HfDeepSpeedConfig alive for the whole run when ZeRO-3 is on.
+
+    transformers holds it by weak reference: while this object lives, ``from_pretrained`` creates
+    every weight inside ``deepspeed.zero.Init`` (each rank allocates and loads its partition only)
+    and the rest of transformers knows that weights are partitioned. Without ZeRO-3 it does nothing.
+    """
+
+    def __init__(self, ds_config: dict, zero3: bool):
+        self._hf_config = None
+        if zero3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_config = HfDeepSpeedConfig(ds_config)
+
+    @property
+    def active(self) -> bool:
+        return self._hf_config is not None
+
+
+def gathered(params: list[torch.nn.Parameter], zero3: bool, modifier_rank: int | None = None):
+    """Context in which ZeRO-3 parameters are whole on every rank (entered by every rank)."""
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank, enabled=zero3)
+
+
+def initialize(model: torch.nn.Module, ds_config: dict):
+    """deepspeed.initialize over the trainable parameters only: frozen weights never get an
+    optimizer state or a gradient buffer. Returns the engine."""
+    import deepspeed
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters; check --target_modules and --train_norms")
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+    return engine
+
+
+def fp32_master_partitions(engine) -> list[torch.Tensor]:
+    """This rank's flat fp32 master partitions: the tensors the optimizer updates and keys its
+    state by (ZeRO-3 swaps them into its param groups only during a step; ZeRO-1/2 keep one per
+    group there; without ZeRO the parameters themselves)."""
+    zero = engine.optimizer
+    for attribute in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups"):
+        partitions = getattr(zero, attribute, None)
+        if partitions:
+            return list(partitions)
+    basic = getattr(zero, "optimizer", zero)
+    return [p for group in basic.param_groups for p in group["params"]]
+
+
+def is_zero3_param(param: torch.Tensor) -> bool:
+    return hasattr(param, "ds_id")
+
+
+def full_numel(param: torch.Tensor) -> int:
+    return int(getattr(param, "ds_numel", param.numel()))
+
+
+def make_trainable_whole(model: torch.nn.Module) -> None:
+    """Fetch the persistent trainable parameters now, as ZeRO-3 would at the first forward.
+
+    Persistent parameters are never released once fetched, so from here on each rank holds every
+    trainable tensor whole: checks, a step-0 checkpoint and save_adapter can read them directly.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad and is_zero3_param(p)]
+    if trainable:
+        trainable[0].all_gather(param_list=trainable)
+
+
+def regather_persistent(model: torch.nn.Module) -> None:
+    """Make ZeRO-3's persistent parameters whole again where something released them.
+
+    A ZeRO-3 step releases every parameter, persistent ones included, and gathers the persistent
+    ones back at its end; when it skips the update (non-finite gradients) it returns before that,
+    and the next forward finds them released, which breaks DeepSpeed's prefetch trace. A
+    collective: call it on every rank (all ranks skip the same steps).
+    """
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    released = [p for p in model.parameters()
+                if getattr(p, "ds_persist", False) and p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+    if released:
+        released[0].all_gather(param_list=released)
+
+
+def settle_parameters(engine, model: torch.nn.Module) -> None:
+    """Wait for ZeRO-3 prefetches still in flight and release everything, then make the
+    persistent (trainable) parameters whole again: a clean state for gathering frozen weights
+    one by one and for saving. A collective."""
+    if any(is_zero3_param(p) for p in model.parameters()):
+        engine.empty_partition_cache()
+        regather_persistent(model)
+
+
+def parameter_report(model: torch.nn.Module) -> dict:
+    """How every parameter is held on this rank: partitioned (ZeRO-3 slices) or persistent/whole,
+    trainable or frozen; counts, element numbers and local bytes. Also checks that every trainable
+    tensor is whole here (``trainable_all_whole``)."""
+    report = {name: {"tensors": 0, "numel": 0, "local_bytes": 0}
+              for name in ("partitioned", "persistent", "trainable", "frozen")}
+    not_whole: list[str] = []
+    for name, param in model.named_parameters():
+        numel = full_numel(param)
+        if is_zero3_param(param) and not getattr(param, "ds_persist", False):
+            kind, local = "partitioned", param.ds_tensor.numel() * param.ds_tensor.element_size()
+        else:
+            kind, local = "persistent", numel * param.element_size()
+        owner = "trainable" if param.requires_grad else "frozen"
+        for key in (kind, owner):
+            report[key]["tensors"] += 1
+            report[key]["numel"] += numel
+            report[key]["local_bytes"] += local
+        if param.requires_grad and (kind == "partitioned" or tuple(param.shape) != tuple(getattr(param, "ds_shape", param.shape))):
+            not_whole.append(name)
+    frozen_partitioned = sum(1 for _, p in model.named_parameters()
+                             if not p.requires_grad and is_zero3_param(p) and not getattr(p, "ds_persist", False))
+    report["frozen_partitioned_tensors"] = frozen_partitioned
+    report["trainable_not_whole"] = not_whole[:20]
+    report["trainable_all_whole"] = not not_whole
+    return report
+
+
+def describe_report(report: dict) -> str:
+    def part(key: str) -> str:
+        return f"{report[key]['tensors']} tensors / {report[key]['numel']:,} params"
+
+    return (f"parameters: partitioned {part('partitioned')}; persistent (whole on every rank) "
+            f"{part('persistent')}; trainable {part('trainable')}; frozen {part('frozen')}")

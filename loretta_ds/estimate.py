@@ -1,0 +1,291 @@
+"""Memory planning for a LoRETTA run under DeepSpeed ZeRO-3, from a meta-device model (no weights).
+
+Per GPU (world size W = nodes x gpus_per_node, c = 2 bytes in bf16, 4 in fp32):
+
+* frozen partition   every frozen parameter above ZeRO-3's persistence threshold (stage3_param_
+                     persistence_threshold, 1e5 elements by default) is split W ways: numel * c / W
+                     (a trainable parameter that large, rare for LoRETTA, is split the same way).
+* persistent weights parameters at or below the threshold stay whole on every GPU: all LoRETTA cores
+                     and biases and every norm weight (numel * c each).
+* gathered weights   ZeRO-3 all-gathers a module's partitioned weights before using it and prefetches
+                     ahead: (largest module + stage3_prefetch_bucket_size (5e7)) * c, at most the
+                     partitioned total.
+* gradients          trainable * c / W (reduce-scattered partitions).
+* optimizer state    trainable * (4 master + 4 Adam m + 4 Adam v) / W in bf16 (no master in fp32:
+                     8 / W); only trainable parameters have any.
+* activations        see ``activation_bytes`` below; per GPU, for micro_batch_size x seq_len tokens.
+
+Offload "optimizer" moves the optimizer state to host memory; "param+optimizer" also moves the
+frozen partition there (the GPU keeps persistent and gathered weights). Host memory per node is
+what the node's GPUs offload together. Model states (weights + gradients + optimizer) are the part
+DeepSpeed's own estimator covers; it assumes every parameter trains (18 bytes per parameter / W on
+GPU without offload); ``deepspeed_zero3_estimate`` reproduces its formula for comparison.
+
+Activations, saved for backward per token per decoder layer (HF LLaMA, sdpa/flash attention:
+no seq x seq score matrix is kept), with h hidden, i intermediate, kv = kv_heads x head_dim:
+
+    2 RMSNorms     2 x (4h [fp32 input the norm squares] + c*h [normalized, if the norm weight trains])
+    attention      c * (2h + 2kv)  [q and k after RoPE, v, attention output] + 4 * heads [logsumexp]
+    MLP            3c * i          [gate, silu(gate), up]
+    adapters       the input of each adapted module if the adapter keeps it (rep: x for x A; adp on
+                   an input: h for h D; adp on an output: the module output), counted once when
+                   several adapters read the same tensor (q, k, v read one norm output; gate and up
+                   the other), plus c*r (rep) or c*b (adp) per adapter for the bottleneck.
+    head           final norm as above, plus (4 + c) * V for the logits and their fp32 log-softmax,
+                   doubled for their gradients in backward (2 (4 + c) V).
+    per adapter    the dense factor matrices (d_in r + r d_out, or 2 d b) * c, once (not per token).
+
+With gradient checkpointing (one checkpoint per decoder layer) only each layer's input c*h is kept,
+plus one layer's full activations while it is recomputed in backward, plus the head.
+Temporary buffers (communication buckets, pinned staging, allocator fragmentation, kernels'
+workspace) are not modelled: keep some headroom.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from .adapters import LorettaAdpLinear, LorettaConfig, LorettaRepLinear, adapter_layers, inject
+
+OFFLOADS = ("none", "optimizer", "param+optimizer")
+DEFAULT_PERSISTENCE_THRESHOLD = 100_000   # DeepSpeed's stage3_param_persistence_threshold default
+DEFAULT_PREFETCH_BUCKET = 50_000_000      # DeepSpeed's stage3_prefetch_bucket_size default
+
+# Which tensor each LLaMA projection reads: projections reading the same tensor share its saved copy.
+_SHARED_INPUT = {"q_proj": "attn_norm", "k_proj": "attn_norm", "v_proj": "attn_norm",
+                 "gate_proj": "mlp_norm", "up_proj": "mlp_norm"}
+_LAYER_PREFIX = re.compile(r"^(.*\.layers\.\d+)\.")
+
+
+@dataclass
+class Setup:
+    """The hardware and DeepSpeed settings a plan is for."""
+
+    nodes: int = 1
+    gpus_per_node: int = 1
+    offload: str = "none"
+    bf16: bool = True
+    micro_batch_size: int = 1
+    seq_len: int = 4096
+    gradient_checkpointing: bool = False
+    param_persistence_threshold: int = DEFAULT_PERSISTENCE_THRESHOLD
+    prefetch_bucket_size: int = DEFAULT_PREFETCH_BUCKET
+
+    def __post_init__(self) -> None:
+        if self.offload not in OFFLOADS:
+            raise ValueError(f"offload must be one of {', '.join(OFFLOADS)}, got {self.offload!r}")
+        for name in ("nodes", "gpus_per_node", "micro_batch_size", "seq_len"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def compute_bytes(self) -> int:
+        return 2 if self.bf16 else 4
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch_size * self.seq_len
+
+
+@dataclass
+class DeepSpeedEstimate:
+    """What DeepSpeed's ZeRO-3 estimator says when every parameter trains (its only assumption)."""
+
+    total_params: int
+    largest_layer_params: int
+    gpu_bytes: int             # per GPU, model states only
+    host_bytes_per_node: int
+
+
+@dataclass
+class MemoryEstimate:
+    """A memory plan; byte figures are per GPU unless the name says per node or file."""
+
+    model: str
+    method: str
+    setup: Setup
+    total_params: int
+    trainable_params: int
+    frozen_params: int
+    persistent_params: int
+    largest_module_params: int
+    frozen_partition_bytes: int
+    trainable_partition_bytes: int
+    persistent_bytes: int
+    gathered_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+    activation_terms: dict = field(default_factory=dict)
+    host_bytes_per_node: int = 0
+    adapter_file_bytes: int = 0
+    training_checkpoint_bytes: int = 0
+    deepspeed: DeepSpeedEstimate | None = None
+
+    @property
+    def gpu_weight_bytes(self) -> int:
+        """Weights resident on one GPU: its partition (unless offloaded), persistent, gathered."""
+        partition = self.frozen_partition_bytes + self.trainable_partition_bytes
+        on_gpu_partition = 0 if self.setup.offload == "param+optimizer" else partition
+        return on_gpu_partition + self.persistent_bytes + self.gathered_bytes
+
+    @property
+    def gpu_model_state_bytes(self) -> int:
+        """Weights + gradients + optimizer state on one GPU (what DeepSpeed's estimator covers)."""
+        optimizer = 0 if self.setup.offload != "none" else self.optimizer_bytes
+        return self.gpu_weight_bytes + self.gradient_bytes + optimizer
+
+    @property
+    def gpu_total_bytes(self) -> int:
+        return self.gpu_model_state_bytes + self.activation_bytes
+
+    @property
+    def full_training_checkpoint_bytes(self) -> int:
+        """The same checkpoint if every parameter trained (weights + fp32 master + Adam m, v)."""
+        return self.total_params * self.training_checkpoint_bytes // max(self.trainable_params, 1)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(gpu_weight_bytes=self.gpu_weight_bytes, gpu_model_state_bytes=self.gpu_model_state_bytes,
+                    gpu_total_bytes=self.gpu_total_bytes, world_size=self.setup.world_size)
+        return data
+
+
+def deepspeed_zero3_estimate(total_params: int, largest_layer_params: int, setup: Setup,
+                             additional_buffer_factor: float = 1.5) -> DeepSpeedEstimate:
+    """DeepSpeed's ``estimate_zero3_model_states_mem_needs`` (zero_init=True), re-stated here so this
+    module needs no DeepSpeed import; tests compare it with DeepSpeed's own function."""
+    gpus, nodes = setup.gpus_per_node, setup.nodes
+    largest_layer_memory = 4 * largest_layer_params
+    if setup.offload == "param+optimizer":
+        gpu = largest_layer_memory
+        host = total_params * 18 / nodes * additional_buffer_factor
+    elif setup.offload == "optimizer":
+        gpu = largest_layer_memory + int(2 * total_params / (gpus * nodes))
+        host = total_params * 16 / nodes * additional_buffer_factor
+    else:
+        gpu = largest_layer_memory + int(18 * total_params / (gpus * nodes))
+        host = largest_layer_params * 4 * gpus * additional_buffer_factor
+    return DeepSpeedEstimate(total_params, largest_layer_params, int(gpu), int(host))
+
+
+def _largest_module_params(model: nn.Module) -> int:
+    """Largest parameter count held directly by one module (DeepSpeed's "largest layer")."""
+    return max((sum(int(p.numel()) for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
+
+
+def _model_dims(config) -> dict:
+    hidden = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    return {"hidden": hidden, "intermediate": int(getattr(config, "intermediate_size", None) or 4 * hidden),
+            "layers": int(config.num_hidden_layers), "heads": heads, "kv": kv_heads * head_dim,
+            "vocab": int(config.vocab_size)}
+
+
+def _adapter_activations(model: nn.Module, c: int, dims: dict) -> tuple[dict[str, int], int]:
+    """Per-token bytes the adapters keep, per decoder layer prefix; and their per-step constant."""
+    per_layer: dict[str, int] = {}
+    constant = 0
+    seen_inputs: set[tuple[str, str]] = set()
+    for name, layer in adapter_layers(model).items():
+        match = _LAYER_PREFIX.match(name)
+        prefix = match.group(1) if match else ""
+        leaf = name.rsplit(".", 1)[-1]
+        extra = 0
+        if isinstance(layer, LorettaRepLinear) or (isinstance(layer, LorettaAdpLinear) and layer.position == "input"):
+            source = (prefix, _SHARED_INPUT.get(leaf, leaf))
+            if source not in seen_inputs:
+                seen_inputs.add(source)
+                extra += c * layer.in_features
+        else:  # adapter on the module's output keeps that output
+            extra += c * layer.out_features
+        if isinstance(layer, LorettaRepLinear):
+            extra += c * layer.r
+            constant += c * layer.r * (layer.in_features + layer.out_features)
+        else:
+            bottleneck = layer.loretta_down_bias.numel()
+            extra += c * bottleneck
+            constant += 2 * c * bottleneck * layer.features
+        per_layer[prefix] = per_layer.get(prefix, 0) + extra
+    return per_layer, constant
+
+
+def activation_terms(model: nn.Module, config, cfg: LorettaConfig, setup: Setup) -> dict:
+    """The activation formula's terms (bytes per token unless named otherwise) and its total."""
+    c, d = setup.compute_bytes, _model_dims(config)
+    h, i, kv, heads, vocab, layers = d["hidden"], d["intermediate"], d["kv"], d["heads"], d["vocab"], d["layers"]
+    norm = 4 * h + (c * h if cfg.train_norms else 0)
+    base_layer = 2 * norm + c * (2 * h + 2 * kv) + 4 * heads + 3 * c * i
+    adapters, constant = _adapter_activations(model, c, d)
+    adapter_max = max(adapters.values(), default=0)
+    adapter_sum = sum(adapters.values())
+    head = norm + 2 * (4 + c) * vocab
+    tokens = setup.tokens
+    if setup.gradient_checkpointing:
+        per_token = layers * c * h + base_layer + adapter_max + head
+    else:
+        per_token = layers * base_layer + adapter_sum + head
+    return {"bytes_per_token_per_layer": base_layer, "adapter_bytes_per_token": adapter_sum,
+            "head_bytes_per_token": head, "adapter_constant_bytes": constant,
+            "bytes_per_token": per_token, "tokens": tokens,
+            "total_bytes": per_token * tokens + constant}
+
+
+def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, model_name: str = "",
+                    **setup_overrides) -> MemoryEstimate:
+    """Plan the memory of a LoRETTA run of ``config`` (an HF model config) under ZeRO-3.
+
+    ``setup`` (or keyword overrides of its fields) gives nodes, GPUs, offload, precision, batch and
+    sequence length. Builds the adapted model on the meta device: seconds even for 70B.
+    """
+    from .models import meta_model
+
+    setup = setup or Setup(**setup_overrides)
+    c, world = setup.compute_bytes, setup.world_size
+    base = meta_model(config)
+    ds = deepspeed_zero3_estimate(sum(int(p.numel()) for p in base.parameters()),
+                                  _largest_module_params(base), setup)
+    model = inject(base, cfg)
+
+    total = trainable = persistent = partitioned_frozen = partitioned_trainable = 0
+    for param in model.parameters():
+        n = int(param.numel())
+        total += n
+        trainable += n if param.requires_grad else 0
+        if n <= setup.param_persistence_threshold:
+            persistent += n
+        elif param.requires_grad:
+            partitioned_trainable += n
+        else:
+            partitioned_frozen += n
+    optimizer_per_param = 12 if setup.bf16 else 8
+    largest = _largest_module_params(model)
+    frozen_partition = partitioned_frozen * c // world
+    trainable_partition = partitioned_trainable * c // world
+    gathered = min(largest + setup.prefetch_bucket_size, partitioned_frozen + partitioned_trainable) * c
+    optimizer = trainable * optimizer_per_param // world
+    terms = activation_terms(model, config, cfg, setup)
+
+    host_per_gpu = optimizer if setup.offload != "none" else 0
+    if setup.offload == "param+optimizer":
+        host_per_gpu += frozen_partition + trainable_partition
+    return MemoryEstimate(
+        model=model_name or str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "")),
+        method=cfg.method, setup=setup, total_params=total, trainable_params=trainable,
+        frozen_params=total - trainable, persistent_params=persistent, largest_module_params=largest,
+        frozen_partition_bytes=frozen_partition, trainable_partition_bytes=trainable_partition,
+        persistent_bytes=persistent * c, gathered_bytes=gathered,
+        gradient_bytes=trainable * c // world, optimizer_bytes=optimizer,
+        activation_bytes=terms["total_bytes"], activation_terms=terms,
+        host_bytes_per_node=host_per_gpu * setup.gpus_per_node,
+        adapter_file_bytes=trainable * c, training_checkpoint_bytes=trainable * (c + optimizer_per_param),
+        deepspeed=ds,
+    )

@@ -1,0 +1,168 @@
+"""What a run reports: metrics.jsonl, TensorBoard (when installed), the progress bar, the loss plot.
+
+Only rank 0 creates any of these; the other ranks get inert objects, so the training loop calls
+the same methods everywhere without asking who it is.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+
+def memory_stats() -> dict:
+    """Host RSS of this process, and the CUDA allocator's peak when a GPU is in use (MiB)."""
+    stats = {}
+    try:
+        import psutil
+
+        stats["rss_mb"] = round(psutil.Process(os.getpid()).memory_info().rss / 2 ** 20, 1)
+    except ImportError:
+        import resource
+
+        stats["rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if torch.cuda.is_available():
+        stats["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    return stats
+
+
+class MetricsLog:
+    """Appends one JSON record per line to OUTPUT_DIR/metrics.jsonl (and TensorBoard).
+
+    On resume the records after the checkpoint's step are dropped first: the interrupted run may
+    have logged steps that the resumed run repeats, and each step must appear once.
+    """
+
+    def __init__(self, output_dir: Path, enabled: bool, resume_step: int = 0):
+        self.enabled = enabled
+        self.path = Path(output_dir) / METRICS_FILE
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=resume_step + 1)
+        except ImportError:  # tensorboard is optional
+            self._tb = None
+
+    @property
+    def tensorboard(self) -> bool:
+        return self._tb is not None
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            prefix = "eval" if record.get("kind") == "eval" else "train"
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    return records
+
+
+class Progress:
+    """tqdm bar on rank 0 with loss, lr, tokens/s; tqdm itself shows the ETA."""
+
+    def __init__(self, enabled: bool, total: int, initial: int):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                             mininterval=1.0)
+
+    def update(self, loss: float, lr: float, tokens_per_s: float) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            self._bar.update(1)
+
+    def write(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class StepTimer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed
+
+
+def plot_losses(output_dir: Path) -> Path | None:
+    """OUTPUT_DIR/loss.png: train and eval loss over steps, eval accuracy on a second axis."""
+    records = read_metrics(Path(output_dir) / METRICS_FILE)
+    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and _finite(r.get("loss"))]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1.0)
+    eval_loss = [(r["step"], r["loss"]) for r in evals if _finite(r.get("loss"))]
+    if eval_loss:
+        ax.plot(*zip(*eval_loss), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    handles, labels = ax.get_legend_handles_labels()
+    accuracy = [(r["step"], r["accuracy"]) for r in evals if _finite(r.get("accuracy"))]
+    if accuracy:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*accuracy), "s--", color="tab:green", label="eval accuracy")
+        ax2.set_ylabel("accuracy")
+        ax2.set_ylim(0, 1.05)
+        more_handles, more_labels = ax2.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, loc="upper right")
+    ax.set_title("training run")
+    fig.tight_layout()
+    path = Path(output_dir) / PLOT_FILE
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,254 @@
+"""A training run's plan: every check a user can fail and every value the run resolves, before
+any model weight loads and before anything is written.
+
+``build_plan`` reads the DeepSpeed config, the model's config (never its weights), a meta-device
+copy of the model with the adapter (for target names and tensor sizes), the tokenizer and the
+data; it fills the config's "auto" values and fixes the number of steps. ``choose_resume`` then
+checks the output directory against the run and picks the checkpoint to continue from.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .adapters import inject, trainable_parameter_names
+from .adapters.config import LorettaConfig
+from .distributed import checkpoint as ckpt
+from .distributed.ds_config import RunFacts, is_zero3, load_ds_config, resolve_ds_config, zero_stage
+from .run_config import BUILTIN_MODEL, DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_LR, TrainConfig, identity
+
+RUN_CONFIG_FILE = "run_config.json"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class Plan:
+    """Everything resolved before the model loads; the training stages only read it."""
+
+    model_path: str  # local directory or hub id, as loaded
+    model_config: object
+    tokenizer: object
+    data: object  # loretta_ds.data.prepare.PreparedData
+    ds_config: dict  # every "auto" filled
+    zero3: bool
+    micro_batch_size: int
+    grad_accum: int
+    global_batch: int
+    total_steps: int
+    warmup_steps: int
+    lr: float
+    attn: str
+    dtype: torch.dtype
+    targets: list[str]
+    trainable_shapes: dict[str, tuple[int, ...]]
+    world_size: int
+    resume_from: ckpt.CheckpointInfo | None = None
+    resume_state: dict | None = None
+    notes: list[str] = field(default_factory=list)  # adjustments made to the ds_config
+
+
+def resolve_attention(choice: str) -> str:
+    """auto: flash_attention_2 when flash-attn imports and a CUDA device is present, else sdpa."""
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    has_cuda = torch.cuda.is_available()
+    if choice == "auto":
+        return "flash_attention_2" if has_flash and has_cuda else "sdpa"
+    if choice == "flash_attention_2" and not has_flash:
+        raise ValueError("--attn flash_attention_2 needs the flash-attn package, which is not installed: "
+                         "pip install flash-attn (CUDA only), or use --attn sdpa")
+    if choice == "flash_attention_2" and not has_cuda:
+        raise ValueError("--attn flash_attention_2 needs a CUDA device, and none is visible; use --attn sdpa")
+    return choice
+
+
+def resolve_model(name: str) -> tuple[str, object]:
+    """(path or hub id to load, its HF config) for --model; builds the built-in model on first use."""
+    from transformers import AutoConfig
+
+    if name == BUILTIN_MODEL:
+        from .tiny_llama import ensure_tiny_llama
+
+        name = str(ensure_tiny_llama())
+    elif Path(name).expanduser().exists():
+        path = Path(name).expanduser().resolve()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {path} has no config.json; pass a Hugging Face model "
+                                    "directory (config.json, weights, tokenizer)")
+        name = str(path)
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except OSError as err:
+        raise FileNotFoundError(f"model {name!r} is neither a local model directory nor a hub model available "
+                                f"here ({str(err).splitlines()[0]}); pass a directory with config.json, "
+                                f"or omit --model for the built-in {BUILTIN_MODEL}") from None
+    return name, config
+
+
+def lora_targets(cfg: TrainConfig) -> list[str]:
+    """The LoRA baseline adapts the modules LoRETTA_rep would (same presets, same default)."""
+    return LorettaConfig(method="rep", target_modules=cfg.target_modules).target_modules
+
+
+def attach_adapter(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.nn.Module, list[str]]:
+    """(adapted model, its trainable parameter names): LoRETTA injected in place, or PEFT LoRA."""
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=lora_targets(cfg), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+        return model, [n for n, p in model.named_parameters() if p.requires_grad]
+    inject(model, cfg.loretta_config())
+    return model, trainable_parameter_names(model)
+
+
+def trainable_shapes(model_config, cfg: TrainConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every trainable tensor, from a meta-device model with the adapter.
+
+    Validates the adapter settings against the model's layers (unknown targets, impossible TT
+    shapes) in seconds, even for 70B, without loading a weight.
+    """
+    from .models import meta_model
+
+    model, names = attach_adapter(meta_model(model_config), cfg)
+    params = dict(model.named_parameters())
+    return {name: tuple(params[name].shape) for name in names}
+
+
+def load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError, TypeError) as err:
+        raise FileNotFoundError(f"cannot load a tokenizer from {model_path} ({str(err).splitlines()[0][:200]}); "
+                                "the model directory needs its tokenizer files (tokenizer.json, or "
+                                "tokenizer.model + tokenizer_config.json): copy them from the base model") from None
+
+
+def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
+    """Check and resolve everything about the run; updates ``cfg`` with the resolved values
+    (lr, batch split, bf16, warmup, steps), which is what run_config.json records."""
+    raw_ds_config = load_ds_config(cfg.ds_config)
+    zero_stage(raw_ds_config)
+    attn = resolve_attention(cfg.attn)
+    model_path, model_config = resolve_model(cfg.model)
+    max_positions = getattr(model_config, "max_position_embeddings", None)
+    if max_positions is not None and cfg.seq_len > max_positions:
+        raise ValueError(f"--seq_len {cfg.seq_len} is longer than the model's maximum of {max_positions} "
+                         "positions (max_position_embeddings); lower --seq_len")
+    shapes = trainable_shapes(model_config, cfg)
+    numels = [math.prod(shape) for shape in shapes.values()]
+    targets = lora_targets(cfg) if cfg.method == "lora" else cfg.loretta_config().target_modules
+
+    from .data.prepare import prepare_data
+
+    tokenizer = load_tokenizer(model_path)
+    data = prepare_data(tokenizer, cfg.dataset or None, cfg.format, cfg.seq_len, cfg.seed)
+
+    # The batch split comes from the ds_config and the flags; the steps of --epochs from it and
+    # the data size; then the schedule's "auto" values can be filled.
+    facts = RunFacts(world_size=world_size, lr=cfg.lr, warmup_steps=0, total_steps=1, grad_clip=cfg.grad_clip,
+                     bf16=cfg.bf16, hidden_size=model_config.hidden_size, max_trainable_numel=max(numels),
+                     total_trainable_numel=sum(numels), micro_batch_size=cfg.micro_batch_size,
+                     grad_accum=cfg.grad_accum, cuda_available=torch.cuda.is_available(),
+                     default_lr=DEFAULT_LR, default_global_batch=DEFAULT_GLOBAL_BATCH)
+    batch_only, _ = resolve_ds_config(raw_ds_config, facts)
+    micro, accum = batch_only["train_micro_batch_size_per_gpu"], batch_only["gradient_accumulation_steps"]
+    per_step = micro * world_size
+    if len(data.train) < per_step:
+        raise ValueError(f"the training set has {len(data.train)} examples, fewer than one micro batch on "
+                         f"every process needs ({micro} x {world_size}); add data or lower --micro_batch_size")
+    steps_per_epoch = max(1, len(data.train) // per_step // accum)
+    total_steps = cfg.max_steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * total_steps))
+    facts = RunFacts(**{**facts.__dict__, "warmup_steps": warmup, "total_steps": total_steps})
+    ds_config, notes = resolve_ds_config(raw_ds_config, facts)
+    lr = float(ds_config["optimizer"]["params"]["lr"])
+    bf16 = bool(ds_config.get("bf16", {}).get("enabled"))
+    cfg.lr, cfg.micro_batch_size, cfg.grad_accum, cfg.bf16 = lr, micro, accum, bf16
+    cfg.warmup_steps, cfg.max_steps = warmup, total_steps
+    return Plan(model_path=model_path, model_config=model_config, tokenizer=tokenizer, data=data,
+                ds_config=ds_config, zero3=is_zero3(ds_config), micro_batch_size=micro, grad_accum=accum,
+                global_batch=ds_config["train_batch_size"], total_steps=total_steps, warmup_steps=warmup,
+                lr=lr, attn=attn, dtype=torch.bfloat16 if bf16 else torch.float32, targets=list(targets),
+                trainable_shapes=shapes, world_size=world_size, notes=notes)
+
+
+def train_settings(cfg: TrainConfig, plan: Plan) -> dict:
+    """run_config.json's "train": every resolved setting, plus the global batch."""
+    return {**cfg.to_dict(), "global_batch": plan.global_batch}
+
+
+def make_batches(plan: Plan, seed: int, rank: int):
+    """This rank's training batches (loretta_ds.data's sharded, seeded, resumable order)."""
+    from .data.loader import ShardedBatches
+
+    return ShardedBatches(plan.data.train, plan.micro_batch_size, rank, plan.world_size, seed=seed,
+                          pad_id=plan.data.pad_id)
+
+
+def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> bool:
+    """Check OUTPUT_DIR against this run and set ``plan.resume_from`` / ``plan.resume_state``.
+
+    Refuses a directory holding a run with a different config, and --resume none over an
+    existing run. Returns True when this exact run already finished there (nothing to do).
+    """
+    output_dir = Path(cfg.output_dir)
+    run_file = output_dir / RUN_CONFIG_FILE
+    previous = None
+    if run_file.is_file():
+        try:
+            previous = json.loads(run_file.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{run_file} is not valid JSON; this directory holds a damaged run: choose "
+                             "another --output_dir or delete it") from None
+    complete, torn = ckpt.list_checkpoints(output_dir)
+    if previous is not None:
+        mine, theirs = identity(train_settings(cfg, plan)), identity(previous.get("train", {}))
+        if mine != theirs:
+            diffs = [f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in mine if mine[k] != theirs.get(k)]
+            raise ValueError(f"{output_dir} holds another run with a different config ({'; '.join(diffs)}). "
+                             "Choose another --output_dir, or delete that directory to start over.")
+    if cfg.resume == "none":
+        if previous is not None or complete or torn:
+            raise ValueError(f"{output_dir} already holds a run and --resume none would overwrite it; "
+                             "pass --resume auto to continue it, or choose another --output_dir")
+        return False
+    if cfg.resume == "auto":
+        if previous is not None and previous.get("finished") and (output_dir / ADAPTER_DIR).is_dir():
+            log(f"{output_dir} holds this run, finished at step {previous.get('final_step')}: nothing to do "
+                f"(the adapter is in {output_dir / ADAPTER_DIR})")
+            return True
+        for info in torn:
+            log(f"ignoring torn checkpoint {info.path}: {info.problem}")
+        plan.resume_from = complete[-1] if complete else None
+    else:
+        path = Path(cfg.resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint directory; pass "
+                                    "OUTPUT_DIR/checkpoints/step-N, auto or none")
+        problem = ckpt.check_checkpoint(path)
+        if problem:
+            raise ValueError(f"--resume {path} is not a complete checkpoint: {problem}")
+        plan.resume_from = ckpt.CheckpointInfo(path, int(ckpt.load_trainer_state(path)["step"]))
+    if plan.resume_from is not None:
+        path = plan.resume_from.path
+        ckpt.check_fits(path, plan.trainable_shapes)
+        plan.resume_state = ckpt.load_trainer_state(path)
+        try:
+            step, position = int(plan.resume_state["step"]), plan.resume_state["data"]
+            # The data position must fit this world size and batch: checked now, not after loading.
+            make_batches(plan, cfg.seed, rank=0).load_state_dict(position)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"checkpoint {path} has an incomplete trainer_state.json (no {err}); it was not "
+                             "written by this trainer: resume from another checkpoint or --resume none") from None
+        if step > plan.total_steps:
+            raise ValueError(f"checkpoint {path} is at step {step}, beyond this run's {plan.total_steps} steps")
+    return False

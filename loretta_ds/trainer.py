@@ -1,0 +1,438 @@
+"""The training recipe, top to bottom: validate -> setup_model -> setup_engine -> setup_data ->
+train -> save.
+
+``validate`` does everything a user can get wrong (config, model, data, output directory,
+resume point) before any model loads and before anything is written. ``setup_model`` loads the
+base (partitioned from the first byte under ZeRO-3) and injects the adapter; ``setup_engine``
+hands only the trainable parameters to DeepSpeed and proves that they are whole on every rank;
+``train`` runs the loop (progress, metrics, eval, checkpoints, preemption, non-finite steps);
+``save`` writes the adapter, the plot, the finished run config and the merged export.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import PREEMPTED_EXIT_CODE
+from .adapters import save_adapter
+from .distributed import checkpoint as ckpt
+from .distributed import engine as dist
+from .distributed.ds_config import batch_summary, zero_stage
+from .distributed.errors import LostRank, RunFailure
+from .distributed.stop import StopRequest
+from .run_config import TrainConfig
+from .train_metrics import MetricsLog, Progress, StepTimer, memory_stats, plot_losses
+from .train_plan import (ADAPTER_DIR, RUN_CONFIG_FILE, Plan, attach_adapter, build_plan, choose_resume,
+                         make_batches, train_settings)
+
+PARAM_REPORT_FILE = "param_report.json"
+MERGED_DIR = "merged"
+IGNORE_INDEX = -100
+
+
+class TrainingDiverged(RunFailure):
+    """Too many consecutive steps had a non-finite loss or gradients."""
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Libraries warn per rank and per step; keep the run log readable (--debug shows it all)."""
+    if not debug:
+        import datasets
+
+        datasets.utils.disable_progress_bars()
+        # A malformed file is reported once by the data loader, with file and line; the
+        # library's own log line about it would be a second, less helpful message.
+        datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+
+
+class Trainer:
+    """One training run of ``cfg``; ``run()`` returns the process exit status."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.rank, self.local_rank, self.world_size = dist.world_from_environment()
+        self.output_dir = Path(cfg.output_dir)
+        self.plan: Plan | None = None
+        self.model = None
+        self.engine = None
+        self.trainable_names: list[str] = []
+        self.batches = None
+        self.step = 0
+        self.bad_streak = 0
+        self.bad_total = 0
+        self.classification_records = None
+        self.history: list[dict] = []  # eval records of this process's run
+        self.started = time.perf_counter()
+        self._stop: StopRequest | None = None
+        self._load_context = None
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, flush=True)
+
+    # --- orchestration ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        _quiet_libraries(self.cfg.debug)
+        # From the start: a preemption signal during setup must not kill the process (SIGUSR1's
+        # default action); the first step then ends with a checkpoint and the preemption exit.
+        self._stop = StopRequest()
+        try:
+            self.plan = self.validate()
+            if self.plan is None:
+                return 0  # finished before with the same config
+            dist.init_distributed(self.cfg.dist_timeout)
+            dist.quiet_deepspeed(self.cfg.debug and self.rank == 0)
+            self.write_run_config(finished=False)
+            self.setup_model()
+            self.setup_engine()
+            self.setup_data()
+            status = self.train()
+            if status == 0:
+                self.save()
+            return status
+        except RunFailure:
+            raise
+        except RuntimeError as err:
+            if dist.is_collective_failure(err):
+                raise LostRank(self.describe_lost_rank(err)) from err
+            raise
+        finally:
+            self._stop.restore()
+            dist.shutdown()
+
+    # --- 1. validate: user errors, before any model loads and before anything is written ----
+
+    def describe_lost_rank(self, err: BaseException) -> str:
+        others = [r for r in range(self.world_size) if r != self.rank]
+        who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others[0]}-{others[-1]}"
+        newest = ckpt.latest_checkpoint(self.output_dir, log=lambda message: None)
+        return (f"lost contact with {who} at step {self.step} ({str(err).strip().splitlines()[0][:300]}): a "
+                f"process died, hung longer than --dist_timeout {self.cfg.dist_timeout} s, or the network "
+                f"failed. The newest complete checkpoint is {newest.path if newest else 'none'}; relaunch with "
+                "--resume auto to continue from it.")
+
+    def validate(self) -> Plan | None:
+        """The plan, or None when this exact run already finished in OUTPUT_DIR."""
+        plan = build_plan(self.cfg, self.world_size)
+        self.plan = plan
+        return None if choose_resume(self.cfg, plan, self.log) else plan
+
+    def write_run_config(self, finished: bool, **extra) -> None:
+        """OUTPUT_DIR/run_config.json: what was trained on what (the export reads model + loretta)."""
+        if self.rank != 0:
+            return
+        plan, cfg = self.plan, self.cfg
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        data = {
+            "model": plan.model_path,
+            "model_name": cfg.model,
+            "method": cfg.method,
+            "dtype": "bfloat16" if plan.dtype == torch.bfloat16 else "float32",
+            "train": train_settings(cfg, plan),
+            "world_size": self.world_size,
+            "global_batch": plan.global_batch,
+            "zero_stage": zero_stage(plan.ds_config),
+            "attn": plan.attn,
+            "ds_config": plan.ds_config,
+            "finished": finished,
+        }
+        loretta = cfg.loretta_config()
+        if loretta is not None:
+            data["loretta"] = loretta.to_dict()
+        else:
+            data["lora"] = {"r": cfg.r, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": plan.targets}
+        data.update(extra)
+        _write_json_atomically(self.output_dir / RUN_CONFIG_FILE, data)
+
+    # --- 2. model: partitioned as it loads, adapter injected into the partitioned model -----
+
+    def setup_model(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        plan, cfg = self.plan, self.cfg
+        _seed_everything(cfg.seed)  # adapter init draws from torch's RNG: every rank alike
+        for note in plan.notes:
+            self.log(f"ds_config: {note}")
+        self.log(f"model {plan.model_path} ({plan.dtype}, attention {plan.attn}); ZeRO stage "
+                 f"{zero_stage(plan.ds_config)}, {self.world_size} process(es); {batch_summary(plan.ds_config)}")
+        # Must stay alive until the end: transformers checks it through a weak reference.
+        self._load_context = dist.Zero3LoadContext(plan.ds_config, plan.zero3)
+        model = AutoModelForCausalLM.from_pretrained(plan.model_path, dtype=plan.dtype,
+                                                     attn_implementation=plan.attn)
+        model.config.use_cache = False
+        model, self.trainable_names = attach_adapter(model, cfg)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # The frozen embedding output has no grad; checkpointed blocks still need one to
+            # backpropagate into the adapters inside them.
+            model.enable_input_require_grads()
+        if plan.resume_from is not None:
+            ckpt.load_trainable_into_model(plan.resume_from.path, model, self.trainable_names)
+        self.model = model
+
+    # --- 3. engine: optimizer over trainable parameters only; prove they are whole ----------
+
+    def setup_engine(self) -> None:
+        plan = self.plan
+        self.engine = dist.initialize(self.model, plan.ds_config)
+        dist.make_trainable_whole(self.model)
+        report = dist.parameter_report(self.model)
+        whole_everywhere = not dist.any_rank(not report["trainable_all_whole"])
+        if not whole_everywhere:
+            raise RuntimeError("some trainable parameters are partitioned by ZeRO-3 on some rank "
+                               f"({report['trainable_not_whole']}); raise stage3_param_persistence_threshold")
+        report.update(zero_stage=zero_stage(plan.ds_config), world_size=self.world_size,
+                      trainable_whole_on_every_rank=whole_everywhere,
+                      stage3_param_persistence_threshold=plan.ds_config["zero_optimization"].get(
+                          "stage3_param_persistence_threshold"),
+                      optimizer_numel_this_rank=sum(p.numel() for p in dist.fp32_master_partitions(self.engine)))
+        self.param_report = report
+        self.log(dist.describe_report(report))
+        if self.rank == 0:
+            _write_json_atomically(self.output_dir / PARAM_REPORT_FILE, report)
+        if plan.resume_from is not None:
+            ckpt.restore_optimizer(plan.resume_from.path, self.engine, self.model)
+            if not ckpt.restore_rng(plan.resume_from.path, self.rank):
+                _seed_everything(self.cfg.seed + 1000 * plan.resume_state["step"] + self.rank)
+            self.step = int(plan.resume_state["step"])
+            self.bad_streak = int(plan.resume_state.get("bad_streak", 0))
+            self.bad_total = int(plan.resume_state.get("bad_total", 0))
+            self.log(f"resumed from {plan.resume_from.path} at step {self.step}")
+
+    # --- 4. data: this rank's shard, at the resumed position --------------------------------
+
+    def setup_data(self) -> None:
+        plan = self.plan
+        self.log(plan.data.summary())
+        self.batches = make_batches(plan, self.cfg.seed, self.rank)
+        self.classification_records = plan.data.classification_eval_records
+        if plan.resume_state is not None:
+            self.batches.load_state_dict(plan.resume_state["data"])
+
+    # --- 5. the loop ------------------------------------------------------------------------
+
+    def train(self) -> int:
+        plan, cfg, engine = self.plan, self.cfg, self.engine
+        metrics = MetricsLog(self.output_dir, self.rank == 0, resume_step=self.step)
+        if metrics.tensorboard:
+            self.log(f"TensorBoard logs in {self.output_dir / 'tensorboard'}")
+        if self.step == 0 and plan.data.eval is not None:
+            metrics.log(self.evaluate())
+        progress = Progress(self.rank == 0, plan.total_steps, self.step)
+        stream = self.batches.forever()
+        device = dist.device()
+        engine.train()
+        timer = StepTimer()
+        try:
+            while self.step < plan.total_steps:
+                lr = engine.get_lr()[0]
+                loss_sum, tokens, bad_loss = 0.0, 0, False
+                for _ in range(plan.grad_accum):
+                    batch = {k: v.to(device) for k, v in next(stream).items()}
+                    loss = engine(**batch).loss
+                    if not torch.isfinite(loss):
+                        # NaN gradients everywhere make DeepSpeed skip the update on every rank.
+                        bad_loss, loss = True, loss * float("nan")
+                    engine.backward(loss)
+                    engine.step()  # applies the optimizer at the accumulation boundary only
+                    loss_sum += loss.item()
+                    tokens += int(batch["attention_mask"].sum())
+                stop, bad_any = dist.flags_on_any_rank(self._stop.requested, bad_loss)
+                bad = bad_any or not engine.was_step_applied()
+                if bad and plan.zero3:
+                    dist.regather_persistent(self.model)
+                total_loss, total_tokens = dist.sum_over_ranks([loss_sum, tokens])
+                self.step += 1
+                step_time = timer.lap()
+                mean_loss = total_loss / (plan.grad_accum * self.world_size)
+                self.bad_total += bad
+                self.bad_streak = self.bad_streak + 1 if bad else 0
+                record = {"kind": "train", "step": self.step, "loss": mean_loss, "lr": lr,
+                          "tokens_per_s": total_tokens / step_time, "step_time_s": step_time,
+                          "skipped": bad, **memory_stats()}
+                metrics.log(record)
+                progress.update(mean_loss, lr, total_tokens / step_time)
+                if bad:
+                    progress.write(f"step {self.step}: non-finite loss or gradients, update skipped "
+                                   f"({self.bad_streak} in a row, {self.bad_total} in total)")
+                    if self.bad_streak >= cfg.max_bad_steps:
+                        raise TrainingDiverged(
+                            f"{self.bad_streak} consecutive steps had a non-finite loss or gradients (up to step "
+                            f"{self.step}); stopping. The last good checkpoint is kept in "
+                            f"{ckpt.checkpoints_dir(self.output_dir)}. Lower --lr, enable --grad_clip, or "
+                            "check the data.")
+                last = self.step == plan.total_steps
+                if plan.data.eval is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
+                    metrics.log(self.evaluate())
+                    progress.write(self.describe_eval(self.history[-1]))
+                    timer.lap()  # eval time is not step time
+                if (cfg.save_every and self.step % cfg.save_every == 0) or last or stop:
+                    # During a streak of skipped steps the newest checkpoint stays the last good one.
+                    if not bad:
+                        self.save_checkpoint()
+                    timer.lap()
+                if stop and not last:
+                    progress.close()
+                    saved = f"checkpoint at step {self.step} written" if not bad else \
+                        "no checkpoint written (the last steps were skipped)"
+                    self.log(f"stop requested ({self._stop.signal_name or 'signal on another rank'}): {saved}; "
+                             f"exiting with {PREEMPTED_EXIT_CODE} (resume with --resume auto)")
+                    dist.barrier()
+                    return PREEMPTED_EXIT_CODE
+        finally:
+            progress.close()
+            metrics.close()
+        return 0
+
+    def save_checkpoint(self) -> None:
+        state = {"data": self.batches.state_dict(), "bad_streak": self.bad_streak, "bad_total": self.bad_total,
+                 "world_size": self.world_size, "global_batch": self.plan.global_batch}
+        ckpt.save_checkpoint(self.output_dir, self.step, self.engine, self.model, self.trainable_names, state,
+                             self.cfg.keep_last, self.rank, log=self.log)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Eval loss and perplexity on the eval split (sharded over ranks); accuracy by label-word
+        likelihood for classification data. Every rank runs the same number of forwards."""
+        from .data.evaluation import label_word_scores
+        from .data.loader import eval_batches
+
+        plan, engine = self.plan, self.engine
+        data, device = plan.data, dist.device()
+        engine.eval()
+        loss_sum, token_count = 0.0, 0
+        batches = eval_batches(data.eval, plan.micro_batch_size, data.pad_id, self.rank, self.world_size)
+        for index, batch in enumerate(batches):
+            if self.cfg.eval_batches is not None and index >= self.cfg.eval_batches:
+                break
+            logits = engine(input_ids=batch["input_ids"].to(device),
+                            attention_mask=batch["attention_mask"].to(device)).logits
+            targets = batch["labels"][:, 1:].to(device)
+            loss_sum += F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                        ignore_index=IGNORE_INDEX, reduction="sum").item()
+            token_count += int((targets != IGNORE_INDEX).sum())
+        correct = counted = 0
+        records = self.classification_records
+        if records is not None:
+            # Equal shares per rank (ZeRO-3 forwards are collective); the padding rows are not counted.
+            prompts, labels = list(records["prompt"]), list(records["label"])
+            if self.cfg.eval_batches is not None:
+                keep = self.cfg.eval_batches * plan.micro_batch_size * self.world_size
+                prompts, labels = prompts[:keep], labels[:keep]
+            own = list(range(self.rank, len(prompts), self.world_size))
+            share = -(-len(prompts) // self.world_size)
+            rows = own + [own[0] if own else 0] * (share - len(own))
+            scores = label_word_scores(engine, plan.tokenizer, [prompts[i] for i in rows], data.label_words,
+                                       plan.data.seq_len, batch_size=2 * plan.micro_batch_size)
+            predicted = scores.argmax(dim=1).tolist()
+            for slot, index in enumerate(own):
+                correct += int(data.label_words[predicted[slot]] == labels[index])
+                counted += 1
+        loss_sum, token_count, correct, counted = dist.sum_over_ranks([loss_sum, token_count, correct, counted])
+        engine.train()
+        mean = loss_sum / max(token_count, 1)
+        record = {"kind": "eval", "step": self.step, "loss": mean, "perplexity": math.exp(min(mean, 50.0))}
+        if counted:
+            record["accuracy"] = correct / counted
+        self.history.append(record)
+        return record
+
+    @staticmethod
+    def describe_eval(record: dict) -> str:
+        text = f"eval step {record['step']}: loss {record['loss']:.4f}, perplexity {record['perplexity']:.2f}"
+        if "accuracy" in record:
+            text += f", accuracy {record['accuracy']:.3f}"
+        return text
+
+    # --- 6. save: adapter, plot, finished run config, merged export -------------------------
+
+    def save(self) -> None:
+        cfg, plan = self.cfg, self.plan
+        frozen = None
+        dist.settle_parameters(self.engine, self.model)
+        if cfg.verify_frozen:
+            from .distributed.frozen import verify_frozen
+
+            frozen = verify_frozen(self.model, plan.model_path)
+            ok = not frozen["mismatched"]
+            self.log(f"frozen base weights vs {plan.model_path}: {frozen['checked']} tensors checked, "
+                     f"{'all identical' if ok else str(len(frozen['mismatched'])) + ' DIFFER'}")
+            self.param_report["frozen_verify"] = frozen
+        if self.rank == 0:
+            adapter_dir = self.output_dir / ADAPTER_DIR
+            if cfg.method == "lora":
+                self.model.save_pretrained(adapter_dir)
+            else:
+                save_adapter(self.model, adapter_dir)
+            if frozen is not None:
+                _write_json_atomically(self.output_dir / PARAM_REPORT_FILE, self.param_report)
+            plot = plot_losses(self.output_dir)
+            elapsed = time.perf_counter() - self.started
+            summary = self.summary()
+            self.write_run_config(finished=True, final_step=self.step, bad_steps=self.bad_total,
+                                  final_eval=self.history[-1] if self.history else None,
+                                  wall_time_s=round(elapsed, 1))
+            self.log(f"adapter saved in {adapter_dir}" + (f"; loss plot {plot}" if plot else ""))
+            self.log(summary + f" (wall time {elapsed:.0f} s)")
+        # The merged export streams the whole base model from disk on rank 0 alone and may take
+        # longer than a collective timeout: leave the process group first.
+        dist.barrier()
+        dist.shutdown()
+        if self.rank == 0 and cfg.export:
+            self.export_merged()
+
+    def summary(self) -> str:
+        evals = self.history
+        if not evals:
+            return f"finished {self.step} steps"
+        first, last = evals[0], evals[-1]
+        text = f"finished {self.step} steps: eval loss {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f}"
+        if "accuracy" in last:
+            text += f"; eval accuracy {first.get('accuracy', float('nan')):.3f} (step {first['step']}) -> " \
+                    f"{last['accuracy']:.3f} (step {last['step']})"
+        return text
+
+    def export_merged(self) -> None:
+        if self.cfg.method != "rep":
+            self.log(f"merged export skipped: only LoRETTA_rep updates can be merged (method {self.cfg.method})")
+            return
+        try:
+            from .export import export_merged
+        except ImportError:
+            self.log("merged export skipped: loretta_ds.export is not available in this installation")
+            return
+        out = self.output_dir / MERGED_DIR
+        export_merged(self.output_dir, out, overwrite=True, log=lambda message: None)
+        self.log(f"merged model exported to {out}")
+
+
+def run_training(cfg: TrainConfig) -> int:
+    """Train ``cfg``; returns 0, or PREEMPTED_EXIT_CODE after a signal (checkpoint written)."""
+    return Trainer(cfg).run()

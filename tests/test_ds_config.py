@@ -1,0 +1,156 @@
+"""DeepSpeed config reading, "auto" filling and validation (pure functions, no processes)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from loretta_ds.distributed.ds_config import RunFacts, load_ds_config, resolve_ds_config, zero_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ["zero3_offload.json", "zero3.json", "zero2.json"]
+
+
+def facts(**overrides) -> RunFacts:
+    values = dict(world_size=2, lr=None, warmup_steps=5, total_steps=100, grad_clip=1.0, bf16=False,
+                  hidden_size=64, max_trainable_numel=640, total_trainable_numel=5000)
+    values.update(overrides)
+    return RunFacts(**values)
+
+
+def shipped(name: str) -> dict:
+    return load_ds_config(ROOT / "ds_configs" / name)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_fill_every_auto(name):
+    config, _ = resolve_ds_config(shipped(name), facts(micro_batch_size=4, grad_accum=2, lr=3e-3, bf16=True))
+    assert "auto" not in json.dumps(config)
+    assert config["train_micro_batch_size_per_gpu"] == 4
+    assert config["gradient_accumulation_steps"] == 2
+    assert config["train_batch_size"] == 4 * 2 * 2
+    assert config["optimizer"]["params"]["lr"] == 3e-3
+    assert config["scheduler"]["params"]["warmup_num_steps"] == 5
+    assert config["scheduler"]["params"]["total_num_steps"] == 100
+    assert config["gradient_clipping"] == 1.0
+    assert config["bf16"]["enabled"] is True
+
+
+def test_zero3_offload_config_offloads_params_and_optimizer_with_pinned_memory():
+    zero = shipped("zero3_offload.json")["zero_optimization"]
+    assert zero["stage"] == 3
+    for key in ("offload_param", "offload_optimizer"):
+        assert zero[key]["device"] == "cpu" and zero[key]["pin_memory"] is True
+    assert zero_stage(shipped("zero3.json")) == 3 and zero_stage(shipped("zero2.json")) == 2
+
+
+def test_persistence_threshold_covers_the_largest_trainable_tensor():
+    config, _ = resolve_ds_config(shipped("zero3.json"), facts(max_trainable_numel=12345, total_trainable_numel=99999))
+    zero = config["zero_optimization"]
+    assert zero["stage3_param_persistence_threshold"] == 12345
+    assert zero["stage3_model_persistence_threshold"] >= 99999
+
+
+def test_too_small_persistence_threshold_is_raised_with_a_note():
+    raw = shipped("zero3.json")
+    raw["zero_optimization"]["stage3_param_persistence_threshold"] = 100
+    config, notes = resolve_ds_config(raw, facts(max_trainable_numel=4096))
+    assert config["zero_optimization"]["stage3_param_persistence_threshold"] == 4096
+    assert any("raised from 100 to 4096" in n for n in notes)
+
+
+def test_default_global_batch_is_split_over_the_processes():
+    for world, micro in ((1, 16), (2, 8), (4, 4)):
+        config, _ = resolve_ds_config(shipped("zero2.json"), facts(world_size=world))
+        assert config["train_batch_size"] == 16
+        assert config["train_micro_batch_size_per_gpu"] == micro
+
+
+def test_numeric_global_batch_derives_the_accumulation():
+    raw = shipped("zero2.json")
+    raw["train_batch_size"] = 32
+    config, _ = resolve_ds_config(raw, facts(world_size=2, micro_batch_size=4))
+    assert config["gradient_accumulation_steps"] == 4
+
+
+def test_global_batch_that_does_not_divide_the_world_size_is_an_error():
+    raw = shipped("zero2.json")
+    raw["train_batch_size"] = 10
+    with pytest.raises(ValueError, match="train_batch_size=10.*does not divide into 4 process"):
+        resolve_ds_config(raw, facts(world_size=4, micro_batch_size=2))
+
+
+def test_flag_contradicting_a_config_number_is_an_error():
+    raw = shipped("zero2.json")
+    raw["train_micro_batch_size_per_gpu"] = 4
+    with pytest.raises(ValueError, match="--micro_batch_size 8 contradicts train_micro_batch_size_per_gpu=4"):
+        resolve_ds_config(raw, facts(micro_batch_size=8))
+    raw = shipped("zero2.json")
+    raw["optimizer"]["params"]["lr"] = 1e-4
+    with pytest.raises(ValueError, match="--lr 0.001 contradicts optimizer.params.lr"):
+        resolve_ds_config(raw, facts(lr=1e-3))
+    # Without the flag, the config's number is the run's.
+    config, _ = resolve_ds_config(raw, facts())
+    assert config["optimizer"]["params"]["lr"] == 1e-4
+
+
+def test_missing_optimizer_is_an_error():
+    raw = shipped("zero3.json")
+    del raw["optimizer"]
+    with pytest.raises(ValueError, match="no 'optimizer' section"):
+        resolve_ds_config(raw, facts())
+
+
+@pytest.mark.parametrize("stage", [0, 4, "3", None])
+def test_unknown_zero_stage_is_an_error(stage):
+    raw = shipped("zero3.json")
+    raw["zero_optimization"]["stage"] = stage
+    with pytest.raises(ValueError, match="unknown ZeRO stage"):
+        resolve_ds_config(raw, facts())
+
+
+def test_param_offload_needs_stage_3():
+    raw = shipped("zero2.json")
+    raw["zero_optimization"]["offload_param"] = {"device": "cpu"}
+    with pytest.raises(ValueError, match="offload_param needs ZeRO stage 3"):
+        resolve_ds_config(raw, facts())
+
+
+def test_bad_json_names_file_line_and_column(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{\n  "train_batch_size": "auto",\n  "zero_optimization": {"stage": 3,}\n}\n')
+    with pytest.raises(ValueError, match=r"broken.json is not valid JSON.*line 3, column"):
+        load_ds_config(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_ds_config(tmp_path / "missing.json")
+
+
+def test_unfillable_auto_is_an_error():
+    raw = shipped("zero3.json")
+    raw["zero_optimization"]["sub_group_size"] = "auto"
+    with pytest.raises(ValueError, match="zero_optimization.sub_group_size"):
+        resolve_ds_config(raw, facts())
+
+
+def test_fused_adam_is_replaced_by_torch_adam_without_cuda_unless_offloaded():
+    no_offload, _ = resolve_ds_config(shipped("zero3.json"), facts(cuda_available=False))
+    assert no_offload["optimizer"]["params"]["torch_adam"] is True
+    offload, _ = resolve_ds_config(shipped("zero3_offload.json"), facts(cuda_available=False))
+    assert "torch_adam" not in offload["optimizer"]["params"]
+    on_gpu, _ = resolve_ds_config(shipped("zero3.json"), facts(cuda_available=True))
+    assert "torch_adam" not in on_gpu["optimizer"]["params"]
+
+
+def test_resolving_does_not_modify_the_input():
+    raw = shipped("zero3_offload.json")
+    before = json.dumps(raw, sort_keys=True)
+    resolve_ds_config(raw, facts())
+    assert json.dumps(raw, sort_keys=True) == before
+
+
+def test_fp16_without_cuda_is_an_error():
+    raw = shipped("zero3_offload.json")
+    raw["fp16"] = {"enabled": True}
+    with pytest.raises(ValueError, match="enables fp16, which needs CUDA.*fp16.enabled"):
+        resolve_ds_config(raw, facts(cuda_available=False))
+    config, _ = resolve_ds_config(raw, facts(cuda_available=True))
+    assert config["fp16"]["enabled"] is True

@@ -1,0 +1,193 @@
+"""Memory planning: sanity at 7B/13B/70B, DeepSpeed's formula, and agreement with real CPU runs."""
+import gc
+import json
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from loretta_ds import LorettaConfig, count_parameters, inject
+from loretta_ds.cli import main as cli_main
+from loretta_ds.estimate import Setup, deepspeed_zero3_estimate, estimate_memory
+from loretta_ds.models import load_model_config, meta_model
+
+from tiny_models import tiny_llama_config
+
+# LORETTA.md's parameter table (reference code's counts, norms included).
+PAPER_COUNTS = {("llama2-7b", "rep"): 368_640, ("llama2-7b", "adp"): 876_800,
+                ("llama2-13b", "rep"): 531_520, ("llama2-13b", "adp"): 1_292_400,
+                ("llama2-70b", "rep"): 1_667_712, ("llama2-70b", "adp"): 3_991_552}
+
+
+@pytest.mark.parametrize("model_name,method", sorted(PAPER_COUNTS))
+def test_llama2_plans_are_consistent(model_name, method):
+    config = load_model_config(model_name)
+    cfg = LorettaConfig(method=method)
+    setup = Setup(nodes=2, gpus_per_node=8)
+    e = estimate_memory(config, cfg, setup, model_name=model_name)
+    trainable, total = count_parameters(inject(meta_model(config), cfg))
+    assert (e.trainable_params, e.total_params) == (trainable, total)
+    assert e.trainable_params == PAPER_COUNTS[model_name, method]
+    # Every frozen LLaMA tensor is above the persistence threshold: bf16 partition = 2 B x frozen / W.
+    assert e.frozen_partition_bytes == 2 * e.frozen_params // 16
+    # Every adapter core, bias and norm stays whole on each GPU.
+    assert e.persistent_params == e.trainable_params and e.trainable_partition_bytes == 0
+    assert e.optimizer_bytes == 12 * e.trainable_params // 16  # fp32 master + Adam m, v
+    assert e.gradient_bytes == 2 * e.trainable_params // 16
+    assert e.adapter_file_bytes == 2 * e.trainable_params
+    # DeepSpeed's estimator assumes every parameter trains: much more than a LoRETTA run needs.
+    assert e.deepspeed.total_params == count_parameters(meta_model(config))[1]  # the base model
+    assert e.deepspeed.gpu_bytes > 5 * e.gpu_model_state_bytes
+    assert e.full_training_checkpoint_bytes > 1000 * e.training_checkpoint_bytes
+
+
+@pytest.mark.parametrize("offload", ["none", "optimizer", "param+optimizer"])
+def test_offload_moves_state_to_the_host(offload):
+    config = load_model_config("llama2-7b")
+    e = estimate_memory(config, LorettaConfig(method="adp"), Setup(gpus_per_node=4, offload=offload))
+    assert e.deepspeed.gpu_bytes > e.gpu_model_state_bytes
+    assert e.deepspeed.host_bytes_per_node > e.host_bytes_per_node
+    if offload == "none":
+        assert e.host_bytes_per_node == 0
+        assert e.gpu_model_state_bytes == (e.frozen_partition_bytes + e.persistent_bytes + e.gathered_bytes
+                                           + e.gradient_bytes + e.optimizer_bytes)
+    elif offload == "optimizer":
+        assert e.host_bytes_per_node == 4 * e.optimizer_bytes
+        assert e.gpu_model_state_bytes == (e.frozen_partition_bytes + e.persistent_bytes + e.gathered_bytes
+                                           + e.gradient_bytes)
+    else:
+        assert e.host_bytes_per_node == 4 * (e.optimizer_bytes + e.frozen_partition_bytes)
+        assert e.gpu_weight_bytes == e.persistent_bytes + e.gathered_bytes
+
+
+@pytest.mark.parametrize("offload", ["none", "optimizer", "param+optimizer"])
+@pytest.mark.parametrize("nodes,gpus", [(1, 1), (1, 8), (4, 8)])
+def test_deepspeed_formula_matches_deepspeed(offload, nodes, gpus):
+    stage3 = pytest.importorskip("deepspeed.runtime.zero.stage3")
+    total, largest = 6_738_415_616, 131_072_000
+    ours = deepspeed_zero3_estimate(total, largest, Setup(nodes=nodes, gpus_per_node=gpus, offload=offload))
+    host, gpu, _ = stage3.estimate_zero3_model_states_mem_needs(
+        total, largest, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload != "none",
+        cpu_offload_params=offload == "param+optimizer", zero_init=True)
+    assert (ours.gpu_bytes, ours.host_bytes_per_node) == (gpu, host)
+
+
+def test_activations_scale_and_checkpointing_saves():
+    config = load_model_config("llama2-7b")
+    plan = lambda **kw: estimate_memory(config, LorettaConfig(), Setup(**kw)).activation_bytes
+    one = plan(seq_len=1024)
+    assert plan(seq_len=2048) == pytest.approx(2 * one, rel=0.01)
+    assert plan(seq_len=1024, micro_batch_size=4) == pytest.approx(4 * one, rel=0.01)
+    assert plan(seq_len=1024, gradient_checkpointing=True) < one / 5
+    assert plan(seq_len=1024, bf16=False) > one
+
+
+def test_seventy_b_plan_is_fast():
+    import time
+    start = time.perf_counter()
+    estimate_memory(load_model_config("llama2-70b"), LorettaConfig(method="adp"), Setup(gpus_per_node=8))
+    assert time.perf_counter() - start < 60  # meta device: no weights are allocated
+
+
+# ---------------------------------------------------------------- against real CPU runs
+
+def _saved_tensor_bytes(model, ids) -> int:
+    """Bytes autograd keeps for backward (unique storages, parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids).loss
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("method", ["rep", "adp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_activation_formula_matches_saved_tensors(method, dtype):
+    config = tiny_llama_config(hidden=256, layers=3, intermediate=688, heads=4, vocab=512)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = inject(LlamaForCausalLM(config).to(dtype), LorettaConfig(method=method)).train()
+    batch, seq = 2, 64
+    ids = torch.randint(0, 512, (batch, seq))
+    measured = _saved_tensor_bytes(model, ids)
+    e = estimate_memory(config, LorettaConfig(method=method),
+                        Setup(bf16=dtype == torch.bfloat16, micro_batch_size=batch, seq_len=seq))
+    # The estimate adds the logits' gradients (backward transients) on top of what is saved.
+    terms = e.activation_terms
+    c = 2 if dtype == torch.bfloat16 else 4
+    saved_part = terms["total_bytes"] - (4 + c) * 512 * batch * seq
+    assert abs(saved_part - measured) / measured < 0.15, (saved_part, measured)
+
+
+@pytest.mark.parametrize("method", ["rep", "adp"])
+def test_model_states_match_a_real_training_run(method):
+    """Train a small LLaMA on CPU (plain torch, AdamW, fp32) and compare the model states with the
+    plan for one device without offload: summed tensors, and the process's resident-memory growth."""
+    from loretta_ds.bench.memory import ProcPeakMeter, _status_kib
+
+    config = tiny_llama_config(hidden=512, layers=4, intermediate=1376, heads=8, vocab=4096)
+    plan = estimate_memory(config, LorettaConfig(method=method), Setup(bf16=False, micro_batch_size=2, seq_len=32))
+    planned = plan.frozen_partition_bytes + plan.persistent_bytes + plan.gradient_bytes + plan.optimizer_bytes
+
+    rss = ProcPeakMeter.available()
+    if rss:
+        gc.collect()
+        ProcPeakMeter().libc.malloc_trim(0)
+        before = _status_kib("RssAnon")
+    model = inject(LlamaForCausalLM(config), LorettaConfig(method=method))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    if rss:
+        # States only: allocate gradients and Adam state without a forward pass, so activation
+        # memory (and the allocator's reuse of it) does not blur the comparison.
+        for p in trainable:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        gc.collect()
+        grown = (_status_kib("RssAnon") - before) * 1024
+        assert abs(grown - planned) / planned < 0.25, (grown, planned)
+
+    ids = torch.randint(0, 4096, (2, 32), generator=torch.Generator().manual_seed(0))
+    model.train()
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+    measured = (sum(p.numel() * p.element_size() for p in model.parameters())
+                + sum(p.grad.numel() * p.grad.element_size() for p in trainable)
+                + sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()))
+    assert abs(measured - planned) / planned < 0.25, (measured, planned)
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+# ---------------------------------------------------------------- command line
+
+def test_estimate_command_shows_both_figures(capsys):
+    assert cli_main(["estimate", "--model", "llama2-7b", "--method", "adp", "--gpus_per_node", "8",
+                     "--offload", "optimizer", "--gradient_checkpointing"]) == 0
+    out = capsys.readouterr().out
+    assert "876,800 trainable" in out and "DeepSpeed all-trainable" in out and "offload optimizer" in out
+    assert cli_main(["estimate", "--model", "llama2-13b", "--bf16", "false", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["trainable_params"] == 531_520 and data["setup"]["bf16"] is False
+    assert data["gpu_total_bytes"] == data["gpu_model_state_bytes"] + data["activation_bytes"]
+
+
+def test_estimate_reads_an_hf_config_file(tmp_path, capsys):
+    tiny_llama_config(hidden=768, layers=2, heads=12).to_json_file(tmp_path / "config.json")
+    assert cli_main(["estimate", "--model", str(tmp_path), "--gpus_per_node", "2"]) == 0
+    assert "2 GPU(s)" in capsys.readouterr().out
+
+
+def test_estimate_user_errors(capsys):
+    assert cli_main(["estimate", "--model", "llama2-7b", "--offload", "disk"]) == 2
+    assert "offload must be one of" in capsys.readouterr().err
+    assert cli_main(["estimate", "--model", "no/such/dir"]) == 2
+    assert "neither a preset" in capsys.readouterr().err

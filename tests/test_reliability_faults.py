@@ -1,0 +1,304 @@
+"""Faults that end real runs, and what is left afterwards.
+
+Every run here is the real trainer in a subprocess; the faults are real: SIGTERM and SIGINT,
+SIGKILL of one rank, SIGSTOP of one rank (a hang), SIGKILL of the whole job in the middle of a
+checkpoint write, a real full file system (a 1 MiB tmpfs), and a learning rate that overflows
+fp32. An interrupted run must end in bounded time with one clear message, keep its newest complete
+checkpoint, and resume to the same final adapter as a run that was never interrupted.
+
+The single-process tests compare with one uninterrupted single-process run, the two-process tests
+(deepspeed launcher, ZeRO-3 with CPU offload, gloo) with one uninterrupted two-process run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loretta_ds import PREEMPTED_EXIT_CODE
+from loretta_ds.distributed.checkpoint import check_checkpoint, list_checkpoints
+from reliability_support import (FAST, SAVE_DELAY_ENV, Run, adapter, checkpoint_steps, deepspeed_command,
+                                 error_lines, max_difference, run_to_end, single_command, train_records,
+                                 wait_for_step, wait_until)
+
+STEPS = FAST["max_steps"]
+SAVE_EVERY = FAST["save_every"]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from loretta_ds.tiny_llama import ensure_tiny_llama
+
+    return ensure_tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_llama) -> Path:
+    """One uninterrupted single-process run: what every interrupted single-process run must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    status, output = run_to_end(single_command(out), out.parent / "train.log")
+    assert status == 0, output[-4000:]
+    assert checkpoint_steps(out) == list(range(SAVE_EVERY, STEPS + 1, SAVE_EVERY))
+    return out
+
+
+def file_digests(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def assert_one_clear_error(output: str, *fragments: str) -> str:
+    errors = error_lines(output)
+    assert len(errors) == 1, f"expected one error message, got {errors}:\n{output[-4000:]}"
+    assert "Traceback" not in output, output[-4000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+# --- 5. SIGTERM / SIGINT: checkpoint at the step boundary, exit 75, resumable -----------------
+
+
+def stop_with(sig: signal.Signals, out: Path, log: Path, after_step: int) -> tuple[int, str]:
+    run = Run(single_command(out), log)
+    try:
+        wait_for_step(run, out, after_step)
+        run.process.send_signal(sig)
+        status = run.wait(120)
+        return status, run.output()
+    finally:
+        run.close()
+
+
+def test_sigterm_and_sigint_checkpoint_at_the_step_boundary_and_resume(reference, tmp_path):
+    out = tmp_path / "run"
+    status, output = stop_with(signal.SIGTERM, out, tmp_path / "sigterm.log", after_step=3)
+    assert status == PREEMPTED_EXIT_CODE, output[-4000:]
+    first_stop = train_records(out)[-1]["step"]
+    assert 3 <= first_stop < STEPS
+    # The checkpoint is of the last finished step, written whole, off the save_every schedule.
+    assert checkpoint_steps(out)[-1] == first_stop
+    assert json.loads((out / "checkpoints" / f"step-{first_stop}" / "trainer_state.json").read_text())["step"] \
+        == first_stop
+    assert f"stop requested (SIGTERM): checkpoint at step {first_stop} written" in output
+    assert "Traceback" not in output and not error_lines(output)
+    assert not (out / "adapter").exists()
+    assert list_checkpoints(out)[1] == []  # nothing torn
+
+    status, output = stop_with(signal.SIGINT, out, tmp_path / "sigint.log", after_step=first_stop + 3)
+    assert status == PREEMPTED_EXIT_CODE, output[-4000:]
+    assert f"resumed from {out / 'checkpoints' / f'step-{first_stop}'} at step {first_stop}" in output
+    second_stop = train_records(out)[-1]["step"]
+    assert first_stop + 3 <= second_stop < STEPS and checkpoint_steps(out)[-1] == second_stop
+    assert f"stop requested (SIGINT): checkpoint at step {second_stop} written" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+
+    status, output = run_to_end(single_command(out), tmp_path / "finish.log")
+    assert status == 0, output[-4000:]
+    assert [r["step"] for r in train_records(out)] == list(range(1, STEPS + 1))  # each step logged once
+    assert max_difference(adapter(out), adapter(reference)) <= 1e-6
+
+
+# --- 2. kill -9 of the whole job while a checkpoint is being written -------------------------
+
+
+def test_kill9_while_a_checkpoint_is_written_resumes_from_the_previous_one(reference, tmp_path):
+    out = tmp_path / "run"
+    checkpoints = out / "checkpoints"
+    torn = checkpoints / f".tmp-step-{2 * SAVE_EVERY}"
+    # The test hook holds every save for a few seconds after its data files and before its
+    # COMPLETE marker: the second save is killed in that window.
+    run = Run(single_command(out), tmp_path / "killed.log", **{SAVE_DELAY_ENV: "4"})
+    try:
+        wait_until(lambda: (torn / "trainable.safetensors").is_file(), run, what=f"the save into {torn}")
+        run.kill_all()
+    finally:
+        run.close()
+    assert run.process.returncode == -signal.SIGKILL
+    assert torn.is_dir() and not (torn / "COMPLETE").exists()
+    assert checkpoint_steps(out) == [SAVE_EVERY]
+    previous = checkpoints / f"step-{SAVE_EVERY}"
+    # A newer checkpoint damaged on disk (here: one flipped byte) is not resumed from either.
+    damaged = checkpoints / f"step-{2 * SAVE_EVERY + 2}"
+    shutil.copytree(previous, damaged)
+    with open(damaged / "trainable.safetensors", "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    assert "checksum" in check_checkpoint(damaged)
+
+    status, output = run_to_end(single_command(out), tmp_path / "resumed.log")
+    assert status == 0, output[-4000:]
+    assert f"ignoring torn checkpoint {torn}: no COMPLETE marker" in output or \
+        f"ignoring torn checkpoint {torn}: interrupted save" in output, output[-4000:]
+    assert f"ignoring torn checkpoint {damaged}: trainable.safetensors does not match its checksum" in output
+    assert f"resumed from {previous} at step {SAVE_EVERY}" in output
+    assert max_difference(adapter(out), adapter(reference)) <= 1e-6
+    # Once newer complete checkpoints exist, the torn leftovers are cleaned up.
+    assert not torn.exists() and not damaged.exists()
+
+
+# --- 3. a full disk while saving -------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root); skipped with the reason where mounting is not permitted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: the full-disk test mounts a 1 MiB tmpfs")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` until ``leave`` bytes are free."""
+    stats = os.statvfs(disk)
+    free = stats.f_bavail * stats.f_frsize
+    filler = disk / "filler"
+    with filler.open("wb") as handle:
+        handle.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(reference, tmp_path, small_disk):
+    out = small_disk / "run"
+    previous = out / "checkpoints" / f"step-{SAVE_EVERY}"
+    shutil.copytree(reference / "checkpoints" / f"step-{SAVE_EVERY}", previous)
+    before = file_digests(previous)
+    checkpoint_bytes = sum(len(b) for b in before.values())
+    # Room for the run's small files, not for another checkpoint: the next save runs out of space.
+    fill(small_disk, leave=checkpoint_bytes // 2)
+
+    status, output = run_to_end(single_command(out), tmp_path / "full.log")  # the log is not on the small disk
+    assert status not in (0, PREEMPTED_EXIT_CODE), output[-4000:]
+    message = assert_one_clear_error(output, "No space left on device", f"step-{2 * SAVE_EVERY}",
+                                     str(previous))
+    assert "--resume auto" in message  # the fix: free space, then relaunch
+    assert f"resumed from {previous} at step {SAVE_EVERY}" in output
+    # The previous checkpoint is intact, byte for byte, and still the newest complete one; the
+    # partial save was removed, which gives the space back.
+    assert file_digests(previous) == before and check_checkpoint(previous) is None
+    assert checkpoint_steps(out) == [SAVE_EVERY]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [previous.name]
+    assert not (out / "adapter").exists()
+
+
+# --- 4. non-finite loss or gradients ---------------------------------------------------------
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_llama, tmp_path):
+    out = tmp_path / "run"
+    # A learning rate of 1e30 overflows fp32: after the first real update the loss is NaN for good.
+    status, output = run_to_end(single_command(out, lr="1e30", warmup_steps=0, save_every=1, max_bad_steps=3),
+                                tmp_path / "nan.log")
+    assert status == 1, output[-4000:]
+    assert_one_clear_error(output, "3 consecutive steps had a non-finite loss or gradients",
+                           str(out / "checkpoints"), "--lr")
+    train = train_records(out)
+    skipped = [r["step"] for r in train if r["skipped"]]
+    first_bad = skipped[0]
+    assert skipped == [first_bad, first_bad + 1, first_bad + 2] and train[-1]["step"] == first_bad + 2
+    assert all(r["loss"] == r["loss"] for r in train if not r["skipped"])  # good steps: finite losses
+    for count, step in enumerate(skipped, start=1):  # each skipped step reported and counted
+        assert f"step {step}: non-finite loss or gradients, update skipped ({count} in a row, {count} in total)" \
+            in output
+    # The newest checkpoint is the last good step's and holds finite values; the bad steps wrote none.
+    assert checkpoint_steps(out)[-1] == first_bad - 1
+    last_good = out / "checkpoints" / f"step-{first_bad - 1}"
+    state = json.loads((last_good / "trainer_state.json").read_text())
+    assert (state["bad_streak"], state["bad_total"]) == (0, 0)
+    assert all(torch.isfinite(t).all() for t in load_file(str(last_good / "trainable.safetensors")).values())
+    assert not (out / "adapter").exists()
+    assert json.loads((out / "run_config.json").read_text())["finished"] is False
+
+
+# --- 1. one rank of a two-process ZeRO-3 run killed, or hung --------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_two_ranks(tmp_path_factory, tiny_llama) -> Path:
+    out = tmp_path_factory.mktemp("reference-2") / "run"
+    status, output = run_to_end(deepspeed_command(out), out.parent / "train.log")
+    assert status == 0, output[-4000:]
+    return out
+
+
+def exit_time(process: psutil.Process, since: float, timeout: float) -> float:
+    try:
+        process.wait(timeout=timeout)
+    except psutil.TimeoutExpired:
+        raise AssertionError(f"the surviving rank still runs {timeout} s after the fault") from None
+    return time.monotonic() - since
+
+
+@pytest.mark.multiprocess
+def test_kill9_of_one_rank_ends_the_run_and_the_relaunch_resumes(reference_two_ranks, tmp_path):
+    out = tmp_path / "run"
+    dist_timeout = 60
+    run = Run(deepspeed_command(out, dist_timeout=dist_timeout), tmp_path / "killed.log")
+    try:
+        wait_until(lambda: SAVE_EVERY in checkpoint_steps(out) and train_records(out)[-1]["step"] >= SAVE_EVERY + 2,
+                   run, what="a checkpoint and two more steps")
+        ranks = run.ranks()
+        assert sorted(ranks) == [0, 1]
+        killed_at = time.monotonic()
+        ranks[1].kill()
+        survivor_exit = exit_time(ranks[0], killed_at, dist_timeout + 60)
+        status = run.wait(120)
+    finally:
+        run.close()
+    output = run.output()
+    print(f"rank 0 exited {survivor_exit:.1f} s after rank 1 was killed")
+    assert status != 0
+    assert survivor_exit < dist_timeout + 30
+    assert_one_clear_error(output, "rank 1", "--resume auto")
+    newest = checkpoint_steps(out)[-1]
+    assert newest >= SAVE_EVERY and not (out / "adapter").exists()
+
+    status, output = run_to_end(deepspeed_command(out, dist_timeout=dist_timeout), tmp_path / "relaunch.log")
+    assert status == 0, output[-4000:]
+    assert f"resumed from {out / 'checkpoints' / f'step-{newest}'} at step {newest}" in output
+    assert [r["step"] for r in train_records(out)] == list(range(1, STEPS + 1))
+    assert max_difference(adapter(out), adapter(reference_two_ranks)) <= 1e-6
+
+
+@pytest.mark.multiprocess
+def test_a_hung_rank_ends_the_run_after_dist_timeout(tiny_llama, tmp_path):
+    out = tmp_path / "run"
+    dist_timeout = 10
+    run = Run(deepspeed_command(out, dist_timeout=dist_timeout), tmp_path / "hung.log")
+    hung = None
+    try:
+        wait_for_step(run, out, 3)
+        ranks = run.ranks()
+        hung = ranks[1]
+        stopped_at = time.monotonic()
+        hung.suspend()  # SIGSTOP: alive, holding its sockets open, answering nothing
+        survivor_exit = exit_time(ranks[0], stopped_at, dist_timeout + 60)
+    finally:
+        if hung is not None:
+            hung.kill()
+        run.wait(120)
+        run.close()
+    output = run.output()
+    print(f"rank 0 exited {survivor_exit:.1f} s after rank 1 hung (--dist_timeout {dist_timeout})")
+    # Not before the collective timeout (a slow rank is not a lost one), and not much after it.
+    assert dist_timeout <= survivor_exit < dist_timeout + 30
+    assert_one_clear_error(output, "rank 1", "--dist_timeout", "--resume auto")

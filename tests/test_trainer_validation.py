@@ -1,0 +1,198 @@
+"""Errors a user can cause: each is one clear message before any model loads, and nothing is written.
+
+These run `loretta-ds train` in-process: validation happens before the process group starts,
+so no DeepSpeed process is launched.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from loretta_ds.cli import main
+from loretta_ds.run_config import config_from_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_tiny_llama():
+    from loretta_ds.tiny_llama import ensure_tiny_llama
+
+    return ensure_tiny_llama()
+
+
+@pytest.fixture(autouse=True)
+def no_model_loading(monkeypatch):
+    """Any attempt to load weights fails the test: every error must come before that."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the user error was reported")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def train(tmp_path, capsys, *args) -> tuple[int, str]:
+    out = tmp_path / "run"
+    status = main(["train", "--output_dir", str(out), *args])
+    err = capsys.readouterr().err
+    return status, err
+
+
+def assert_user_error(status: int, err: str, *fragments: str) -> None:
+    assert status == 2
+    assert err.count("error: ") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_missing_dataset_file(tmp_path, capsys):
+    status, err = train(tmp_path, capsys, "--dataset", str(tmp_path / "nope.jsonl"))
+    assert_user_error(status, err, "nope.jsonl", "does not exist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_malformed_dataset_names_file_and_line(tmp_path, capsys):
+    data = write_lines(tmp_path / "data.jsonl", ['{"text": "good", "label": "pos"}',
+                                                 '{"text": "bad", "label": "neg"}',
+                                                 '{"text": "oops" "label": "neg"}'])
+    status, err = train(tmp_path, capsys, "--dataset", str(data))
+    assert_user_error(status, err, "data.jsonl", "line 3")
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_dataset(tmp_path, capsys):
+    data = tmp_path / "empty.jsonl"
+    data.write_text("")
+    status, err = train(tmp_path, capsys, "--dataset", str(data))
+    assert_user_error(status, err, "empty.jsonl", "empty")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_format_from_a_run_config(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("format: tabular\n")
+    status, err = train(tmp_path, capsys, "--config", str(config))
+    assert_user_error(status, err, "unknown format 'tabular'")
+    # As a flag, argparse refuses it the same way (exit 2, the choices listed).
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--format", "tabular"])
+    assert exit_info.value.code == 2
+
+
+def test_label_not_in_label_set(tmp_path, capsys):
+    folder = tmp_path / "task"
+    folder.mkdir()
+    write_lines(folder / "train.jsonl", [json.dumps({"text": f"review {i}", "label": ["pos", "neg"][i % 2]})
+                                         for i in range(40)])
+    write_lines(folder / "validation.jsonl", [json.dumps({"text": "meh", "label": "neutral"})])
+    status, err = train(tmp_path, capsys, "--dataset", str(folder))
+    assert_user_error(status, err, "neutral")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_ds_config(tmp_path, capsys):
+    bad = tmp_path / "ds.json"
+    bad.write_text('{"zero_optimization": {"stage": 3,}}')
+    status, err = train(tmp_path, capsys, "--ds_config", str(bad))
+    assert_user_error(status, err, "ds.json is not valid JSON", "line 1")
+    no_optimizer = tmp_path / "ds2.json"
+    no_optimizer.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    status, err = train(tmp_path, capsys, "--ds_config", str(no_optimizer))
+    assert_user_error(status, err, "no 'optimizer' section")
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_that_does_not_fit_the_world_size(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    config = json.loads((ROOT / "ds_configs" / "zero3_offload.json").read_text())
+    config["train_batch_size"] = 6
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    status, err = train(tmp_path, capsys, "--ds_config", str(path), "--micro_batch_size", "1")
+    assert_user_error(status, err, "train_batch_size=6", "4 process")
+
+
+def test_flash_attention_without_flash_attn(tmp_path, capsys):
+    status, err = train(tmp_path, capsys, "--attn", "flash_attention_2")
+    assert_user_error(status, err, "flash_attention_2", "flash-attn")
+    assert not (tmp_path / "run").exists()
+
+
+def test_seq_len_over_max_positions(tmp_path, capsys):
+    status, err = train(tmp_path, capsys, "--seq_len", "100000")
+    assert_user_error(status, err, "--seq_len 100000", "max_position_embeddings")
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_dir_holding_another_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    previous = {"model": "x", "method": "rep", "finished": True,
+                "train": {"model": "tiny-llama", "method": "rep", "lr": 0.5, "seed": 7}}
+    (out / "run_config.json").write_text(json.dumps(previous))
+    before = sorted(p.name for p in out.iterdir())
+    status, err = train(tmp_path, capsys)
+    assert_user_error(status, err, "holds another run with a different config", "lr: 0.5 there")
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert json.loads((out / "run_config.json").read_text()) == previous
+
+
+def test_resume_none_refuses_to_overwrite_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step-5").mkdir(parents=True)
+    status, err = train(tmp_path, capsys, "--resume", "none")
+    assert_user_error(status, err, "--resume none would overwrite it")
+
+
+def test_resume_from_a_missing_or_torn_checkpoint(tmp_path, capsys):
+    status, err = train(tmp_path, capsys, "--resume", str(tmp_path / "nowhere"))
+    assert_user_error(status, err, "no such checkpoint directory")
+    torn = tmp_path / "step-3"
+    torn.mkdir()
+    status, err = train(tmp_path, capsys, "--resume", str(torn))
+    assert_user_error(status, err, "not a complete checkpoint", "COMPLETE")
+
+
+def test_resume_from_another_runs_checkpoint(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from loretta_ds.distributed.checkpoint import write_marker
+
+    foreign = tmp_path / "other" / "checkpoints" / "step-4"
+    foreign.mkdir(parents=True)
+    save_file({"model.layers.0.self_attn.q_proj.loretta_A.cores.0": torch.zeros(1, 2, 3)},
+              str(foreign / "trainable.safetensors"))
+    (foreign / "trainer_state.json").write_text(json.dumps({"step": 4}))
+    write_marker(foreign, 4)
+    status, err = train(tmp_path, capsys, "--resume", str(foreign))
+    assert_user_error(status, err, str(foreign), "does not fit this run's trainable parameters", "adapter config")
+    assert not (tmp_path / "run").exists()
+
+
+def test_lora_baseline_settings_are_validated(tmp_path, capsys):
+    status, err = train(tmp_path, capsys, "--method", "lora", "--r", "0")
+    assert_user_error(status, err, "r must be an integer >= 1, got 0")
+
+
+def test_unknown_target_module_is_reported_before_loading(tmp_path, capsys):
+    status, err = train(tmp_path, capsys, "--target_modules", "qkv_proj")
+    assert_user_error(status, err, "qkv_proj", "matches no linear layer")
+
+
+def test_yaml_run_config_is_overridden_by_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: 0.05\nmax_steps: 30\nmethod: adp\nbottleneck: 16\ntrain_norms: false\n")
+    cfg = config_from_args({"config": str(config), "max_steps": 12})
+    assert (cfg.lr, cfg.max_steps, cfg.method, cfg.bottleneck, cfg.train_norms) == (0.05, 12, "adp", 16, False)
+    assert cfg.loretta_config().bottleneck == 16
+    config.write_text("learning_rate: 0.05\n")
+    with pytest.raises(ValueError, match="unknown setting.*learning_rate"):
+        config_from_args({"config": str(config)})
