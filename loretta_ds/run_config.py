@@ -1,8 +1,8 @@
 """The training run's settings: one dataclass, filled from defaults <- YAML (--config) <- flags.
 
 The flags and the YAML keys are the same names (the LoRETTA ones are LorettaConfig's field
-names), so a run config file is a copy of a command line. Validation here is cheap (no files
-opened beyond the YAML, no torch): it runs on every rank before anything else.
+names), so a run config file is a copy of a command line. Validation here checks types and
+ranges only (no model, no data): it runs on every rank before anything else.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from .adapters.config import LorettaConfig
 FORMATS = ("auto", "text", "prompt_completion", "instruction", "classification")
 METHODS = ("rep", "adp", "lora")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
-RESUME_KEYWORDS = ("auto", "none")
 BUILTIN_MODEL = "tiny-llama"
 # The repository's ds_configs/ (present in a checkout; pass --ds_config elsewhere).
 DEFAULT_DS_CONFIG = str(Path(__file__).resolve().parents[1] / "ds_configs" / "zero3_offload.json")

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,7 +31,7 @@ from .distributed.ds_config import batch_summary, zero_stage
 from .distributed.errors import LostRank, RunFailure
 from .distributed.stop import StopRequest
 from .run_config import TrainConfig
-from .train_metrics import MetricsLog, Progress, StepTimer, memory_stats, plot_losses
+from .train_metrics import METRICS_FILE, MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
 from .train_plan import (ADAPTER_DIR, RUN_CONFIG_FILE, Plan, attach_adapter, build_plan, choose_resume,
                          make_batches, train_settings)
 
@@ -87,7 +88,7 @@ class Trainer:
         self.bad_streak = 0
         self.bad_total = 0
         self.classification_records = None
-        self.history: list[dict] = []  # eval records of this process's run
+        self.history: list[dict] = []  # eval records of this process (the run's are in metrics.jsonl)
         self.started = time.perf_counter()
         self._stop: StopRequest | None = None
         self._load_context = None
@@ -115,7 +116,7 @@ class Trainer:
             self.setup_data()
             status = self.train()
             if status == 0:
-                self.save()
+                status = self.save()
             return status
         except RunFailure:
             raise
@@ -127,9 +128,8 @@ class Trainer:
             self._stop.restore()
             dist.shutdown()
 
-    # --- 1. validate: user errors, before any model loads and before anything is written ----
-
     def describe_lost_rank(self, err: BaseException) -> str:
+        """The message for a failed collective: who is gone, and how to continue."""
         others = [r for r in range(self.world_size) if r != self.rank]
         who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others[0]}-{others[-1]}"
         newest = ckpt.latest_checkpoint(self.output_dir, log=lambda message: None)
@@ -137,6 +137,8 @@ class Trainer:
                 f"process died, hung longer than --dist_timeout {self.cfg.dist_timeout} s, or the network "
                 f"failed. The newest complete checkpoint is {newest.path if newest else 'none'}; relaunch with "
                 "--resume auto to continue from it.")
+
+    # --- 1. validate: user errors, before any model loads and before anything is written ----
 
     def validate(self) -> Plan | None:
         """The plan, or None when this exact run already finished in OUTPUT_DIR."""
@@ -373,7 +375,8 @@ class Trainer:
 
     # --- 6. save: adapter, plot, finished run config, merged export -------------------------
 
-    def save(self) -> None:
+    def save(self) -> int:
+        """Returns the exit status: 0, or 1 when only the merged export failed."""
         cfg, plan = self.cfg, self.plan
         frozen = None
         dist.settle_parameters(self.engine, self.model)
@@ -406,10 +409,12 @@ class Trainer:
         dist.barrier()
         dist.shutdown()
         if self.rank == 0 and cfg.export:
-            self.export_merged()
+            return self.export_merged()
+        return 0
 
     def summary(self) -> str:
-        evals = self.history
+        """First and last eval of the whole run (a resumed run reads its earlier evals back)."""
+        evals = [r for r in read_metrics(self.output_dir / METRICS_FILE) if r.get("kind") == "eval"]
         if not evals:
             return f"finished {self.step} steps"
         first, last = evals[0], evals[-1]
@@ -419,18 +424,26 @@ class Trainer:
                     f"{last['accuracy']:.3f} (step {last['step']})"
         return text
 
-    def export_merged(self) -> None:
+    def export_merged(self) -> int:
         if self.cfg.method != "rep":
             self.log(f"merged export skipped: only LoRETTA_rep updates can be merged (method {self.cfg.method})")
-            return
+            return 0
         try:
             from .export import export_merged
         except ImportError:
             self.log("merged export skipped: loretta_ds.export is not available in this installation")
-            return
+            return 0
         out = self.output_dir / MERGED_DIR
-        export_merged(self.output_dir, out, overwrite=True, log=lambda message: None)
+        try:
+            export_merged(self.output_dir, out, overwrite=True, log=lambda message: None)
+        except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+            # Training is done and saved; only the export is missing, and it can be redone alone.
+            print(f"error: the merged export failed ({err}); the trained adapter is in "
+                  f"{self.output_dir / ADAPTER_DIR}. Retry with: loretta-ds export {self.output_dir} {out}",
+                  file=sys.stderr, flush=True)
+            return 1
         self.log(f"merged model exported to {out}")
+        return 0
 
 
 def run_training(cfg: TrainConfig) -> int:

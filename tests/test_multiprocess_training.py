@@ -264,10 +264,9 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_llama_dir, tmp_path
 
 
 def test_readme_command_learns_the_bundled_task(tiny_llama_dir, tmp_path):
-    """The README's main command, as typed (no --model, no --dataset), shortened to 200 steps.
-
-    The README's numbers come from the full default run (400 steps): >= 90% eval accuracy.
-    """
+    """The README's main command, as typed (no --model, no --dataset), shortened to 200 of its
+    400 steps: from chance to >= 90% eval accuracy already. (The README's numbers come from the
+    full default run.)"""
     out = tmp_path / "run"
     command = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "launch/train.py",
                "--ds_config", "ds_configs/zero3_offload.json", "--max_steps", "200", "--output_dir", str(out)]
@@ -278,7 +277,7 @@ def test_readme_command_learns_the_bundled_task(tiny_llama_dir, tmp_path):
     evals = metrics(out, "eval")
     assert [r["step"] for r in evals] == [0, 50, 100, 150, 200]
     assert 0.3 <= evals[0]["accuracy"] <= 0.7  # the base model guesses
-    assert evals[-1]["accuracy"] >= 0.7 and evals[-1]["loss"] < 0.2 * evals[0]["loss"]
+    assert evals[-1]["accuracy"] >= 0.9 and evals[-1]["loss"] < 0.1 * evals[0]["loss"]
     assert f"eval accuracy {evals[0]['accuracy']:.3f} (step 0) -> {evals[-1]['accuracy']:.3f} (step 200)" in output
     run_config = json.loads((out / "run_config.json").read_text())
     assert run_config["model"] == str(tiny_llama_dir) and run_config["train"]["dataset"] == []

@@ -22,16 +22,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def single_process_environment() -> None:
-    """``python launch/train.py`` without a launcher: a world of one on this host."""
-    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+def launched_alone() -> bool:
+    """True for ``python launch/train.py`` without a launcher (no RANK / WORLD_SIZE set)."""
+    return "RANK" not in os.environ and "WORLD_SIZE" not in os.environ
 
 
 def world_from_environment() -> tuple[int, int, int]:
     """(rank, local rank, world size) as the launcher (deepspeed, srun helper, or none) set them."""
-    single_process_environment()
+    if launched_alone():
+        return 0, 0, 1
     return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
 
 
@@ -58,6 +57,10 @@ def init_distributed(timeout_s: int) -> None:
     waiting forever for a rank that died (gloo on CPU, nccl on GPUs)."""
     import deepspeed
 
+    if launched_alone():
+        # A world of one on this host, on a free port (no clash with other jobs on the machine).
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
     share_cpu_threads()
     if cuda_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
