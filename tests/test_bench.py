@@ -259,3 +259,16 @@ def test_layer_microbenchmark_runs_every_kind(tmp_path):
     assert cli_main(["bench", "--layer", "--hidden", "64", "--heads", "4", "--batch", "1", "--seq_len", "4",
                      "--steps", "2", "--out_dir", str(tmp_path)]) == 0
     assert (tmp_path / "bench_layer.md").read_text().startswith("Command: `loretta-ds bench")
+
+
+def test_flat_core_prototype_trains_one_tensor_per_tt_matrix(token_ids):
+    from loretta_ds.adapters import trainable_parameter_names
+    from loretta_ds.bench.prototype import flatten_tt_cores
+    model = inject(tiny_llama(), LorettaConfig())
+    values = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert flatten_tt_cores(model) == 2 * 2 * 2  # layers x (q, v) x (A, B)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(trainable) == 8 + 5 and sum(p.numel() for p in trainable) == values  # + 5 norms
+    assert set(trainable_parameter_names(model)) == {n for n, p in model.named_parameters() if p.requires_grad}
+    model(input_ids=token_ids, labels=token_ids).loss.backward()
+    assert all(p.grad is not None for p in trainable)
