@@ -40,16 +40,14 @@ def peft_lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def export_peft_lora(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` that
-    ``peft.PeftModel.from_pretrained(base, directory)`` loads with no loretta_ds import."""
-    tensors = peft_lora_tensors(model)
-    cfg: LorettaConfig = model.loretta_config
-    norm_modules = sorted({n.rsplit(".", 2)[-2] for n in trainable_parameter_names(model) if "loretta_" not in n})
-    config = {
+def peft_lora_config(cfg: LorettaConfig, norm_parameter_names: list[str], base_name: str | None) -> dict:
+    """PEFT's adapter_config.json for a rep adapter: same r and alpha, so the same scale alpha / r;
+    trained norms (parameter names like ``model.norm.weight``) become ``modules_to_save``."""
+    norm_modules = sorted({name.rsplit(".", 2)[-2] for name in norm_parameter_names})
+    return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+        "base_model_name_or_path": base_name,
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
@@ -62,6 +60,15 @@ def export_peft_lora(model: nn.Module, directory: str | os.PathLike) -> Path:
         "use_dora": False,
         "modules_to_save": norm_modules or None,
     }
+
+
+def export_peft_lora(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` that
+    ``peft.PeftModel.from_pretrained(base, directory)`` loads with no loretta_ds import."""
+    tensors = peft_lora_tensors(model)
+    norm_names = [n for n in trainable_parameter_names(model) if "loretta_" not in n]
+    base_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    config = peft_lora_config(model.loretta_config, norm_names, base_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..adapters.config import LorettaConfig
+from ..adapters.peft_export import peft_lora_config
 from .updates import RepUpdate
 
 PEFT_PREFIX = "base_model.model."
@@ -37,30 +38,9 @@ def lora_tensors(updates: dict[str, RepUpdate], norms: dict[str, torch.Tensor],
     return tensors
 
 
-def peft_config(cfg: LorettaConfig, norms: dict[str, torch.Tensor], base_name: str | None) -> dict:
-    """adapter_config.json for PEFT's LoraConfig: same r and alpha, so the same scale alpha / r."""
-    norm_modules = sorted({name.rsplit(".", 2)[-2] for name in norms})
-    return {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_name,
-        "r": cfg.r,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
-        "target_modules": sorted(cfg.target_modules),
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "inference_mode": True,
-        "init_lora_weights": True,
-        "use_rslora": False,
-        "use_dora": False,
-        "modules_to_save": norm_modules or None,
-    }
-
-
 def write_lora(cfg: LorettaConfig, updates: dict[str, RepUpdate], norms: dict[str, torch.Tensor],
                base_name: str | None, dtype: torch.dtype | None, directory: Path) -> list[str]:
     """Write adapter_model.safetensors + adapter_config.json (megabytes; no streaming needed)."""
     save_file(lora_tensors(updates, norms, dtype), str(directory / PEFT_WEIGHTS), metadata={"format": "pt"})
-    (directory / PEFT_CONFIG).write_text(json.dumps(peft_config(cfg, norms, base_name), indent=2) + "\n")
+    (directory / PEFT_CONFIG).write_text(json.dumps(peft_lora_config(cfg, list(norms), base_name), indent=2) + "\n")
     return [PEFT_CONFIG, PEFT_WEIGHTS]
