@@ -28,6 +28,7 @@ import json
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -48,6 +49,7 @@ OPTIMIZER = "optimizer.pt"
 TRAINER_STATE = "trainer_state.json"
 RNG_DIR = "rng"
 FORMAT_VERSION = 1
+SAVE_DELAY_ENV = "LORETTA_DS_TEST_SAVE_DELAY"  # a test hook, see _test_save_delay
 
 
 @dataclass
@@ -402,8 +404,18 @@ def save_checkpoint(output_dir: str | Path, step: int, engine, model: torch.nn.M
 
     stage(create)
     stage(write_files)
+    _test_save_delay()
     stage(publish)
     return final
+
+
+def _test_save_delay() -> None:
+    """Test hook, read here only: with LORETTA_DS_TEST_SAVE_DELAY=SECONDS every save waits that long
+    between its data files and its COMPLETE marker, so that a test can kill a run in the middle of
+    a save (tests/test_reliability_faults.py). Unset in real runs."""
+    delay = os.environ.get(SAVE_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
 
 
 def rotate(output_dir: str | Path, keep_last: int, log: Callable[[str], None] = print) -> None:
