@@ -85,3 +85,42 @@ def test_stop_signals_set_a_flag_instead_of_killing(tmp_path):
         finally:
             stop.restore()
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def test_resumed_cpu_adam_continues_bit_for_bit():
+    """DeepSpeed's CPU Adam (ZeRO offload) keeps beta^t in C++; a resumed optimizer must continue
+    with exactly the bias correction of one that never stopped, not pow(beta, t)'s rounding."""
+    import types
+
+    import torch
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    from loretta_ds.distributed.checkpoint import _replay_cpu_adam_bias_correction
+
+    def steps(optimizer, param, first, last):
+        for step in range(first, last + 1):
+            param.grad = torch.sin(torch.arange(param.numel(), dtype=torch.float32) * step)
+            optimizer.step()
+
+    start = torch.linspace(-1, 1, 257)
+    straight = torch.nn.Parameter(start.clone())
+    straight_opt = DeepSpeedCPUAdam([straight], lr=1e-2, weight_decay=0.01)
+    steps(straight_opt, straight, 1, 5)
+    saved = {key: value.clone() if torch.is_tensor(value) else value
+             for key, value in straight_opt.state[straight].items()}
+    saved_value = straight.detach().clone()
+    steps(straight_opt, straight, 6, 25)
+
+    def resumed(replay: bool) -> torch.Tensor:
+        param = torch.nn.Parameter(saved_value.clone())
+        optimizer = DeepSpeedCPUAdam([param], lr=1e-2, weight_decay=0.01)
+        optimizer.state[param].update({key: value.clone() if torch.is_tensor(value) else value
+                                       for key, value in saved.items()})
+        if replay:
+            _replay_cpu_adam_bias_correction(types.SimpleNamespace(optimizer=optimizer), saved["step"])
+        steps(optimizer, param, 6, 25)
+        return param.detach()
+
+    assert torch.equal(resumed(replay=True), straight.detach())
+    # Without the replay the C++ side recomputes beta^t with pow: not the same bits (why it exists).
+    assert not torch.equal(resumed(replay=False), straight.detach())
