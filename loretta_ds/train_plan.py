@@ -137,6 +137,11 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     (lr, batch split, bf16, warmup, steps), which is what run_config.json records."""
     raw_ds_config = load_ds_config(cfg.ds_config)
     zero_stage(raw_ds_config)
+    # A mistyped data path or name is the commonest error: reported in seconds, before the model's
+    # config and classes are read.
+    from .data.loading import parse_dataset_specs
+
+    parse_dataset_specs(cfg.dataset or None)
     attn = resolve_attention(cfg.attn)
     model_path, model_config = resolve_model(cfg.model)
     max_positions = getattr(model_config, "max_position_embeddings", None)

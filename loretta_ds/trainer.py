@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 import warnings
@@ -29,6 +30,7 @@ from .distributed import checkpoint as ckpt
 from .distributed import engine as dist
 from .distributed.ds_config import batch_summary, zero_stage
 from .distributed.errors import LostRank, RunFailure
+from .distributed.health import SILENCE_S, Heartbeat, start_heartbeat
 from .distributed.stop import StopRequest
 from .run_config import TrainConfig
 from .train_metrics import METRICS_FILE, MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
@@ -91,6 +93,7 @@ class Trainer:
         self.history: list[dict] = []  # eval records of this process (the run's are in metrics.jsonl)
         self.started = time.perf_counter()
         self._stop: StopRequest | None = None
+        self._heartbeat: Heartbeat | None = None
         self._load_context = None
 
     def log(self, message: str) -> None:
@@ -109,6 +112,7 @@ class Trainer:
             if self.plan is None:
                 return 0  # finished before with the same config
             dist.init_distributed(self.cfg.dist_timeout)
+            self._heartbeat = start_heartbeat()  # names the lost rank if a collective fails
             dist.quiet_deepspeed(self.cfg.debug and self.rank == 0)
             self.write_run_config(finished=False)
             self.setup_model()
@@ -121,22 +125,36 @@ class Trainer:
         except RunFailure:
             raise
         except RuntimeError as err:
-            if dist.is_collective_failure(err):
-                raise LostRank(self.describe_lost_rank(err)) from err
+            if self.world_size > 1 and dist.is_collective_failure(err):
+                lost = self._heartbeat.lost_ranks() if self._heartbeat is not None else []
+                reporter = min(r for r in range(self.world_size) if r not in lost)
+                raise LostRank(self.describe_lost_rank(err, lost), reporter=reporter) from err
             raise
         finally:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
             self._stop.restore()
             dist.shutdown()
 
-    def describe_lost_rank(self, err: BaseException) -> str:
-        """The message for a failed collective: who is gone, and how to continue."""
-        others = [r for r in range(self.world_size) if r != self.rank]
-        who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others[0]}-{others[-1]}"
+    def describe_lost_rank(self, err: BaseException, lost: list[int]) -> str:
+        """The message for a failed collective: who is gone (the ranks whose heartbeat stopped,
+        ``lost``), what failed, and how to continue."""
+        if lost:
+            who = f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of {self.world_size}"
+            why = (f"{'they' if len(lost) > 1 else 'it'} stopped answering (no heartbeat for {SILENCE_S:.0f} s): "
+                   "the process died or hangs, or its node is unreachable")
+        else:
+            who = "another rank"
+            why = (f"every rank still answers, so one was slower than --dist_timeout {self.cfg.dist_timeout} s "
+                   "or the network between them failed")
         newest = ckpt.latest_checkpoint(self.output_dir, log=lambda message: None)
-        return (f"lost contact with {who} at step {self.step} ({str(err).strip().splitlines()[0][:300]}): a "
-                f"process died, hung longer than --dist_timeout {self.cfg.dist_timeout} s, or the network "
-                f"failed. The newest complete checkpoint is {newest.path if newest else 'none'}; relaunch with "
-                "--resume auto to continue from it.")
+        # gloo's first line: "[.../pair.cc:537] Read error [10.0.0.2]:4711: Connection reset by peer. This is..."
+        reason = re.sub(r"^\[[^\]]+:\d+\]\s*", "", (str(err).strip().splitlines() or [""])[0])
+        reason = reason.split(". ")[0][:300] or type(err).__name__
+        resume = (f"The newest complete checkpoint is {newest.path}; relaunch with --resume auto to continue from it"
+                  if newest else "No checkpoint was written yet; relaunch with --resume auto to start again")
+        return (f"lost contact with {who} at step {self.step}: {why} ({reason}). {resume} (a collective waits "
+                f"--dist_timeout {self.cfg.dist_timeout} s for a silent rank).")
 
     # --- 1. validate: user errors, before any model loads and before anything is written ----
 

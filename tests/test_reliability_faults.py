@@ -6,8 +6,9 @@ checkpoint write, a real full file system (a 1 MiB tmpfs), and a learning rate t
 fp32. An interrupted run must end in bounded time with one clear message, keep its newest complete
 checkpoint, and resume to the same final adapter as a run that was never interrupted.
 
-The single-process tests compare with one uninterrupted single-process run, the two-process tests
-(deepspeed launcher, ZeRO-3 with CPU offload, gloo) with one uninterrupted two-process run.
+The single-process tests (ZeRO-3) compare with one uninterrupted single-process run, the
+two-process tests (deepspeed launcher, ZeRO-3 with CPU offload, gloo) with one uninterrupted
+two-process run.
 """
 from __future__ import annotations
 
@@ -138,8 +139,7 @@ def test_kill9_while_a_checkpoint_is_written_resumes_from_the_previous_one(refer
 
     status, output = run_to_end(single_command(out), tmp_path / "resumed.log")
     assert status == 0, output[-4000:]
-    assert f"ignoring torn checkpoint {torn}: no COMPLETE marker" in output or \
-        f"ignoring torn checkpoint {torn}: interrupted save" in output, output[-4000:]
+    assert f"ignoring torn checkpoint {torn}: interrupted save" in output, output[-4000:]
     assert f"ignoring torn checkpoint {damaged}: trainable.safetensors does not match its checksum" in output
     assert f"resumed from {previous} at step {SAVE_EVERY}" in output
     assert max_difference(adapter(out), adapter(reference)) <= 1e-6
@@ -280,7 +280,9 @@ def test_kill9_of_one_rank_ends_the_run_and_the_relaunch_resumes(reference_two_r
 
 
 @pytest.mark.multiprocess
-def test_a_hung_rank_ends_the_run_after_dist_timeout(tiny_llama, tmp_path):
+def test_a_hung_rank_0_ends_the_run_after_dist_timeout(tiny_llama, tmp_path):
+    """Rank 0 hangs (SIGSTOP): it also hosts the rendezvous store, so the survivor must find out
+    without it, and must say so itself (rank 0 normally prints the run's messages)."""
     out = tmp_path / "run"
     dist_timeout = 10
     run = Run(deepspeed_command(out, dist_timeout=dist_timeout), tmp_path / "hung.log")
@@ -288,17 +290,17 @@ def test_a_hung_rank_ends_the_run_after_dist_timeout(tiny_llama, tmp_path):
     try:
         wait_for_step(run, out, 3)
         ranks = run.ranks()
-        hung = ranks[1]
+        hung = ranks[0]
         stopped_at = time.monotonic()
-        hung.suspend()  # SIGSTOP: alive, holding its sockets open, answering nothing
-        survivor_exit = exit_time(ranks[0], stopped_at, dist_timeout + 60)
+        hung.suspend()  # SIGSTOP: alive, its sockets open, answering nothing
+        survivor_exit = exit_time(ranks[1], stopped_at, 4 * dist_timeout + 60)
     finally:
         if hung is not None:
             hung.kill()
         run.wait(120)
         run.close()
     output = run.output()
-    print(f"rank 0 exited {survivor_exit:.1f} s after rank 1 hung (--dist_timeout {dist_timeout})")
-    # Not before the collective timeout (a slow rank is not a lost one), and not much after it.
-    assert dist_timeout <= survivor_exit < dist_timeout + 30
-    assert_one_clear_error(output, "rank 1", "--dist_timeout", "--resume auto")
+    print(f"rank 1 exited {survivor_exit:.1f} s after rank 0 hung (--dist_timeout {dist_timeout})")
+    # Not before the collective timeout (a slow rank is not a lost one), and bounded after it.
+    assert dist_timeout <= survivor_exit < 3 * dist_timeout + 30
+    assert_one_clear_error(output, "lost contact with rank 0 of 2", "--dist_timeout", "--resume auto")

@@ -45,13 +45,16 @@ PLAUSIBLE = st.one_of(
 
 @pytest.fixture(scope="module", autouse=True)
 def private_datasets_cache(tmp_path_factory):
-    """`datasets` caches every file it reads; keep the fuzzed ones out of the user's cache."""
+    """`datasets` caches every file it reads: keep the fuzzed ones out of the user's cache."""
     import datasets
 
-    saved = datasets.config.HF_DATASETS_CACHE
+    saved = datasets.config.HF_DATASETS_CACHE, datasets.utils.logging.get_verbosity()
     datasets.config.HF_DATASETS_CACHE = tmp_path_factory.mktemp("datasets-cache")
+    # The loader reports each bad file in its error; the library's own log line would be noise.
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
     yield
-    datasets.config.HF_DATASETS_CACHE = saved
+    datasets.config.HF_DATASETS_CACHE = saved[0]
+    datasets.utils.logging.set_verbosity(saved[1])
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
     except RunFailure as err:
         if cfg.debug:
             raise
-        # Diverged, a lost rank, a failed save: not a bug, so one clear message (rank 0), no traceback.
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {err}", file=sys.stderr, flush=True)
+        # Diverged, a lost rank, a failed save: not a bug, so one clear message (from one rank: 0,
+        # unless rank 0 is the one lost), no traceback.
+        if int(os.environ.get("RANK", "0")) == err.reporter:
+            # Another rank starts a fresh line: rank 0's progress bar may have left one open.
+            fresh_line = "\n" if err.reporter != 0 else ""
+            print(f"{fresh_line}error: {err}", file=sys.stderr, flush=True)
         return 1

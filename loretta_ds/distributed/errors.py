@@ -2,7 +2,14 @@
 
 
 class RunFailure(RuntimeError):
-    """A run that cannot continue; the message says why and how to continue (usually --resume auto)."""
+    """A run that cannot continue; the message says why and how to continue (usually --resume auto).
+
+    ``reporter``: the one rank that prints the message; rank 0, unless rank 0 is the one lost.
+    """
+
+    def __init__(self, message: str, reporter: int = 0):
+        super().__init__(message)
+        self.reporter = reporter
 
 
 class CheckpointError(RunFailure):
