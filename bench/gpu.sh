@@ -10,7 +10,7 @@
 #
 # Knobs (env): LAYERS=4 BATCH=4 SEQ_LEN=1024 STEPS=10 WARMUP=3 DEVICE=cuda DTYPE=bf16 PYTHON=python
 #              HIDDEN INTERMEDIATE HEADS VOCAB (defaults: LLaMA-2-7B's) ATTN (default: auto)
-#              CONTENDERS=floor,rep,adp,lora (rep_fused,adp_fused: the proposed layer forwards)
+#              CONTENDERS=floor,rep,adp,lora TRAIN_NORMS=true (false: LoRETTA trains no norms, like LoRA)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -48,7 +48,7 @@ args=(--device "$DEVICE" --dtype "${DTYPE:-bf16}"
       --hidden "${HIDDEN:-4096}" --intermediate "${INTERMEDIATE:-11008}" --heads "${HEADS:-32}"
       --vocab "${VOCAB:-32000}" --layers "${LAYERS:-4}" --batch "${BATCH:-4}" --seq_len "${SEQ_LEN:-1024}"
       --steps "${STEPS:-10}" --warmup "${WARMUP:-3}" --attn "$ATTN"
-      --contenders "${CONTENDERS:-floor,rep,adp,lora}")
+      --contenders "${CONTENDERS:-floor,rep,adp,lora}" --train_norms "${TRAIN_NORMS:-true}")
 if [[ -n ${OUT:-} ]]; then
     args+=(--out "$OUT" --json "${OUT%.*}.json")
 fi

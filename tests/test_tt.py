@@ -61,3 +61,19 @@ def test_reference_init_statistics():
     for core in tt.cores:  # each core is randn / sqrt(r_k) * sigma^(1/K)
         expected = target ** (1 / len(tt.cores)) / math.sqrt(core.shape[2])
         assert 0.6 * expected < core.std().item() < 1.4 * expected
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_cores_are_contracted_in_fp32(dtype):
+    """Half-precision cores give a half-precision matrix, summed in fp32 (fast GPU kernels, exact
+    sums): equal to contracting fp32 copies and rounding once, which a half-precision chain is not."""
+    torch.manual_seed(0)
+    tt = TTFactorMatrix(4096, 8, 5, dtype=dtype)
+    tt.reset_reference_()
+    dense = tt()
+    assert dense.dtype == dtype and dense.shape == (4096, 8)
+    fp32_once = tt_to_dense([c.float() for c in tt.cores], 4096, 8).to(dtype)
+    assert torch.equal(dense, fp32_once)
+    assert not torch.equal(tt_to_dense(list(tt.cores), 4096, 8), fp32_once)  # what a half chain gives
+    dense.float().sum().backward()
+    assert all(core.grad is not None and core.grad.dtype == dtype for core in tt.cores)

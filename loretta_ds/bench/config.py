@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-# Every contender the runner knows, in table order. The *_fused ones run the forwards proposed in
-# bench/prototype.py; they are opt-in (not in the default list).
-ALL_CONTENDERS = ["floor", "rep", "adp", "lora", "adapter", "ref_rep", "ref_adp", "rep_fused", "adp_fused"]
-DEFAULT_CONTENDERS = ALL_CONTENDERS[:7]
+# Every contender the runner knows, in table order; all of them run by default.
+ALL_CONTENDERS = ["floor", "rep", "adp", "lora", "adapter", "ref_rep", "ref_adp"]
+DEFAULT_CONTENDERS = list(ALL_CONTENDERS)
 DTYPES = ("fp32", "bf16", "fp16")
 
 

@@ -52,18 +52,14 @@ def _floor(base: nn.Module, train_norms: bool) -> tuple[nn.Module, str]:
     return model, "floor (frozen, grad to inputs)"
 
 
-def _loretta(method: str, fused: bool = False) -> Callable[[nn.Module, bool], tuple[nn.Module, str]]:
+def _loretta(method: str) -> Callable[[nn.Module, bool], tuple[nn.Module, str]]:
     def build(base: nn.Module, train_norms: bool) -> tuple[nn.Module, str]:
         from ..adapters import LorettaConfig, inject
         cfg = LorettaConfig(method=method, r=8, tensor_rank=5, alpha=16, bottleneck=64, dropout=0.0,
                             train_norms=train_norms)
         model = inject(copy.deepcopy(base), cfg)
         norms = " + norms" if train_norms else ""
-        if not fused:
-            return model, f"LoRETTA_{method}{norms} (loretta_ds)"
-        from .prototype import use_prototype_forwards
-        use_prototype_forwards(model)
-        return model, f"LoRETTA_{method}{norms}, fused forward (prototype)"
+        return model, f"LoRETTA_{method}{norms} (loretta_ds)"
     return build
 
 
@@ -110,8 +106,6 @@ BUILDERS: dict[str, Callable[[nn.Module, bool], tuple[nn.Module, str]]] = {
     "floor": _floor,
     "rep": _loretta("rep"),
     "adp": _loretta("adp"),
-    "rep_fused": _loretta("rep", fused=True),
-    "adp_fused": _loretta("adp", fused=True),
     "lora": _lora,
     "adapter": _dense_adapter,
     "ref_rep": _reference("rep"),

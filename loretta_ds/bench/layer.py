@@ -24,15 +24,12 @@ from .baselines import DenseAdapterLinear
 
 def _loretta(kind: str, base: nn.Linear) -> nn.Module:
     from ..adapters import LorettaAdpLinear, LorettaRepLinear
-    from .prototype import use_prototype_forwards
 
     if kind.startswith("rep"):
         layer = LorettaRepLinear(base, 8, 16.0, 5)
     else:
         layer = LorettaAdpLinear(base, "input", 64, 5)
     layer.reset_parameters("reference")  # non-zero everywhere: no path is trivially cheap
-    if kind.endswith("_fused"):
-        use_prototype_forwards(layer)
     return layer
 
 
@@ -66,7 +63,7 @@ def build_layer(kind: str, base: nn.Linear) -> nn.Module | None:
     base = copy.deepcopy(base)
     if kind == "frozen":
         return base
-    if kind in ("rep", "rep_fused", "adp", "adp_fused"):
+    if kind in ("rep", "adp"):
         return _loretta(kind, base)
     if kind == "adapter":
         return DenseAdapterLinear(base, "input", 64)
@@ -82,7 +79,7 @@ def build_layer(kind: str, base: nn.Linear) -> nn.Module | None:
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
-LAYER_KINDS = ["frozen", "lora", "rep", "rep_fused", "ref_rep", "adapter", "adp", "adp_fused", "ref_adp"]
+LAYER_KINDS = ["frozen", "lora", "rep", "ref_rep", "adapter", "adp", "ref_adp"]
 
 
 def layer_bench(features: int = 768, tokens: int = 1024, repeats: int = 200, warmup: int = 5,

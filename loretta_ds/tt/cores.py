@@ -42,7 +42,14 @@ class TTFactorMatrix(nn.Module):
         return f"{self.d_in} x {self.d_out}, modes={self.modes}, tensor_rank={self.tensor_rank}"
 
     def forward(self) -> torch.Tensor:
-        return tt_to_dense(list(self.cores), self.d_in, self.d_out)
+        cores = list(self.cores)
+        if cores[0].dtype in (torch.bfloat16, torch.float16):
+            # The chain's matmuls are tiny and odd-shaped (bond rank 5, modes 4-16): in half
+            # precision cuBLAS runs them on slow legacy tensor-core kernels (about 85 us each on an
+            # H200, 0.5 ms of GPU time per rep layer and step; docs/benchmarks.md section 5), in
+            # fp32 on fast ones. fp32 is also the more exact sum; the result is cast back.
+            return tt_to_dense([core.float() for core in cores], self.d_in, self.d_out).to(cores[0].dtype)
+        return tt_to_dense(cores, self.d_in, self.d_out)
 
     @torch.no_grad()
     def reset_reference_(self, generator: torch.Generator | None = None) -> None:
