@@ -268,7 +268,7 @@ def test_kill9_of_one_rank_ends_the_run_and_the_relaunch_resumes(reference_two_r
     print(f"rank 0 exited {survivor_exit:.1f} s after rank 1 was killed")
     assert status != 0
     assert survivor_exit < dist_timeout + 30
-    assert_one_clear_error(output, "rank 1", "--resume auto")
+    assert_one_clear_error(output, "lost contact with rank 1 of 2", "--resume auto")
     newest = checkpoint_steps(out)[-1]
     assert newest >= SAVE_EVERY and not (out / "adapter").exists()
 
