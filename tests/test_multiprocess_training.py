@@ -286,3 +286,32 @@ def test_readme_command_learns_the_bundled_task(tiny_llama_dir, tmp_path):
     assert (out / "merged" / "model.safetensors").is_file()  # the default merged export
     # One progress bar and one summary: rank 1 prints nothing of its own.
     assert output.count("finished 200 steps") == 1 and output.count("parameters: partitioned") == 1
+
+
+def test_deepspeed_cpu_allreduce_memory_is_not_left_in_dev_shm(tmp_path):
+    """DeepSpeed's CPU all-reduce maps a shared-memory segment per rank and never unlinks it; the
+    trainer unlinks the names once all ranks hold them, so nothing stays in /dev/shm afterwards."""
+    port = free_port()
+    out = tmp_path / "run"
+    command = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), TRAIN, "--ds_config", ZERO3_OFFLOAD,
+               "--max_steps", "40", "--eval_every", "0", "--eval_batches", "1", "--export", "false",
+               "--output_dir", str(out)]
+    launcher = subprocess.Popen(command, cwd=ROOT, env=env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    try:
+        wait_for_step(out, 2, launcher)
+        ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+                 if any(arg.startswith("--local_rank=") for arg in p.cmdline())]
+        assert len(ranks) == 2
+        segment = f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_"
+        for rank in ranks:  # mapped (all-reduce works) but already unlinked
+            mapped = [line for line in Path(f"/proc/{rank.pid}/maps").read_text().splitlines()
+                      if f"/dev/shm/{segment}" in line]
+            assert mapped and all(line.endswith("(deleted)") for line in mapped), mapped
+        assert not list(Path("/dev/shm").glob(f"{segment}*"))
+        output, _ = launcher.communicate(timeout=240)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, output[-4000:]
+    assert not list(Path("/dev/shm").glob(f"{segment}*"))

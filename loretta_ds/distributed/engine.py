@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -67,6 +68,32 @@ def init_distributed(timeout_s: int) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if cuda_available() else "gloo",
                                auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s),
                                verbose=False)
+    release_shared_memory_name()
+
+
+# DeepSpeed's CPU all-reduce puts a shared-memory segment per rank in /dev/shm, named after the
+# user, MASTER_ADDR, MASTER_PORT and rank (ops/csrc/cpu/comm/shm.cpp), and never unlinks it: every
+# CPU run left about 66 MB per rank behind, until /dev/shm and with it the machine's memory filled.
+SHM_SEGMENT = "deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
+
+
+def release_shared_memory_name() -> None:
+    """Unlink this rank's DeepSpeed CPU all-reduce segment name once every rank has mapped it.
+
+    The mappings stay valid until the processes exit, so all-reduce works as before; the memory is
+    returned when the last process holding it ends, also after a kill -9. The barrier first makes
+    sure no rank is still waiting to open the segment by its name.
+    """
+    if cuda_available() or not dist.is_initialized():
+        return
+    path = Path("/dev/shm") / SHM_SEGMENT.format(uid=os.getuid(), addr=os.environ.get("MASTER_ADDR", ""),
+                                                  port=os.environ.get("MASTER_PORT", ""), rank=dist.get_rank())
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    try:
+        path.unlink()
+    except FileNotFoundError:  # not created (another all-reduce path, or a remote rank)
+        pass
 
 
 def quiet_deepspeed(verbose: bool) -> None:
