@@ -285,3 +285,18 @@ def test_flat_core_prototype_trains_one_tensor_per_tt_matrix(token_ids):
     assert set(trainable_parameter_names(model)) == {n for n, p in model.named_parameters() if p.requires_grad}
     model(input_ids=token_ids, labels=token_ids).loss.backward()
     assert all(p.grad is not None for p in trainable)
+
+
+def test_inline_tt_prototype_leaves_no_tt_submodules(token_ids):
+    from loretta_ds.bench.prototype import inline_tt_factors
+    from loretta_ds.tt import TTFactorMatrix
+    model = inject(tiny_llama(), LorettaConfig())
+    values = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base_logits = model(input_ids=token_ids).logits
+    assert inline_tt_factors(model) == 2 * 2  # layers x (q, v)
+    assert not any(isinstance(m, TTFactorMatrix) for m in model.modules())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(trainable) == 8 + 5 and sum(p.numel() for p in trainable) == values  # + 5 norms
+    torch.testing.assert_close(model(input_ids=token_ids).logits, base_logits)  # B is zero
+    model(input_ids=token_ids, labels=token_ids).loss.backward()
+    assert all(p.grad is not None for p in trainable)

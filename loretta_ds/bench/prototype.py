@@ -56,3 +56,60 @@ def flatten_tt_cores(model: nn.Module) -> int:
     if changed and hasattr(model, "loretta_config"):
         mark_trainable(model)
     return changed
+
+
+# ---------------------------------------------------------------- TT factors inside the layer
+#
+# Under ZeRO-3 DeepSpeed also works per module: every submodule gets forward and backward hooks
+# that fetch and release its parameters. A rep layer has two TT submodules (with their cores);
+# LoRA's has two Linears. Here each factor becomes one flat parameter of the rep layer itself,
+# contracted in the layer's forward, so ZeRO-3 sees one module and two tensors per adapted
+# projection, like LoRA.
+
+def _inline_rep_forward(self, x: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    from ..tt import tt_to_dense
+
+    def dense(name: str) -> torch.Tensor:
+        shapes, d_in, d_out = self.inline_tt_meta[name]
+        flat, cores, offset = getattr(self, f"{name}_flat"), [], 0
+        for shape in shapes:
+            size = shape[0] * shape[1] * shape[2]
+            cores.append(flat[offset:offset + size].view(shape))
+            offset += size
+        return tt_to_dense(cores, d_in, d_out)
+
+    result = self.base_layer(x)
+    a, b = dense("loretta_A"), dense("loretta_B")
+    xa = F.linear(self.loretta_dropout(x).to(a.dtype), a.t().contiguous())
+    out = torch.addmm(result.reshape(-1, self.out_features), xa.reshape(-1, self.r).to(result.dtype),
+                      (b * self.scaling).to(result.dtype))
+    return out.view(result.shape)
+
+
+def inline_tt_factors(model: nn.Module) -> int:
+    """Replace each rep layer's TT submodules by flat parameters of the layer (fresh values, B
+    zero, as the zero init); returns how many layers changed. For timing studies only."""
+    from ..adapters import LorettaRepLinear, mark_trainable
+
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, LorettaRepLinear):
+            continue
+        module.inline_tt_meta = {}
+        for name in ("loretta_A", "loretta_B"):
+            tt = getattr(module, name)
+            shapes = [tuple(getattr(core, "ds_shape", core.shape)) for core in tt.cores]
+            sizes = [a * n * b for a, n, b in shapes]
+            flat = torch.randn(sum(sizes)) * (tt.d_in + tt.d_out) ** (-0.5 / len(shapes))
+            if name == "loretta_B":
+                flat[-sizes[-1]:] = 0
+            module.inline_tt_meta[name] = (shapes, tt.d_in, tt.d_out)
+            delattr(module, name)
+            module.register_parameter(f"{name}_flat", nn.Parameter(flat.to(tt.cores[0].dtype)))
+        module.forward = types.MethodType(_inline_rep_forward, module)
+        changed += 1
+    if changed and hasattr(model, "loretta_config"):
+        mark_trainable(model)
+    return changed
