@@ -285,6 +285,9 @@ def test_flat_core_prototype_trains_one_tensor_per_tt_matrix(token_ids):
     assert set(trainable_parameter_names(model)) == {n for n, p in model.named_parameters() if p.requires_grad}
     model(input_ids=token_ids, labels=token_ids).loss.backward()
     assert all(p.grad is not None for p in trainable)
+    # Only B's last core starts at zero (as the zero init): B gets a gradient at the first step.
+    b_grads = [p.grad for n, p in model.named_parameters() if n.endswith("loretta_B.loretta_flat_cores")]
+    assert len(b_grads) == 4 and all(g.abs().max() > 0 for g in b_grads)
 
 
 def test_inline_tt_prototype_leaves_no_tt_submodules(token_ids):
@@ -300,3 +303,5 @@ def test_inline_tt_prototype_leaves_no_tt_submodules(token_ids):
     torch.testing.assert_close(model(input_ids=token_ids).logits, base_logits)  # B is zero
     model(input_ids=token_ids, labels=token_ids).loss.backward()
     assert all(p.grad is not None for p in trainable)
+    b_grads = [p.grad for n, p in model.named_parameters() if n.endswith("loretta_B_flat")]
+    assert len(b_grads) == 4 and all(g.abs().max() > 0 for g in b_grads)

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..run_config import parse_bool
 from .config import BenchConfig
 
 
@@ -30,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--attn", default="sdpa", help="comma-separated: sdpa, flash_attention_2, eager")
     p.add_argument("--contenders", default="floor,rep,adp,lora")
-    p.add_argument("--train_norms", choices=("true", "false"), default="true",
+    p.add_argument("--train_norms", type=parse_bool, default=True,
                    help="LoRETTA also trains the norm weights (the paper's set); false: like for like with LoRA")
     p.add_argument("--out", default="", help="also write the table to this file")
     p.add_argument("--json", default="", help="also write the full report as JSON here")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                       steps=args.steps, warmup=args.warmup, memory_repeats=2, device=args.device,
                       dtype=args.dtype, attn=[a for a in args.attn.split(",") if a],
                       contenders=[c for c in args.contenders.split(",") if c],
-                      train_norms=args.train_norms == "true")
+                      train_norms=args.train_norms)
     report = run_bench(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     report.command = "python -m loretta_ds.bench.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     estimates = {method: _estimated_activations(cfg, method) for method in ("rep", "adp")

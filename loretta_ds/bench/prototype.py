@@ -21,33 +21,47 @@ from torch import nn
 # forward, keeps the maths and AdamW's elementwise update identical and divides that count by
 # the number of cores (4-6).
 
+def _fresh_flat_cores(shapes: list[tuple[int, int, int]], d_in: int, d_out: int, zero_last: bool,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """Reference-style random cores in one flat vector; ``zero_last``: the last core zero, as the
+    zero init does for B (rep) and up (adp), so the model starts unchanged and still trains."""
+    sizes = [a * n * b for a, n, b in shapes]
+    flat = torch.randn(sum(sizes)) * (d_in + d_out) ** (-0.5 / len(shapes))
+    if zero_last:
+        flat[-sizes[-1]:] = 0
+    return flat.to(dtype)
+
+
+def _core_views(flat: torch.Tensor, shapes: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+    cores, offset = [], 0
+    for shape in shapes:
+        size = shape[0] * shape[1] * shape[2]
+        cores.append(flat[offset:offset + size].view(shape))
+        offset += size
+    return cores
+
+
 def _flat_forward(self) -> torch.Tensor:
     from ..tt import tt_to_dense
 
-    cores, offset = [], 0
-    for shape in self.core_shapes:
-        size = shape[0] * shape[1] * shape[2]
-        cores.append(self.loretta_flat_cores[offset:offset + size].view(shape))
-        offset += size
-    return tt_to_dense(cores, self.d_in, self.d_out)
+    return tt_to_dense(_core_views(self.loretta_flat_cores, self.core_shapes), self.d_in, self.d_out)
 
 
 def flatten_tt_cores(model: nn.Module) -> int:
     """Replace every TT matrix's cores by one flat parameter (fresh reference-style values, the
-    last core zero, as the zero init); returns how many matrices changed. For timing studies:
-    the values of the old cores are not carried over."""
+    last core of B / up zero, as the zero init); returns how many matrices changed. For timing
+    studies: the values of the old cores are not carried over."""
     from ..adapters import mark_trainable
     from ..tt import TTFactorMatrix
 
     changed = 0
-    for module in model.modules():
+    for name, module in model.named_modules():
         if not isinstance(module, TTFactorMatrix) or not hasattr(module, "cores"):
             continue
         shapes = [tuple(getattr(core, "ds_shape", core.shape)) for core in module.cores]
         template = module.cores[0]
-        sizes = [a * n * b for a, n, b in shapes]
-        flat = torch.randn(sum(sizes), dtype=template.dtype) * (module.d_in + module.d_out) ** (-0.5 / len(shapes))
-        flat[-sizes[-1]:] = 0
+        flat = _fresh_flat_cores(shapes, module.d_in, module.d_out, name.endswith(("loretta_B", "loretta_up")),
+                                 template.dtype)
         del module.cores
         module.core_shapes = shapes
         module.loretta_flat_cores = nn.Parameter(flat.to(template.device if template.device.type != "meta" else "cpu"))
@@ -73,12 +87,7 @@ def _inline_rep_forward(self, x: torch.Tensor) -> torch.Tensor:
 
     def dense(name: str) -> torch.Tensor:
         shapes, d_in, d_out = self.inline_tt_meta[name]
-        flat, cores, offset = getattr(self, f"{name}_flat"), [], 0
-        for shape in shapes:
-            size = shape[0] * shape[1] * shape[2]
-            cores.append(flat[offset:offset + size].view(shape))
-            offset += size
-        return tt_to_dense(cores, d_in, d_out)
+        return tt_to_dense(_core_views(getattr(self, f"{name}_flat"), shapes), d_in, d_out)
 
     result = self.base_layer(x)
     a, b = dense("loretta_A"), dense("loretta_B")
@@ -101,13 +110,10 @@ def inline_tt_factors(model: nn.Module) -> int:
         for name in ("loretta_A", "loretta_B"):
             tt = getattr(module, name)
             shapes = [tuple(getattr(core, "ds_shape", core.shape)) for core in tt.cores]
-            sizes = [a * n * b for a, n, b in shapes]
-            flat = torch.randn(sum(sizes)) * (tt.d_in + tt.d_out) ** (-0.5 / len(shapes))
-            if name == "loretta_B":
-                flat[-sizes[-1]:] = 0
+            flat = _fresh_flat_cores(shapes, tt.d_in, tt.d_out, name == "loretta_B", tt.cores[0].dtype)
             module.inline_tt_meta[name] = (shapes, tt.d_in, tt.d_out)
             delattr(module, name)
-            module.register_parameter(f"{name}_flat", nn.Parameter(flat.to(tt.cores[0].dtype)))
+            module.register_parameter(f"{name}_flat", nn.Parameter(flat))
         module.forward = types.MethodType(_inline_rep_forward, module)
         changed += 1
     if changed and hasattr(model, "loretta_config"):

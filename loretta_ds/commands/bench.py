@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..bench.config import ALL_CONTENDERS, BenchConfig
-from .count import _parse_bool
+from ..run_config import parse_bool
 
 
 def _list(text: str) -> list[str]:
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument("--contenders", type=_list, default=d.contenders,
                       help=f"comma-separated subset of {','.join(ALL_CONTENDERS)}")
     work.add_argument("--seed", type=int, default=d.seed)
-    work.add_argument("--train_norms", type=_parse_bool, default=d.train_norms,
+    work.add_argument("--train_norms", type=parse_bool, default=d.train_norms,
                       help="LoRETTA and the dense adapter also train norm weights (true/false; LoRA and "
                            "the reference never do)")
     out = parser.add_argument_group("output")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..adapters.config import LorettaConfig
+from ..run_config import parse_bool
 
 
 def add_loretta_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,16 +20,7 @@ def add_loretta_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--target_modules", default=None,
                        help="comma-separated module names or a preset: attn, mlp, all (default: the method's)")
     group.add_argument("--init", default=defaults.init, help="zero | reference")
-    group.add_argument("--train_norms", type=_parse_bool, default=True, help="also train norm weights (true/false)")
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    group.add_argument("--train_norms", type=parse_bool, default=True, help="also train norm weights (true/false)")
 
 
 def loretta_config_from_args(args: argparse.Namespace) -> LorettaConfig:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .count import _parse_bool, add_loretta_arguments, loretta_config_from_args
+from ..run_config import parse_bool
+from .count import add_loretta_arguments, loretta_config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--nodes", type=int, default=1)
     run.add_argument("--gpus_per_node", type=int, default=8)
     run.add_argument("--offload", default="none", help="none | optimizer | param+optimizer")
-    run.add_argument("--bf16", type=_parse_bool, nargs="?", const=True, default=True,
+    run.add_argument("--bf16", type=parse_bool, nargs="?", const=True, default=True,
                      help="bf16 weights and activations (default true; --bf16 false for fp32)")
     run.add_argument("--micro_batch_size", type=int, default=1, help="sequences per GPU per step")
     run.add_argument("--seq_len", type=int, default=4096)

@@ -38,6 +38,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from ..export.staging import fsync_dir
 from . import engine as dist_engine
 from .errors import CheckpointError
 
@@ -73,14 +74,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_checkpoint(path: Path) -> str | None:
@@ -178,13 +171,13 @@ def _replay_cpu_adam_bias_correction(engine, count: int) -> None:
     if not hasattr(optimizer, "ds_opt_adam") or count <= 0:
         return  # not the CPU Adam: torch optimizers recompute the correction from the step each time
     empty = torch.zeros(0, dtype=torch.float32)
-    for group in optimizer.param_groups:
-        beta1, beta2 = group["betas"]
-        for step in range(1, count + 1):
-            optimizer.ds_opt_adam.adam_update(optimizer.opt_id, step, group["lr"], beta1, beta2, group["eps"],
-                                              group["weight_decay"], group["bias_correction"],
-                                              empty, empty, empty, empty)
-        break  # one C++ optimizer per DeepSpeedCPUAdam, shared by its groups
+    # One C++ optimizer per DeepSpeedCPUAdam, shared by its groups: in a step, the first group's
+    # call advances the product and the others leave it (same step), so replay the first group's.
+    group = optimizer.param_groups[0]
+    beta1, beta2 = group["betas"]
+    for step in range(1, count + 1):
+        optimizer.ds_opt_adam.adam_update(optimizer.opt_id, step, group["lr"], beta1, beta2, group["eps"],
+                                          group["weight_decay"], group["bias_correction"], empty, empty, empty, empty)
 
 
 def _ensure_optimizer_state(engine, keys: list[str]) -> None:
@@ -366,7 +359,7 @@ def write_marker(directory: Path, step: int) -> None:
     marker = {"step": step, "files": {f: [(directory / f).stat().st_size, _sha256(directory / f)] for f in files}}
     _write(directory / MARKER, (json.dumps(marker, indent=1) + "\n").encode())
     for sub in {(directory / f).parent for f in files} | {directory}:
-        _fsync_dir(sub)
+        fsync_dir(sub)
 
 
 def save_checkpoint(output_dir: str | Path, step: int, engine, model: torch.nn.Module, names: list[str],
@@ -423,7 +416,7 @@ def save_checkpoint(output_dir: str | Path, step: int, engine, model: torch.nn.M
             if final.exists():
                 shutil.rmtree(final)  # a damaged directory of the same step (reported as torn)
             os.rename(tmp, final)
-            _fsync_dir(root)
+            fsync_dir(root)
             rotate(output_dir, keep_last, log)
 
     stage(create)

@@ -129,7 +129,7 @@ class StagedOutput:
 
     def publish(self) -> Path:
         """Make the staged export OUT_DIR: fsync, drop the marker, rename (replacing an old one)."""
-        _fsync_dir(self.temp_dir)
+        fsync_dir(self.temp_dir)
         (self.temp_dir / MARKER_NAME).unlink()
         replaced = None
         if self.out_dir.exists():
@@ -141,7 +141,7 @@ class StagedOutput:
             else:
                 self.out_dir.rmdir()
         os.rename(self.temp_dir, self.out_dir)
-        _fsync_dir(self.out_dir.parent)
+        fsync_dir(self.out_dir.parent)
         if replaced is not None:
             shutil.rmtree(replaced)
         self._release()
@@ -160,7 +160,8 @@ class StagedOutput:
         self._release()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (new files, renames) durable; the checkpoint writer uses it too."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
