@@ -7,9 +7,8 @@
 #
 # Knobs (env): NPROC=2 HIDDEN=768 LAYERS=2 INTERMEDIATE=2048 HEADS=12 MICRO_BATCH=8 SEQ_LEN=128
 #              WARMUP=3 MEASURE=10 METHODS="rep adp lora" REPEATS=1 WORK=<dir, default a temp dir>
-#              PYTHON=python. A method "rep_flat" / "adp_flat" runs rep / adp with the prototype
-#              that keeps each TT matrix in one parameter; "rep_inline" rep with its TT factors as
-#              flat parameters of the layer itself, no TT submodules (loretta_ds/bench/prototype.py).
+#              PYTHON=python TRAIN_NORMS=true. TRAIN_NORMS=false: rep and adp train only their TT
+#              cores, like for like with LoRA (which never trains norms).
 #              With REPEATS>1 the methods alternate (rep adp lora rep adp lora ...) and the times
 #              are medians over the repeats; byte counts do not vary between runs.
 set -euo pipefail
@@ -32,10 +31,9 @@ for method in ${METHODS:-rep adp lora}; do
     rm -rf "${WORK:?}/$run"
     # a free port: other jobs on the machine may hold DeepSpeed's default 29500
     flags=()
-    if [[ $method == *_flat ]]; then flags=(--flat_cores); fi
-    if [[ $method == *_inline ]]; then flags=(--inline_tt); fi
+    if [[ $method != lora ]]; then flags=(--train_norms "${TRAIN_NORMS:-true}"); fi
     port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-    deepspeed --num_gpus "${NPROC:-2}" --master_port "$port" bench/comm_train.py --model "$WORK/model" --method "${method%_*}" ${flags[@]+"${flags[@]}"} \
+    deepspeed --num_gpus "${NPROC:-2}" --master_port "$port" bench/comm_train.py --model "$WORK/model" --method "$method" ${flags[@]+"${flags[@]}"} \
         --ds_config "$WORK/ds_config.json" --output_dir "$WORK/$run" \
         --max_steps $((WARMUP + MEASURE + 1)) --comm_warmup "$WARMUP" --comm_steps "$MEASURE" \
         --micro_batch_size "${MICRO_BATCH:-8}" --seq_len "${SEQ_LEN:-128}" \

@@ -29,7 +29,7 @@ class PlainLora(nn.Module):
 
 
 def bf16_contraction(self: TTFactorMatrix) -> torch.Tensor:
-    return tt_to_dense(list(self.cores), self.d_in, self.d_out)
+    return tt_to_dense(self.cores(), self.d_in, self.d_out)
 
 
 def ms_per_call(fn, repeats: int = 100) -> float:
@@ -55,7 +55,7 @@ def main() -> None:
     def contraction_alone():
         (rep.loretta_A().float().sum() + rep.loretta_B().float().sum()).backward()
 
-    print(f"A cores {[tuple(c.shape) for c in rep.loretta_A.cores]}, B cores {[tuple(c.shape) for c in rep.loretta_B.cores]}")
+    print(f"A cores {rep.loretta_A.core_shapes}, B cores {rep.loretta_B.core_shapes}")
     for round_ in range(2):
         for name, layer in layers.items():
             print(f"round {round_}: {name} layer fwd+bwd {ms_per_call(lambda: layer(x).sum().backward()):.3f} ms")

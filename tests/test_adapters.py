@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
 from loretta_ds import (LorettaConfig, count_parameters, export_peft_lora, inject, load_adapter,
                         merge, merge_and_unload, save_adapter, unmerge)
-from loretta_ds.adapters import LorettaAdpLinear, LorettaRepLinear, trainable_parameter_names
+from loretta_ds.adapters import LorettaAdpLinear, LorettaRepLinear, read_adapter_tensors, trainable_parameter_names
+from loretta_ds.tt import TTFactorMatrix, split_cores
 
 from tiny_models import randomize_adapter, tiny_llama
 
@@ -17,6 +18,17 @@ from tiny_models import randomize_adapter, tiny_llama
 def logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids).logits
+
+
+def cores_with_gradient(model) -> set[str]:
+    """"<TT matrix>.core<k>" for every core whose slice of the flat gradient is not all zero."""
+    found = set()
+    for name, module in model.named_modules():
+        if isinstance(module, TTFactorMatrix) and module.tt_cores.grad is not None:
+            for k, grad in enumerate(split_cores(module.tt_cores.grad, module.core_shapes)):
+                if grad.abs().sum() > 0:
+                    found.add(f"{name}.core{k}")
+    return found
 
 
 # ---------------------------------------------------------------- init and training
@@ -34,10 +46,13 @@ def test_zero_init_is_exact_and_every_core_learns_within_two_steps(method, token
         loss = model(input_ids=token_ids, labels=token_ids).loss
         loss.backward()
         got_grad |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        got_grad |= cores_with_gradient(model)
         optimizer.step()
         optimizer.zero_grad()
     adapter_params = {n for n in trainable_parameter_names(model) if "loretta_" in n}
-    assert adapter_params and adapter_params <= got_grad
+    every_core = {f"{name}.core{k}" for name, m in model.named_modules() if isinstance(m, TTFactorMatrix)
+                  for k in range(len(m.core_shapes))}
+    assert adapter_params and adapter_params <= got_grad and every_core <= got_grad
     assert not torch.equal(logits(model.eval(), token_ids), logits(base, token_ids))
 
 
@@ -147,6 +162,28 @@ def test_save_load_round_trip(method, tmp_path, token_ids):
     fresh = load_adapter(tiny_llama(), tmp_path)
     assert (logits(fresh, token_ids) - expected).abs().max() == 0
     assert fresh.loretta_config == model.loretta_config
+
+
+def test_format_1_adapter_with_one_tensor_per_core_still_loads(tmp_path, token_ids):
+    """Adapters saved before the cores moved into one tensor per TT matrix (``.cores.<k>`` keys)
+    load to the same model, and export reads them the same way."""
+    model = inject(tiny_llama(), LorettaConfig(tensor_rank=3))
+    randomize_adapter(model)
+    expected = logits(model, token_ids)
+    save_adapter(model, tmp_path)
+    per_core = {name: tensor for name, tensor in load_file(tmp_path / "adapter.safetensors").items()
+                if "loretta_" not in name}
+    for name, module in model.named_modules():
+        if isinstance(module, TTFactorMatrix):
+            per_core.update({f"{name}.cores.{k}": core.detach().clone() for k, core in enumerate(module.cores())})
+    save_file(per_core, tmp_path / "adapter.safetensors")
+    assert set(read_adapter_tensors(tmp_path)) == set(trainable_parameter_names(model))
+    assert (logits(load_adapter(tiny_llama(), tmp_path), token_ids) - expected).abs().max() == 0
+
+    del per_core["model.layers.0.self_attn.q_proj.loretta_A.cores.1"]
+    save_file(per_core, tmp_path / "adapter.safetensors")
+    with pytest.raises(ValueError, match=r"q_proj.loretta_A has cores \[0, 2\], not 0..1"):
+        read_adapter_tensors(tmp_path)
 
 
 def test_adapter_file_size_independent_of_frozen_weights(tmp_path):

@@ -50,11 +50,12 @@ def test_every_contender_runs_and_reports(tiny_report):
             assert 8 * row["trainable_params"] <= row["optimizer_state_bytes"] < 9 * row["trainable_params"] + 4096
             assert row["checkpoint_bytes"] > 4 * row["trainable_params"]
     assert rows["lora"]["step_vs_lora"] == 1.0 and rows["floor"]["step_vs_floor"] == 1.0
-    # At hidden 768 rep's TT cores hold 10x fewer values than LoRA's matrices; the file is a little
-    # less than 10x smaller (one safetensors header entry per core), and the trained norms add more.
+    # At hidden 768 rep's TT cores hold 10.6x fewer values than LoRA's matrices, and the file
+    # without the trained norms is over 10x smaller (one header entry per TT matrix; one per core
+    # made it 8.9x).
     rep_cores = rows["rep"]["trainable_params"] - (2 * TINY["layers"] + 1) * 768
     assert rows["lora"]["trainable_params"] > 10 * rep_cores
-    assert rows["lora"]["checkpoint_bytes"] > 8 * rows["rep"]["checkpoint_bytes_without_norms"]
+    assert rows["lora"]["checkpoint_bytes"] > 10 * rows["rep"]["checkpoint_bytes_without_norms"]
 
 
 def test_outputs_md_json_png(tiny_report, tmp_path):
@@ -89,7 +90,7 @@ def test_bad_bench_arguments_are_user_errors(capsys):
         BenchConfig(clock="cpu", device="cuda")
 
 
-# ---------------------------------------------------------------- baselines and prototypes
+# ---------------------------------------------------------------- baselines
 
 def _outputs_and_grads(module, x):
     x = x.clone().requires_grad_(True)
@@ -176,7 +177,10 @@ def test_llama2_7b_rep_checkpoint_is_over_10x_smaller_than_lora():
     lora_params, lora_bytes = trainable_file_bytes("llama2-7b", "lora")
     assert (rep_params, lora_params) == (368_640, 4_194_304)  # LORETTA.md's table (norms included)
     assert lora_bytes >= 10 * rep_bytes
-    assert "10.26x" in checkpoint_table([{"model": "llama2-7b", "method": "rep", "trainable_params": rep_params,
+    # bf16 values plus the safetensors header: one entry per TT matrix and norm, not per core
+    # (one per core made the header 10% of the file).
+    assert rep_bytes < 1.05 * 2 * rep_params
+    assert f"{lora_bytes / rep_bytes:.2f}x" in checkpoint_table([{"model": "llama2-7b", "method": "rep", "trainable_params": rep_params,
                                           "checkpoint_bytes": rep_bytes, "lora_over_this": lora_bytes / rep_bytes}])
 
 
@@ -272,36 +276,3 @@ def test_layer_microbenchmark_runs_every_kind(tmp_path):
     assert cli_main(["bench", "--layer", "--hidden", "64", "--heads", "4", "--batch", "1", "--seq_len", "4",
                      "--steps", "2", "--out_dir", str(tmp_path)]) == 0
     assert (tmp_path / "bench_layer.md").read_text().startswith("Command: `loretta-ds bench")
-
-
-def test_flat_core_prototype_trains_one_tensor_per_tt_matrix(token_ids):
-    from loretta_ds.adapters import trainable_parameter_names
-    from loretta_ds.bench.prototype import flatten_tt_cores
-    model = inject(tiny_llama(), LorettaConfig())
-    values = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert flatten_tt_cores(model) == 2 * 2 * 2  # layers x (q, v) x (A, B)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert len(trainable) == 8 + 5 and sum(p.numel() for p in trainable) == values  # + 5 norms
-    assert set(trainable_parameter_names(model)) == {n for n, p in model.named_parameters() if p.requires_grad}
-    model(input_ids=token_ids, labels=token_ids).loss.backward()
-    assert all(p.grad is not None for p in trainable)
-    # Only B's last core starts at zero (as the zero init): B gets a gradient at the first step.
-    b_grads = [p.grad for n, p in model.named_parameters() if n.endswith("loretta_B.loretta_flat_cores")]
-    assert len(b_grads) == 4 and all(g.abs().max() > 0 for g in b_grads)
-
-
-def test_inline_tt_prototype_leaves_no_tt_submodules(token_ids):
-    from loretta_ds.bench.prototype import inline_tt_factors
-    from loretta_ds.tt import TTFactorMatrix
-    model = inject(tiny_llama(), LorettaConfig())
-    values = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    base_logits = model(input_ids=token_ids).logits
-    assert inline_tt_factors(model) == 2 * 2  # layers x (q, v)
-    assert not any(isinstance(m, TTFactorMatrix) for m in model.modules())
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert len(trainable) == 8 + 5 and sum(p.numel() for p in trainable) == values  # + 5 norms
-    torch.testing.assert_close(model(input_ids=token_ids).logits, base_logits)  # B is zero
-    model(input_ids=token_ids, labels=token_ids).loss.backward()
-    assert all(p.grad is not None for p in trainable)
-    b_grads = [p.grad for n, p in model.named_parameters() if n.endswith("loretta_B_flat")]
-    assert len(b_grads) == 4 and all(g.abs().max() > 0 for g in b_grads)

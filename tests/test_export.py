@@ -183,8 +183,8 @@ def test_merged_weights_are_w_plus_delta_rounded_once_and_the_rest_is_untouched(
     for name, layer in ((n, m) for n, m in adapted.named_modules() if hasattr(m, "delta_weight")):
         # Delta computed in float32 from the TT cores, added in float32, rounded to bf16 once:
         # the closest bf16 checkpoint to the adapted model that exists.
-        a = tt_to_dense([c.float() for c in layer.loretta_A.cores], layer.in_features, layer.r)
-        b = tt_to_dense([c.float() for c in layer.loretta_B.cores], layer.r, layer.out_features)
+        a = tt_to_dense([c.float() for c in layer.loretta_A.cores()], layer.in_features, layer.r)
+        b = tt_to_dense([c.float() for c in layer.loretta_B.cores()], layer.r, layer.out_features)
         exact = original[f"{name}.weight"].float() + (a @ b).T * layer.scaling
         assert torch.equal(merged[f"{name}.weight"], exact.to(torch.bfloat16))
     for name in ("model.norm.weight", "model.layers.0.input_layernorm.weight"):
@@ -339,7 +339,7 @@ def test_damaged_adapter_or_inconsistent_run_is_refused(tmp_path, fp32_run):
         export_merged(run, tmp_path / "out", log=quiet)
     (run / "run_config.json").write_text(json.dumps(config))
     tensors = load_file(run / "adapter" / "adapter.safetensors")
-    del tensors["model.layers.1.mlp.up_proj.loretta_B.cores.2"]
+    del tensors["model.layers.1.mlp.up_proj.loretta_B.tt_cores"]
     from safetensors.torch import save_file
     save_file(tensors, run / "adapter" / "adapter.safetensors")
     with pytest.raises(ValueError, match="up_proj.loretta_B"):

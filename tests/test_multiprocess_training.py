@@ -106,7 +106,9 @@ def test_two_process_zero3_offload_run(straight, tiny_llama_dir):
     assert report["trainable"]["tensors"] == report["persistent"]["tensors"] > 0
     assert report["trainable_whole_on_every_rank"] is True
     assert report["optimizer_numel_this_rank"] < report["trainable"]["numel"]  # a partition of the trainable set
-    assert "partitioned 16 tensors" in output and "persistent (whole on every rank) 29 tensors" in output
+    # 2 layers x 7 projections + embedding + head partitioned; persistent: 2 layers x (q, v) x
+    # (A, B), one tensor per TT matrix, + 5 norms.
+    assert "partitioned 16 tensors" in output and "persistent (whole on every rank) 13 tensors" in output
     # The frozen base, gathered after training, equals the model directory's safetensors bit for bit.
     frozen = report["frozen_verify"]
     assert frozen["checked"] == report["frozen"]["tensors"] and frozen["mismatched"] == []
@@ -121,7 +123,9 @@ def test_two_process_zero3_offload_run(straight, tiny_llama_dir):
     assert checkpoints == ["step-10", "step-20"]
     final = load_file(str(out / "checkpoints" / "step-20" / "trainable.safetensors"))
     assert max_diff(final, adapter(out)) == 0.0
-    assert any(v.abs().max() > 0 for k, v in adapter(out).items() if "loretta_B.cores.2" in k)  # trained
+    # B's last core starts at zero: every value of B's cores has moved only if it trained.
+    b_cores = [v for k, v in adapter(out).items() if k.endswith("loretta_B.tt_cores")]
+    assert b_cores and all(bool((v != 0).all()) for v in b_cores)
 
 
 def test_one_process_matches_two_processes(straight, tmp_path):

@@ -17,27 +17,27 @@ from tiny_models import tiny_llama
 loretta_ref = pytest.importorskip("loretta")
 
 
-def _reference_to_ours(ref_name: str) -> str | None:
+def _our_tensor(ours, ref_name: str) -> torch.Tensor | None:
+    """Our tensor for a reference parameter: a core (a view into its matrix's flat parameter) or a bias."""
     name = ref_name.removeprefix("base_model.model.")
     for ref_part, our_part in (("lora_A", "loretta_A"), ("lora_B", "loretta_B"),
                                ("adapter_down", "loretta_down"), ("adapter_up", "loretta_up")):
         match = re.fullmatch(rf"(.*)\.{ref_part}\.layer\.(tensor\.factors\.(\d+)|bias)", name)
         if match:
             if match.group(2) == "bias":
-                return f"{match.group(1)}.{our_part}_bias"
-            return f"{match.group(1)}.{our_part}.cores.{match.group(3)}"
+                return ours.get_parameter(f"{match.group(1)}.{our_part}_bias")
+            return ours.get_submodule(f"{match.group(1)}.{our_part}").cores()[int(match.group(3))]
     return None
 
 
 def _copy_reference_adapter(ref_model, ours) -> int:
-    our_params = dict(ours.named_parameters())
     copied = 0
     with torch.no_grad():
         for ref_name, ref_param in ref_model.named_parameters():
-            our_name = _reference_to_ours(ref_name)
-            if our_name is not None:
-                assert our_params[our_name].shape == ref_param.shape, our_name
-                our_params[our_name].copy_(ref_param)
+            our_tensor = _our_tensor(ours, ref_name)
+            if our_tensor is not None:
+                assert our_tensor.shape == ref_param.shape, ref_name
+                our_tensor.copy_(ref_param)
                 copied += 1
     return copied
 

@@ -95,7 +95,7 @@ class Workspace:
         # A checkpoint written by a run with another adapter config (other tensors, other shapes).
         self.foreign_checkpoint = root / "foreign" / "checkpoints" / "step-2"
         self.foreign_checkpoint.mkdir(parents=True)
-        save_file({"model.layers.0.self_attn.q_proj.loretta_A.cores.0": torch.zeros(1, 2, 3)},
+        save_file({"model.layers.0.self_attn.q_proj.loretta_A.tt_cores": torch.zeros(6)},
                   str(self.foreign_checkpoint / "trainable.safetensors"))
         (self.foreign_checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2, "data": {}}))
         files = {name: [(self.foreign_checkpoint / name).stat().st_size,

@@ -168,7 +168,7 @@ def test_resume_from_another_runs_checkpoint(tmp_path, capsys):
 
     foreign = tmp_path / "other" / "checkpoints" / "step-4"
     foreign.mkdir(parents=True)
-    save_file({"model.layers.0.self_attn.q_proj.loretta_A.cores.0": torch.zeros(1, 2, 3)},
+    save_file({"model.layers.0.self_attn.q_proj.loretta_A.tt_cores": torch.zeros(6)},
               str(foreign / "trainable.safetensors"))
     (foreign / "trainer_state.json").write_text(json.dumps({"step": 4}))
     write_marker(foreign, 4)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from loretta_ds.tt import TTFactorMatrix, factorize, modes_for, reference_modes, tt_to_dense
+from loretta_ds.tt import TTFactorMatrix, factorize, modes_for, reference_modes, split_cores, tt_numel, tt_to_dense
 
 
 @pytest.mark.parametrize("size", [11008 * 8, 13824 * 8, 28672 * 8, 2048 * 8, 3072 * 8, 5120 * 3,
@@ -41,7 +41,7 @@ def test_override_honoured_and_checked():
 def test_dense_layout_is_row_major_left_to_right():
     tt = TTFactorMatrix(6, 4, tensor_rank=3, modes=[2, 3, 4])
     tt.reset_reference_()
-    cores = [c.detach() for c in tt.cores]
+    cores = [c.detach() for c in tt.cores()]
     full = torch.einsum("aib,bjc,ckd->ijk", *cores).reshape(6, 4)
     assert torch.allclose(tt(), full, atol=1e-6)
     assert torch.allclose(tt_to_dense(cores, 6, 4), full, atol=1e-6)
@@ -58,8 +58,8 @@ def test_reference_init_statistics():
     # The reference's init targets entries with std sqrt(1 / (d_in + d_out)).
     target = math.sqrt(1 / (d_in + d_out))
     assert 0.5 * target < sum(stds) / len(stds) < 1.5 * target
-    for core in tt.cores:  # each core is randn / sqrt(r_k) * sigma^(1/K)
-        expected = target ** (1 / len(tt.cores)) / math.sqrt(core.shape[2])
+    for core in tt.cores():  # each core is randn / sqrt(r_k) * sigma^(1/K)
+        expected = target ** (1 / len(tt.core_shapes)) / math.sqrt(core.shape[2])
         assert 0.6 * expected < core.std().item() < 1.4 * expected
 
 
@@ -72,8 +72,28 @@ def test_half_precision_cores_are_contracted_in_fp32(dtype):
     tt.reset_reference_()
     dense = tt()
     assert dense.dtype == dtype and dense.shape == (4096, 8)
-    fp32_once = tt_to_dense([c.float() for c in tt.cores], 4096, 8).to(dtype)
+    fp32_once = tt_to_dense([c.float() for c in tt.cores()], 4096, 8).to(dtype)
     assert torch.equal(dense, fp32_once)
-    assert not torch.equal(tt_to_dense(list(tt.cores), 4096, 8), fp32_once)  # what a half chain gives
+    assert not torch.equal(tt_to_dense(tt.cores(), 4096, 8), fp32_once)  # what a half chain gives
     dense.float().sum().backward()
-    assert all(core.grad is not None and core.grad.dtype == dtype for core in tt.cores)
+    assert tt.tt_cores.grad is not None and tt.tt_cores.grad.dtype == dtype
+
+
+def test_cores_are_views_of_one_flat_parameter():
+    """One trainable tensor per TT matrix (ZeRO-3 pays per tensor), cut into cores in order:
+    writes through a core land in the flat parameter, and gradients reach each core's slice."""
+    tt = TTFactorMatrix(768, 8, tensor_rank=5)
+    assert [name for name, _ in tt.named_parameters()] == ["tt_cores"]
+    assert tt.tt_cores.numel() == tt_numel(tt.modes, 5)
+    assert [tuple(c.shape) for c in tt.cores()] == tt.core_shapes
+    tt.reset_reference_()
+    tt.zero_last_core_()
+    last = tt.core_shapes[-1][0] * tt.core_shapes[-1][1] * tt.core_shapes[-1][2]
+    assert torch.count_nonzero(tt.tt_cores[-last:]) == 0 and torch.count_nonzero(tt.tt_cores[:-last]) > 0
+    assert torch.count_nonzero(tt()) == 0  # a zero core makes the matrix zero
+    tt().sum().backward()
+    assert torch.count_nonzero(tt.tt_cores.grad[-last:]) > 0  # only the zero core gets a gradient
+    assert torch.count_nonzero(tt.tt_cores.grad[:-last]) == 0
+    with pytest.raises(ValueError, match="580 values"):
+        split_cores(torch.zeros(579), tt.core_shapes)
+

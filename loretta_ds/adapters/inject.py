@@ -56,6 +56,18 @@ def _override_for(cfg: LorettaConfig, module_name: str, factor: str, d_in: int, 
     return None
 
 
+def factor_modes(cfg: LorettaConfig, module_name: str, factor: str, d_in: int, d_out: int,
+                 used: set[str] | None = None) -> list[int]:
+    """The TT modes of one factor (A/B or down/up, d_in x d_out) of ``module_name``'s adapter:
+    the config's ``tt_shapes`` override if one names it, else ``modes_for``'s choice. Also what
+    reads an adapter file back without a model (the export) uses to cut ``tt_cores`` into cores."""
+    override = _override_for(cfg, module_name, factor, d_in, d_out, used if used is not None else set())
+    try:
+        return modes_for(d_in, d_out, override)
+    except ValueError as err:
+        raise ValueError(f"{module_name} factor {factor}: {err}") from None
+
+
 def plan_injection(model: nn.Module, cfg: LorettaConfig) -> list[PlannedLayer]:
     """Find every target and resolve its TT modes; raise before the model is touched."""
     linears = {name: m for name, m in model.named_modules() if _is_linear(m)}
@@ -79,13 +91,7 @@ def plan_injection(model: nn.Module, cfg: LorettaConfig) -> list[PlannedLayer]:
             position = "output" if name.rsplit(".", 1)[-1] in OUTPUT_ADAPTER_MODULES else "input"
             d = in_f if position == "input" else out_f
             factors = (("down", d, cfg.bottleneck), ("up", cfg.bottleneck, d))
-        modes = []
-        for factor, d_in, d_out in factors:
-            override = _override_for(cfg, name, factor, d_in, d_out, used_overrides)
-            try:
-                modes.append(modes_for(d_in, d_out, override))
-            except ValueError as err:
-                raise ValueError(f"{name} factor {factor}: {err}") from None
+        modes = [factor_modes(cfg, name, factor, d_in, d_out, used_overrides) for factor, d_in, d_out in factors]
         plan.append(PlannedLayer(name, module, (modes[0], modes[1]), position))
     unused = sorted(set(cfg.tt_shapes) - used_overrides)
     if unused:

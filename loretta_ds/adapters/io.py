@@ -2,12 +2,17 @@
 
 Directory layout: ``adapter_config.json`` ({"loretta": LorettaConfig, "base": model facts,
 "target_shapes": {module: [out, in]}}) and ``adapter.safetensors`` (trainable tensors, named as in
-the adapted model's ``named_parameters()``).
+the adapted model's ``named_parameters()``: ``<module>.loretta_A.tt_cores`` holds A's cores back
+to back, see loretta_ds.tt.TTFactorMatrix).
+
+Format 1 stored one tensor per core (``<module>.loretta_A.cores.<k>``); ``read_adapter_tensors``
+still reads such files.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -20,7 +25,8 @@ from .inject import adapter_layers, inject, linear_shape, plan_injection, traina
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one tensor per TT matrix (tt_cores); 1: one per core
+_PER_CORE_KEY = re.compile(r"^(?P<matrix>.+\.loretta_[A-Za-z]+)\.cores\.(?P<index>\d+)$")
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -96,6 +102,28 @@ def read_adapter_config(directory: str | os.PathLike) -> tuple[LorettaConfig, di
     return LorettaConfig.from_dict(meta["loretta"]), meta
 
 
+def read_adapter_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of ``adapter.safetensors``, named as today's layers name their parameters.
+
+    A format-1 file's per-core tensors (``<matrix>.cores.<k>``) are joined, in core order, into
+    the one flat ``<matrix>.tt_cores`` each TT matrix has now (the same values, the same layout).
+    """
+    stored = load_file(str(Path(directory) / WEIGHTS_NAME))
+    tensors, per_core = {}, {}
+    for key, tensor in stored.items():
+        match = _PER_CORE_KEY.match(key)
+        if match:
+            per_core.setdefault(match["matrix"], {})[int(match["index"])] = tensor
+        else:
+            tensors[key] = tensor
+    for matrix, cores in per_core.items():
+        if sorted(cores) != list(range(len(cores))):
+            raise ValueError(f"{directory}/{WEIGHTS_NAME}: {matrix} has cores {sorted(cores)}, not "
+                             f"0..{len(cores) - 1}; the file is damaged, re-save the adapter")
+        tensors[f"{matrix}.tt_cores"] = torch.cat([cores[k].reshape(-1) for k in range(len(cores))])
+    return tensors
+
+
 def _check_base_matches(model: nn.Module, cfg: LorettaConfig, meta: dict) -> None:
     """The adapter's modules must be exactly the ones its config targets in ``model``, same shapes."""
     injected = adapter_layers(model)
@@ -128,7 +156,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         raise ValueError(f"the adapter's config does not match this model's adapter ({'; '.join(diffs)}); "
                          "load it onto a fresh base model instead")
     _check_base_matches(model, cfg, meta)
-    state = load_file(str(Path(directory) / WEIGHTS_NAME))
+    state = read_adapter_tensors(directory)
     if current is None:
         inject(model, cfg)
     params = dict(model.named_parameters())

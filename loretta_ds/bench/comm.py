@@ -133,32 +133,12 @@ def train_with_probe(argv: list[str]) -> int:
     add_train_arguments(parser)  # the trainer's own flags, unchanged
     parser.add_argument("--comm_warmup", type=int, default=2, help="steps before measuring")
     parser.add_argument("--comm_steps", type=int, default=5, help="steps measured")
-    parser.add_argument("--flat_cores", action="store_true",
-                        help="prototype: one parameter per TT matrix (bench/prototype.py flatten_tt_cores)")
-    parser.add_argument("--inline_tt", action="store_true",
-                        help="prototype: TT factors as flat parameters of the rep layer itself "
-                             "(bench/prototype.py inline_tt_factors)")
     args = vars(parser.parse_args(argv))
-    warmup, measured, flat = args.pop("comm_warmup"), args.pop("comm_steps"), args.pop("flat_cores")
-    inline = args.pop("inline_tt")
+    warmup, measured = args.pop("comm_warmup"), args.pop("comm_steps")
     cfg = config_from_args(args)
     trainer = Trainer(cfg)
-    setup_engine, setup_model = trainer.setup_engine, trainer.setup_model
+    setup_engine = trainer.setup_engine
     probe: list[StepProbe] = []
-
-    def setup_model_prototype() -> None:
-        from ..adapters import trainable_parameter_names
-        from .prototype import flatten_tt_cores, inline_tt_factors
-
-        setup_model()
-        if inline:
-            inline_tt_factors(trainer.model)
-        else:
-            flatten_tt_cores(trainer.model)
-        trainer.trainable_names = trainable_parameter_names(trainer.model)
-
-    if flat or inline:
-        trainer.setup_model = setup_model_prototype
 
     def setup_engine_with_probe() -> None:
         setup_engine()
@@ -168,7 +148,7 @@ def train_with_probe(argv: list[str]) -> int:
     status = trainer.run()
     if status == 0 and probe:
         trainable = int(sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters() if p.requires_grad))
-        variant = " (TT inside the layer)" if inline else " (flat cores)" if flat else ""
+        variant = " (no norms)" if cfg.method != "lora" and not cfg.train_norms else ""
         result = probe[0].result(cfg.method + variant, trainer.rank,
                                  trainer.world_size, trainable)
         path = Path(cfg.output_dir) / f"comm_rank{trainer.rank}.json"

@@ -15,14 +15,14 @@ from typing import Callable
 
 import torch
 
-from ..adapters.io import CONFIG_NAME, WEIGHTS_NAME
+from ..adapters.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter_tensors
 from .checkpoint import BaseCheckpoint, open_base_checkpoint
 from .lora import write_lora
 from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_config, write_merged,
                      write_model_files)
 from .sources import RUN_CONFIG_NAME, ExportSource, resolve_source
 from .staging import StagedOutput
-from .updates import ADP_NOT_MERGEABLE, load_adapter_tensors, norm_tensors, rep_updates
+from .updates import ADP_NOT_MERGEABLE, norm_tensors, rep_updates
 from .verify import VerifyReport, verify_export
 
 FORMATS = ("merged", "peft-lora", "adapter")
@@ -129,7 +129,7 @@ def _dominant_dtype(source: ExportSource, fmt: str) -> torch.dtype:
         checkpoint = open_base_checkpoint(source.base_dir())
         return max(((t.dtype, t.numel) for t in checkpoint.tensors.values() if t.dtype.is_floating_point),
                    key=lambda pair: pair[1])[0]
-    tensors = load_adapter_tensors(source.adapter_dir)
+    tensors = read_adapter_tensors(source.adapter_dir)
     return next(iter(tensors.values())).dtype
 
 
@@ -144,7 +144,7 @@ def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, o
     staged = StagedOutput(out_dir, overwrite, _protected(source, base_dir), log)
     staged.check()
     config = read_base_config(base_dir)
-    tensors = load_adapter_tensors(source.adapter_dir)
+    tensors = read_adapter_tensors(source.adapter_dir)
     updates, norms = rep_updates(source.config, source.meta, tensors), norm_tensors(tensors)
     checkpoint = open_base_checkpoint(base_dir)
     plan = plan_merged(checkpoint, updates, norms, dtype, shard_limit)
@@ -179,7 +179,7 @@ def _norm_drift(checkpoint: BaseCheckpoint, norms: dict[str, torch.Tensor]) -> f
 def _export_lora(source: ExportSource, out_dir: Path, dtype, _shards, overwrite, lora_norms, log) -> ExportResult:
     staged = StagedOutput(out_dir, overwrite, _protected(source, None), log)
     staged.check()
-    tensors = load_adapter_tensors(source.adapter_dir)
+    tensors = read_adapter_tensors(source.adapter_dir)
     updates, norms = rep_updates(source.config, source.meta, tensors), norm_tensors(tensors)
     if lora_norms == "drop" and norms:
         try:
@@ -204,7 +204,7 @@ def _export_lora(source: ExportSource, out_dir: Path, dtype, _shards, overwrite,
 def _export_adapter(source: ExportSource, out_dir: Path, _dtype, _shards, overwrite, _norms, log) -> ExportResult:
     staged = StagedOutput(out_dir, overwrite, _protected(source, None), log)
     staged.check()
-    tensors = load_adapter_tensors(source.adapter_dir)
+    tensors = read_adapter_tensors(source.adapter_dir)
     if source.config.method == "rep":
         rep_updates(source.config, source.meta, tensors)  # refuse a damaged adapter before copying it
     run_config = source.run_config or {"method": source.config.method, "loretta": source.config.to_dict()}

@@ -1,25 +1,25 @@
 """Dense LoRETTA_rep updates straight from an adapter file, without building any model.
 
 For a target module with base weight W (out, in), the adapter file holds the TT cores of
-A (in x r) and B (r x out) as ``<module>.loretta_A.cores.<k>`` / ``<module>.loretta_B.cores.<k>``,
-each core (r_{k-1}, n_k, r_k). The merged weight is W + (alpha / r) * (A B)^T, which equals the
+A (in x r) and B (r x out) back to back as ``<module>.loretta_A.tt_cores`` /
+``<module>.loretta_B.tt_cores``; the config's modes and tensor rank cut them into cores
+(r_{k-1}, n_k, r_k), exactly as the layer does. The merged weight is W + (alpha / r) * (A B)^T, which equals the
 LoRA form W + (alpha / r) * lora_B @ lora_A with lora_A = A^T (r, in) and lora_B = B^T (out, r).
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..adapters.config import LorettaConfig
-from ..adapters.io import WEIGHTS_NAME
-from ..tt import tt_to_dense
+from ..adapters.inject import factor_modes
+from ..adapters.io import read_adapter_tensors
+from ..tt import core_shapes, split_cores, tt_to_dense
 
-_CORE_KEY = re.compile(r"^(?P<module>.+)\.loretta_(?P<factor>A|B)\.cores\.(?P<index>\d+)$")
+_FACTOR_KEY = re.compile(r"^(?P<module>.+)\.loretta_(?P<factor>A|B)\.tt_cores$")
 
 ADP_NOT_MERGEABLE = (
     "LoRETTA_adp adapters cannot be merged into the base weights or written as LoRA: they add a "
@@ -57,26 +57,19 @@ class RepUpdate:
         return a.T.contiguous(), b.T.contiguous()
 
 
-def load_adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
-    """All tensors of adapter.safetensors (megabytes even for 70B: TT cores and norm weights)."""
-    return load_file(str(Path(adapter_dir) / WEIGHTS_NAME))
-
-
-def _check_train(cores: list[torch.Tensor], d_in: int, d_out: int, where: str) -> list[str]:
-    """Problems that would make the cores not contract to a (d_in, d_out) matrix."""
-    if not cores:
-        return [f"{where} has no cores"]
-    if any(c.dim() != 3 for c in cores):
-        return [f"{where} has cores that are not 3-D"]
-    problems = []
-    if cores[0].shape[0] != 1 or cores[-1].shape[2] != 1:
-        problems.append(f"{where} does not start and end with bond rank 1")
-    if any(left.shape[2] != right.shape[0] for left, right in zip(cores, cores[1:])):
-        problems.append(f"{where} has mismatched bond ranks")
-    modes = math.prod(c.shape[1] for c in cores)
-    if modes != d_in * d_out:
-        problems.append(f"{where} modes multiply to {modes}, not {d_in} x {d_out}")
-    return problems
+def _factor_cores(cfg: LorettaConfig, module: str, factor: str, d_in: int, d_out: int,
+                  flat: torch.Tensor | None, problems: list[str]) -> list[torch.Tensor]:
+    """One factor's cores cut from its flat tensor; a problem noted (and []) if it cannot be."""
+    where = f"{module}.loretta_{factor}"
+    if flat is None:
+        problems.append(f"{where} is missing")
+        return []
+    try:
+        shapes = core_shapes(factor_modes(cfg, module, factor, d_in, d_out), cfg.tensor_rank)
+        return split_cores(flat, shapes)
+    except ValueError as err:
+        problems.append(f"{where}: {err}")
+        return []
 
 
 def rep_updates(cfg: LorettaConfig, meta: dict, tensors: dict[str, torch.Tensor]) -> dict[str, RepUpdate]:
@@ -89,27 +82,22 @@ def rep_updates(cfg: LorettaConfig, meta: dict, tensors: dict[str, torch.Tensor]
     shapes = meta.get("target_shapes")
     if not isinstance(shapes, dict) or not shapes:
         raise ValueError("adapter_config.json has no target_shapes; re-save the adapter with save_adapter")
-    cores: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    flats: dict[tuple[str, str], torch.Tensor] = {}
     stray = []
     for key, tensor in tensors.items():
-        match = _CORE_KEY.match(key)
+        match = _FACTOR_KEY.match(key)
         if match:
-            cores.setdefault((match["module"], match["factor"]), {})[int(match["index"])] = tensor
+            flats[(match["module"], match["factor"])] = tensor
         elif "loretta_" in key:
             stray.append(key)
     problems = [f"unexpected adapter tensor {key}" for key in stray]
     problems += [f"cores for {module} which is not in target_shapes"
-                 for module, _ in cores if module not in shapes]
+                 for module, _ in flats if module not in shapes]
     updates = {}
     for module, (out_f, in_f) in shapes.items():
-        trains = {}
-        for factor, d_in, d_out in (("A", in_f, cfg.r), ("B", cfg.r, out_f)):
-            found = cores.get((module, factor), {})
-            if sorted(found) != list(range(len(found))):
-                problems.append(f"{module}.loretta_{factor} has cores {sorted(found)}, not 0..{len(found) - 1}")
-            trains[factor] = [found[k] for k in sorted(found)]
-            problems += _check_train(trains[factor], d_in, d_out, f"{module}.loretta_{factor}")
-        updates[module] = RepUpdate(module, int(out_f), int(in_f), cfg.r, cfg.scaling, trains["A"], trains["B"])
+        a_cores = _factor_cores(cfg, module, "A", in_f, cfg.r, flats.get((module, "A")), problems)
+        b_cores = _factor_cores(cfg, module, "B", cfg.r, out_f, flats.get((module, "B")), problems)
+        updates[module] = RepUpdate(module, int(out_f), int(in_f), cfg.r, cfg.scaling, a_cores, b_cores)
     if problems:
         raise ValueError(f"the adapter file does not match its config: {'; '.join(problems[:5])}"
                          f"{f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''}; "
