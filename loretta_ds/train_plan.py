@@ -108,8 +108,9 @@ def attach_adapter(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.nn.M
     return model, trainable_parameter_names(model)
 
 
-def trainable_shapes(model_config, cfg: TrainConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every trainable tensor, from a meta-device model with the adapter.
+def parameter_shapes(model_config, cfg: TrainConfig) -> tuple[dict[str, tuple[int, ...]], list[int]]:
+    """Name -> shape of every trainable tensor, and the numel of every frozen one, from a
+    meta-device model with the adapter.
 
     Validates the adapter settings against the model's layers (unknown targets, impossible TT
     shapes) in seconds, even for 70B, without loading a weight.
@@ -118,7 +119,9 @@ def trainable_shapes(model_config, cfg: TrainConfig) -> dict[str, tuple[int, ...
 
     model, names = attach_adapter(meta_model(model_config), cfg)
     params = dict(model.named_parameters())
-    return {name: tuple(params[name].shape) for name in names}
+    trainable = set(names)
+    frozen = [param.numel() for name, param in params.items() if name not in trainable]
+    return {name: tuple(params[name].shape) for name in names}, frozen
 
 
 def load_tokenizer(model_path: str):
@@ -148,7 +151,7 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     if max_positions is not None and cfg.seq_len > max_positions:
         raise ValueError(f"--seq_len {cfg.seq_len} is longer than the model's maximum of {max_positions} "
                          "positions (max_position_embeddings); lower --seq_len")
-    shapes = trainable_shapes(model_config, cfg)
+    shapes, frozen_numels = parameter_shapes(model_config, cfg)
     numels = [math.prod(shape) for shape in shapes.values()]
     targets = lora_targets(cfg) if cfg.method == "lora" else cfg.loretta_config().target_modules
 
@@ -161,7 +164,8 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     # the data size; then the schedule's "auto" values can be filled.
     facts = RunFacts(world_size=world_size, lr=cfg.lr, warmup_steps=0, total_steps=1, grad_clip=cfg.grad_clip,
                      bf16=cfg.bf16, hidden_size=model_config.hidden_size, max_trainable_numel=max(numels),
-                     total_trainable_numel=sum(numels), micro_batch_size=cfg.micro_batch_size,
+                     total_trainable_numel=sum(numels), frozen_numels=tuple(frozen_numels),
+                     micro_batch_size=cfg.micro_batch_size,
                      grad_accum=cfg.grad_accum, cuda_available=torch.cuda.is_available(),
                      default_lr=DEFAULT_LR, default_global_batch=DEFAULT_GLOBAL_BATCH)
     batch_only, _ = resolve_ds_config(raw_ds_config, facts)

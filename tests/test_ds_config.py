@@ -50,6 +50,22 @@ def test_persistence_threshold_covers_the_largest_trainable_tensor():
     assert zero["stage3_model_persistence_threshold"] >= 99999
 
 
+def test_small_frozen_tensors_stay_whole_too():
+    """Frozen norms (hidden 768: 768 values) must not be partitioned when the largest trainable
+    tensor is smaller (a TT-only rep run: 580): "auto" is at least 10 x hidden, and the model-wide
+    budget covers the trainable tensors plus every frozen one under the threshold."""
+    norms, weights = (768,) * 5, (589_824,) * 8
+    config, _ = resolve_ds_config(shipped("zero3_offload.json"), facts(
+        hidden_size=768, max_trainable_numel=580, total_trainable_numel=4640, frozen_numels=norms + weights))
+    zero = config["zero_optimization"]
+    assert zero["stage3_param_persistence_threshold"] == 7680
+    assert zero["stage3_model_persistence_threshold"] >= 4640 + sum(norms)
+    many_norms = (8192,) * 161  # LLaMA-2-70B: 1.3M norm values, more than the 1e6 floor
+    config, _ = resolve_ds_config(shipped("zero3.json"), facts(
+        hidden_size=8192, max_trainable_numel=5000, total_trainable_numel=348_800, frozen_numels=many_norms))
+    assert config["zero_optimization"]["stage3_model_persistence_threshold"] == 348_800 + 8192 * 161
+
+
 def test_too_small_persistence_threshold_is_raised_with_a_note():
     raw = shipped("zero3.json")
     raw["zero_optimization"]["stage3_param_persistence_threshold"] = 100
