@@ -3,8 +3,9 @@
 For a target module with base weight W (out, in), the adapter file holds the TT cores of
 A (in x r) and B (r x out) back to back as ``<module>.loretta_A.tt_cores`` /
 ``<module>.loretta_B.tt_cores``; the config's modes and tensor rank cut them into cores
-(r_{k-1}, n_k, r_k), exactly as the layer does. The merged weight is W + (alpha / r) * (A B)^T, which equals the
-LoRA form W + (alpha / r) * lora_B @ lora_A with lora_A = A^T (r, in) and lora_B = B^T (out, r).
+(r_{k-1}, n_k, r_k), exactly as the layer does. The merged weight is W + (alpha / r) * (A B)^T,
+which equals the LoRA form W + (alpha / r) * lora_B @ lora_A with lora_A = A^T (r, in) and
+lora_B = B^T (out, r).
 """
 from __future__ import annotations
 
