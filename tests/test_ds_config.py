@@ -64,6 +64,13 @@ def test_small_frozen_tensors_stay_whole_too():
     config, _ = resolve_ds_config(shipped("zero3.json"), facts(
         hidden_size=8192, max_trainable_numel=5000, total_trainable_numel=348_800, frozen_numels=many_norms))
     assert config["zero_optimization"]["stage3_model_persistence_threshold"] == 348_800 + 8192 * 161
+    # A numeric budget that covers the adapter but not the frozen norms persisted before it is raised.
+    raw = shipped("zero3.json")
+    raw["zero_optimization"]["stage3_model_persistence_threshold"] = 400_000
+    config, notes = resolve_ds_config(raw, facts(
+        hidden_size=8192, max_trainable_numel=5000, total_trainable_numel=348_800, frozen_numels=many_norms))
+    assert config["zero_optimization"]["stage3_model_persistence_threshold"] == 348_800 + 8192 * 161
+    assert any("raised from 400000" in n for n in notes)
 
 
 def test_too_small_persistence_threshold_is_raised_with_a_note():

@@ -244,14 +244,16 @@ def _fill_zero(config: dict, facts: RunFacts, stage: int) -> list[str]:
             notes.append(f"stage3_param_persistence_threshold raised from {threshold} to {need} (the largest "
                          "trainable tensor) so that every trainable tensor stays whole on each rank")
             threshold = zero["stage3_param_persistence_threshold"] = need
+        # The budget is spent in creation order: the frozen tensors under the threshold persist
+        # while the base model loads, before the adapter exists, so it must cover them as well.
+        persisted = facts.total_trainable_numel + sum(n for n in facts.frozen_numels if n <= threshold)
         budget = zero.get("stage3_model_persistence_threshold", AUTO)
         if budget == AUTO:
-            small_frozen = sum(n for n in facts.frozen_numels if n <= threshold)
-            zero["stage3_model_persistence_threshold"] = max(facts.total_trainable_numel + small_frozen, 10 ** 6)
-        elif _number(budget, "stage3_model_persistence_threshold") < facts.total_trainable_numel:
-            zero["stage3_model_persistence_threshold"] = facts.total_trainable_numel
-            notes.append(f"stage3_model_persistence_threshold raised from {budget} to "
-                         f"{facts.total_trainable_numel} (all trainable parameters)")
+            zero["stage3_model_persistence_threshold"] = max(persisted, 10 ** 6)
+        elif _number(budget, "stage3_model_persistence_threshold") < persisted:
+            zero["stage3_model_persistence_threshold"] = persisted
+            notes.append(f"stage3_model_persistence_threshold raised from {budget} to {persisted} (all "
+                         "trainable parameters and the frozen ones under the persistence threshold)")
     return notes
 
 
