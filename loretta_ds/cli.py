@@ -53,8 +53,22 @@ def report_user_error(err: BaseException) -> None:
         print(f"error: {err}", file=sys.stderr)
 
 
+def _launcher_flags_after_command(argv: list[str]) -> list[str]:
+    """The deepspeed launcher puts ``--local_rank=N`` before everything else, so
+    ``deepspeed $(which loretta-ds) train ...`` runs ``loretta-ds --local_rank=0 train ...``: hand
+    the flag to the command, which accepts (and ignores) it."""
+    moved, rest = [], list(argv)
+    while rest and rest[0].startswith("--local_rank"):
+        moved.append(rest.pop(0))
+        if moved[-1] == "--local_rank" and rest:
+            moved.append(rest.pop(0))
+    if moved and rest:
+        rest[1:1] = moved
+    return rest if moved and rest else list(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _launcher_flags_after_command(sys.argv[1:] if argv is None else argv)
     args = build_parser(_selected_command(argv)).parse_args(argv)
     try:
         return int(args.run(args) or 0)

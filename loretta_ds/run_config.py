@@ -17,8 +17,9 @@ FORMATS = ("auto", "text", "prompt_completion", "instruction", "classification")
 METHODS = ("rep", "adp", "lora")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 BUILTIN_MODEL = "tiny-llama"
-# The repository's ds_configs/ (present in a checkout; pass --ds_config elsewhere).
-DEFAULT_DS_CONFIG = str(Path(__file__).resolve().parents[1] / "ds_configs" / "zero3_offload.json")
+# A config shipped with the package (loretta_ds/ds_configs/, linked from the checkout's ds_configs/):
+# the default resolves in a checkout and in a non-editable install alike.
+DEFAULT_DS_CONFIG = "zero3_offload"
 
 _LORETTA_DEFAULTS = LorettaConfig()
 
@@ -94,8 +95,8 @@ IDENTITY_KEYS = ("model", "dataset", "format", "method", "r", "tensor_rank", "al
 
 _HELP = {
     "config": "YAML file with any of these settings (keys = flag names); flags override it",
-    "ds_config": "DeepSpeed JSON config (ds_configs/zero3_offload.json, zero3.json, zero2.json); "
-                 "\"auto\" values are filled from these flags",
+    "ds_config": "DeepSpeed JSON config: a file, or a shipped one by name (zero3_offload, zero3, zero2; "
+                 f"default {DEFAULT_DS_CONFIG}); \"auto\" values are filled from these flags",
     "model": f"Hugging Face model directory or hub id (default: the built-in {BUILTIN_MODEL})",
     "dataset": "one or more json/jsonl/csv/parquet files or dataset names, each optionally with a "
                "mixing weight as NAME:WEIGHT (default: the bundled classification task)",

@@ -108,6 +108,7 @@ class Trainer:
         # default action); the first step then ends with a checkpoint and the preemption exit.
         self._stop = StopRequest()
         try:
+            dist.check_rendezvous_port()  # a taken port: said in seconds, before the plan is built
             self.plan = self.validate()
             if self.plan is None:
                 return 0  # finished before with the same config

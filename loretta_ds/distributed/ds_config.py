@@ -48,12 +48,33 @@ class RunFacts:
     default_lr: float = 1e-2
 
 
+# The configs that ship with the package (the checkout's top-level ds_configs/ links here), so a
+# run from any directory, or from a non-editable install, can name one: --ds_config zero3_offload.
+SHIPPED_DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
+
+
+def shipped_ds_config_names() -> list[str]:
+    return sorted(path.stem for path in SHIPPED_DS_CONFIGS.glob("*.json"))
+
+
+def find_ds_config(value: str | Path) -> Path:
+    """The file ``value`` names: an existing path, else a shipped config's name (with or without
+    .json). FileNotFoundError listing the shipped names otherwise."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    name = path.name[:-len(".json")] if path.name.endswith(".json") else path.name
+    if path.parent == Path(".") and name in shipped_ds_config_names():
+        return SHIPPED_DS_CONFIGS / f"{name}.json"
+    raise FileNotFoundError(f"DeepSpeed config {value} does not exist; pass --ds_config with a JSON file, "
+                            f"or the name of a shipped one: {', '.join(shipped_ds_config_names())} "
+                            f"(they live in {SHIPPED_DS_CONFIGS})")
+
+
 def load_ds_config(path: str | Path) -> dict:
-    """The JSON object in ``path``; FileNotFoundError / ValueError (with line and column) otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DeepSpeed config {path} does not exist; pass --ds_config with one of "
-                                "ds_configs/zero3_offload.json, zero3.json, zero2.json or your own file")
+    """The JSON object in ``path`` (a file or a shipped config's name, see ``find_ds_config``);
+    FileNotFoundError / ValueError (with line and column) otherwise."""
+    path = find_ds_config(path)
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as err:

@@ -8,6 +8,7 @@ every rank (ZeRO-3 "persistent"); the report below proves it and counts the rest
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from datetime import timedelta
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from .errors import RendezvousPortInUse
 
 
 def _free_port() -> int:
@@ -53,6 +56,36 @@ def share_cpu_threads() -> int:
     return torch.get_num_threads()
 
 
+def port_in_use_message(port: str) -> str:
+    return (f"the rendezvous port {port} (MASTER_PORT) is already in use on this node by another process, "
+            "often another job's run on the default port 29500: launch with a free port "
+            f"(deepspeed --master_port PORT ...; srun / slurm/_launch.sh: MASTER_PORT=PORT); nothing was "
+            "written")
+
+
+def check_rendezvous_port() -> None:
+    """On the rank that hosts the rendezvous (rank 0 listens on MASTER_PORT), fail at once when the
+    port is taken: torch's store would fail only after the run's plan is built, with a message about
+    sockets that reads like a network fault (and the other ranks would wait for it)."""
+    if launched_alone() or os.environ.get("RANK") != "0" or not os.environ.get("MASTER_PORT", "").isdigit():
+        return
+    port = os.environ["MASTER_PORT"]
+    with socket.socket() as probe:
+        # The store's own socket reuses addresses too: a port in TIME_WAIT is free for it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", int(port)))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise RendezvousPortInUse(port_in_use_message(port)) from None
+            raise
+
+
+def _is_port_in_use(err: BaseException) -> bool:
+    text = str(err)
+    return "EADDRINUSE" in text or "address already in use" in text.lower()
+
+
 def init_distributed(timeout_s: int) -> None:
     """Join the process group; every collective fails after ``timeout_s`` seconds instead of
     waiting forever for a rank that died (gloo on CPU, nccl on GPUs)."""
@@ -65,9 +98,15 @@ def init_distributed(timeout_s: int) -> None:
     share_cpu_threads()
     if cuda_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    deepspeed.init_distributed(dist_backend="nccl" if cuda_available() else "gloo",
-                               auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s),
-                               verbose=False)
+    try:
+        deepspeed.init_distributed(dist_backend="nccl" if cuda_available() else "gloo",
+                                   auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s),
+                                   verbose=False)
+    except RuntimeError as err:
+        # Taken between check_rendezvous_port and now: the same message, not a lost rank.
+        if _is_port_in_use(err):
+            raise RendezvousPortInUse(port_in_use_message(os.environ.get("MASTER_PORT", "?"))) from None
+        raise
     release_shared_memory_name()
 
 

@@ -18,3 +18,7 @@ class CheckpointError(RunFailure):
 
 class LostRank(RunFailure):
     """A collective failed: another process died, hung past --dist_timeout, or the network broke."""
+
+
+class RendezvousPortInUse(RunFailure):
+    """The rank hosting the rendezvous cannot listen on MASTER_PORT: another process holds it."""
