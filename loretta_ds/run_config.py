@@ -46,13 +46,13 @@ class TrainConfig:
     # optimization
     lr: float | None = None  # None: the ds_config's number, else DEFAULT_LR
     warmup_steps: int | None = None  # None: 5% of the steps
-    grad_clip: float = 1.0
+    grad_clip: float | None = None  # None: the ds_config's number, else DEFAULT_GRAD_CLIP
     max_steps: int | None = None  # None: --epochs over the data
     epochs: float | None = None  # None (and no max_steps): DEFAULT_EPOCHS
     micro_batch_size: int | None = None  # None: the ds_config's number, else DEFAULT_GLOBAL_BATCH / world
     grad_accum: int | None = None
     seq_len: int = 128
-    bf16: bool = False
+    bf16: bool | None = None  # None: the ds_config's bf16.enabled, else false
     gradient_checkpointing: bool = False
     attn: str = "auto"
     # evaluation, checkpoints, output
@@ -82,6 +82,7 @@ class TrainConfig:
 
 
 DEFAULT_LR = 1e-2
+DEFAULT_GRAD_CLIP = 1.0
 DEFAULT_EPOCHS = 4
 DEFAULT_GLOBAL_BATCH = 16
 
@@ -103,15 +104,15 @@ _HELP = {
     "format": "how records become examples: " + " | ".join(FORMATS),
     "method": "rep | adp (LoRETTA) | lora (PEFT LoRA r=8 on the same targets, a baseline)",
     "lr": f"peak learning rate (default: the ds_config's, else {DEFAULT_LR})",
-    "warmup_steps": "linear warmup steps (default: 5%% of the steps)",
-    "grad_clip": "gradient clipping norm (0: off)",
+    "warmup_steps": "linear warmup steps (default: the ds_config's warmup_num_steps, else 5%% of the steps)",
+    "grad_clip": f"gradient clipping norm, 0: off (default: the ds_config's, else {DEFAULT_GRAD_CLIP})",
     "max_steps": "optimizer steps (default: from --epochs)",
     "epochs": f"passes over the training data, when --max_steps is not given (default {DEFAULT_EPOCHS})",
     "micro_batch_size": "examples per process per forward (default: the ds_config's, else a global "
                         f"batch of {DEFAULT_GLOBAL_BATCH} split over the processes)",
     "grad_accum": "micro batches per optimizer step (default: the ds_config's, else 1)",
     "seq_len": "longest example in tokens (longer ones are truncated)",
-    "bf16": "train in bfloat16 (true/false)",
+    "bf16": "train in bfloat16 (true/false; default: the ds_config's bf16.enabled, else false)",
     "gradient_checkpointing": "recompute activations in backward (true/false)",
     "attn": "attention kernel: " + " | ".join(ATTENTION),
     "eval_every": "evaluate every N steps (0: only at the end)",
@@ -156,7 +157,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["nargs"] = "+"
         elif name in ("format", "method", "attn"):
             kwargs["choices"] = {"format": FORMATS, "method": METHODS, "attn": ATTENTION}[name]
-        elif item.type in ("bool",):
+        elif item.type in ("bool", "bool | None"):
             kwargs.update(nargs="?", const=True, type=parse_bool)
         elif item.type in ("int", "int | None"):
             kwargs["type"] = int
@@ -224,6 +225,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"unknown {name} {getattr(cfg, name)!r}: use one of {', '.join(allowed)}")
     for name in ("bf16", "gradient_checkpointing", "export", "train_norms", "verify_frozen", "debug"):
+        if name == "bf16" and cfg.bf16 is None:
+            continue  # the ds_config decides
         try:  # `--bf16` alone means true (argparse const); `--bf16 false` and YAML booleans work too
             setattr(cfg, name, parse_bool(getattr(cfg, name)))
         except argparse.ArgumentTypeError as err:
@@ -241,7 +244,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"epochs must be a number > 0, got {cfg.epochs!r}")
     if cfg.lr is not None and not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
         raise ValueError(f"lr must be a number > 0, got {cfg.lr!r}")
-    if not (isinstance(cfg.grad_clip, (int, float)) and cfg.grad_clip >= 0):
+    if cfg.grad_clip is not None and not (isinstance(cfg.grad_clip, (int, float)) and cfg.grad_clip >= 0):
         raise ValueError(f"grad_clip must be a number >= 0, got {cfg.grad_clip!r}")
     if not isinstance(cfg.resume, str) or not cfg.resume:
         raise ValueError(f"resume must be auto, none or a checkpoint directory, got {cfg.resume!r}")

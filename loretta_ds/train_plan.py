@@ -8,6 +8,7 @@ checks the output directory against the run and picks the checkpoint to continue
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -20,8 +21,10 @@ import torch
 from .adapters import inject, trainable_parameter_names
 from .adapters.config import LorettaConfig
 from .distributed import checkpoint as ckpt
-from .distributed.ds_config import RunFacts, is_zero3, load_ds_config, resolve_ds_config, zero_stage
-from .run_config import BUILTIN_MODEL, DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_LR, TrainConfig, identity
+from .distributed.ds_config import (RunFacts, is_zero3, load_ds_config, resolve_batch, resolve_ds_config,
+                                    scheduled_warmup, zero_stage)
+from .run_config import (BUILTIN_MODEL, DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_GRAD_CLIP, DEFAULT_LR,
+                         TrainConfig, identity)
 
 RUN_CONFIG_FILE = "run_config.json"
 ADAPTER_DIR = "adapter"
@@ -162,27 +165,27 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
 
     # The batch split comes from the ds_config and the flags; the steps of --epochs from it and
     # the data size; then the schedule's "auto" values can be filled.
-    facts = RunFacts(world_size=world_size, lr=cfg.lr, warmup_steps=0, total_steps=1, grad_clip=cfg.grad_clip,
-                     bf16=cfg.bf16, hidden_size=model_config.hidden_size, max_trainable_numel=max(numels),
-                     total_trainable_numel=sum(numels), frozen_numels=tuple(frozen_numels),
-                     micro_batch_size=cfg.micro_batch_size,
+    facts = RunFacts(world_size=world_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=0,
+                     grad_clip=cfg.grad_clip, bf16=cfg.bf16, hidden_size=model_config.hidden_size,
+                     max_trainable_numel=max(numels), total_trainable_numel=sum(numels),
+                     frozen_numels=tuple(frozen_numels), micro_batch_size=cfg.micro_batch_size,
                      grad_accum=cfg.grad_accum, cuda_available=torch.cuda.is_available(),
-                     default_lr=DEFAULT_LR, default_global_batch=DEFAULT_GLOBAL_BATCH)
-    batch_only, _ = resolve_ds_config(raw_ds_config, facts)
-    micro, accum = batch_only["train_micro_batch_size_per_gpu"], batch_only["gradient_accumulation_steps"]
+                     default_lr=DEFAULT_LR, default_global_batch=DEFAULT_GLOBAL_BATCH,
+                     default_grad_clip=DEFAULT_GRAD_CLIP)
+    micro, accum, _ = resolve_batch(raw_ds_config, facts)
     per_step = micro * world_size
     if len(data.train) < per_step:
         raise ValueError(f"the training set has {len(data.train)} examples, fewer than one micro batch on "
                          f"every process needs ({micro} x {world_size}); add data or lower --micro_batch_size")
     steps_per_epoch = max(1, len(data.train) // per_step // accum)
     total_steps = cfg.max_steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * total_steps))
-    facts = RunFacts(**{**facts.__dict__, "warmup_steps": warmup, "total_steps": total_steps})
-    ds_config, notes = resolve_ds_config(raw_ds_config, facts)
+    ds_config, notes = resolve_ds_config(raw_ds_config, dataclasses.replace(facts, total_steps=total_steps))
+    # What runs is the resolved config: run_config.json records its values, not the flags'.
     lr = float(ds_config["optimizer"]["params"]["lr"])
-    bf16 = bool(ds_config.get("bf16", {}).get("enabled"))
+    bf16 = bool(ds_config["bf16"]["enabled"])
+    warmup = scheduled_warmup(ds_config)
     cfg.lr, cfg.micro_batch_size, cfg.grad_accum, cfg.bf16 = lr, micro, accum, bf16
-    cfg.warmup_steps, cfg.max_steps = warmup, total_steps
+    cfg.warmup_steps, cfg.max_steps, cfg.grad_clip = warmup, total_steps, float(ds_config["gradient_clipping"])
     return Plan(model_path=model_path, model_config=model_config, tokenizer=tokenizer, data=data,
                 ds_config=ds_config, zero3=is_zero3(ds_config), micro_batch_size=micro, grad_accum=accum,
                 global_batch=ds_config["train_batch_size"], total_steps=total_steps, warmup_steps=warmup,

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import time
 import warnings
@@ -106,13 +107,17 @@ class Trainer:
         _quiet_libraries(self.cfg.debug)
         # From the start: a preemption signal during setup must not kill the process (SIGUSR1's
         # default action); the first step then ends with a checkpoint and the preemption exit.
-        self._stop = StopRequest()
+        # SIGTERM only once the process group is joined: until then nothing is written, and a rank
+        # blocked in the rendezvous (whose host rank failed) can only be ended by SIGTERM's
+        # default action, which is what the deepspeed launcher sends when another rank fails.
+        self._stop = StopRequest(signals=(signal.SIGUSR1, signal.SIGINT))
         try:
             dist.check_rendezvous_port()  # a taken port: said in seconds, before the plan is built
             self.plan = self.validate()
             if self.plan is None:
                 return 0  # finished before with the same config
             dist.init_distributed(self.cfg.dist_timeout)
+            self._stop.watch(signal.SIGTERM)
             self._heartbeat = start_heartbeat()  # names the lost rank if a collective fails
             dist.quiet_deepspeed(self.cfg.debug and self.rank == 0)
             self.write_run_config(finished=False)
@@ -222,6 +227,9 @@ class Trainer:
 
     def setup_engine(self) -> None:
         plan = self.plan
+        build_note = dist.pending_cpu_adam_build(plan.ds_config)
+        if build_note:
+            self.log(build_note)
         self.engine = dist.initialize(self.model, plan.ds_config)
         dist.make_trainable_whole(self.model)
         report = dist.parameter_report(self.model)

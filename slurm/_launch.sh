@@ -305,7 +305,7 @@ run_main() {
             DS_CONFIG="$ROOT/$DS_CONFIG"
         else
             local known
-            known="$(cd "$ROOT" && find ds_configs -maxdepth 1 -name '*.json' 2>/dev/null | sort | tr '\n' ' ')"
+            known="$(cd "$ROOT" && find ds_configs/ -maxdepth 1 -name '*.json' 2>/dev/null | sort | tr '\n' ' ')"
             errors+=("DS_CONFIG=$DS_CONFIG not found (looked in $PWD and $ROOT). Set DS_CONFIG to an existing DeepSpeed JSON${known:+; available: ${known% }}.")
             DS_CONFIG=""
         fi

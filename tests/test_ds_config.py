@@ -177,3 +177,66 @@ def test_fp16_without_cuda_is_an_error():
         resolve_ds_config(raw, facts(cuda_available=False))
     config, _ = resolve_ds_config(raw, facts(cuda_available=True))
     assert config["fp16"]["enabled"] is True
+
+
+# Issue: a number in the ds_config silently won over the flag while run_config.json recorded the
+# flag. Each key: an explicit flag that disagrees is an error; without the flag the config's number
+# is what runs (and what the trainer records).
+CONFLICTS = [
+    # (where in the config, its number, the flag's RunFacts field, a disagreeing flag value, flag text)
+    (("scheduler", "params", "warmup_num_steps"), 50, "warmup_steps", 5, "--warmup_steps 5"),
+    (("gradient_clipping",), 0.3, "grad_clip", 1.0, "--grad_clip 1.0"),
+    (("bf16", "enabled"), True, "bf16", False, "--bf16 False"),
+    (("bf16", "enabled"), False, "bf16", True, "--bf16 True"),
+    (("optimizer", "params", "lr"), 1e-4, "lr", 1e-3, "--lr 0.001"),
+]
+
+
+def _set(config: dict, path: tuple[str, ...], value) -> dict:
+    section = config
+    for key in path[:-1]:
+        section = section.setdefault(key, {})
+    section[path[-1]] = value
+    return config
+
+
+def _get(config: dict, path: tuple[str, ...]):
+    for key in path:
+        config = config[key]
+    return config
+
+
+@pytest.mark.parametrize("path, number, field, flag_value, flag_text", CONFLICTS)
+def test_a_config_number_and_a_disagreeing_flag_are_an_error(path, number, field, flag_value, flag_text):
+    raw = _set(shipped("zero3_offload.json"), path, number)
+    with pytest.raises(ValueError, match=f"{flag_text} contradicts {'.'.join(path)}={number!r}"):
+        resolve_ds_config(raw, facts(**{field: flag_value}))
+    # The same value as the flag is no conflict; no flag: the config's number runs.
+    config, _ = resolve_ds_config(raw, facts(**{field: number}))
+    assert _get(config, path) == number
+    config, _ = resolve_ds_config(raw, facts(**{field: None}))
+    assert _get(config, path) == number
+
+
+def test_a_total_steps_number_must_match_the_run():
+    raw = _set(shipped("zero3_offload.json"), ("scheduler", "params", "total_num_steps"), 1000)
+    with pytest.raises(ValueError, match=r"the run's step count .*, 100, contradicts scheduler.params.total_num_steps=1000"):
+        resolve_ds_config(raw, facts(total_steps=100))
+    config, _ = resolve_ds_config(raw, facts(total_steps=1000))
+    assert config["scheduler"]["params"]["total_num_steps"] == 1000
+
+
+def test_warmup_flag_without_a_scheduler_is_an_error():
+    raw = shipped("zero3_offload.json")
+    del raw["scheduler"]
+    with pytest.raises(ValueError, match="--warmup_steps 5 has no effect"):
+        resolve_ds_config(raw, facts(warmup_steps=5))
+    resolve_ds_config(raw, facts(warmup_steps=None))
+
+
+def test_defaults_fill_auto_when_no_flag_is_given():
+    config, _ = resolve_ds_config(shipped("zero3_offload.json"),
+                                  facts(warmup_steps=None, grad_clip=None, bf16=None, total_steps=400))
+    assert config["scheduler"]["params"]["warmup_num_steps"] == 20  # 5% of the steps
+    assert config["gradient_clipping"] == 1.0
+    assert config["bf16"]["enabled"] is False

@@ -25,8 +25,9 @@ OFFLOAD_DEVICES = ("cpu", "nvme", "none")
 class RunFacts:
     """What the run knows before any model loads; the source of every "auto" value.
 
-    micro_batch_size / grad_accum: None when the flag was not given (the config's number, else
-    the default, is then used). max_trainable_numel / total_trainable_numel: the largest trainable
+    lr / warmup_steps / grad_clip / bf16 / micro_batch_size / grad_accum: None when the flag was not
+    given (the config's number, else the default, is then used); a given flag and a number in the
+    config must agree. max_trainable_numel / total_trainable_numel: the largest trainable
     tensor and the sum of all of them, frozen_numels: the size of every frozen tensor (all from a
     meta-device model), for ZeRO-3 persistence.
     """
@@ -35,8 +36,8 @@ class RunFacts:
     lr: float | None
     warmup_steps: int
     total_steps: int
-    grad_clip: float
-    bf16: bool
+    grad_clip: float | None
+    bf16: bool | None
     hidden_size: int
     max_trainable_numel: int
     total_trainable_numel: int
@@ -46,6 +47,7 @@ class RunFacts:
     cuda_available: bool = False
     default_global_batch: int = 16
     default_lr: float = 1e-2
+    default_grad_clip: float = 1.0
 
 
 # The configs that ship with the package (the checkout's top-level ds_configs/ links here), so a
@@ -166,8 +168,9 @@ def _fill(section: dict, key: str, value, path: str, flag_value=None, flag: str 
     if current == AUTO:
         section[key] = value
     elif flag is not None and flag_value is not None and current != flag_value:
-        raise ValueError(f"{flag} {flag_value} contradicts {path}={current!r} in the DeepSpeed config; "
-                         f"set it to \"auto\" or drop the flag")
+        named = f"{flag} {flag_value}" if flag.startswith("--") else f"{flag}, {flag_value},"
+        raise ValueError(f"{named} contradicts {path}={current!r} in the DeepSpeed config; set it to "
+                         "\"auto\" (the trainer fills it from the flags) or make the two agree")
 
 
 def _fill_optimizer(config: dict, facts: RunFacts) -> float:
@@ -194,29 +197,54 @@ def _fill_optimizer(config: dict, facts: RunFacts) -> float:
     return float(lr)
 
 
+def default_warmup_steps(total_steps: int) -> int:
+    """Warmup when neither --warmup_steps nor the config says: 5% of the run, at least one step."""
+    return max(1, round(0.05 * total_steps))
+
+
 def _fill_scheduler(config: dict, facts: RunFacts, lr: float) -> None:
+    """Fill the schedule's "auto" values. A number in the config that contradicts the run (its
+    steps, its lr, an explicit --warmup_steps) is an error: silently, the number would win and
+    run_config.json would record a schedule that did not run."""
     scheduler = config.get("scheduler")
     if scheduler is None:
+        if facts.warmup_steps:
+            raise ValueError(f"--warmup_steps {facts.warmup_steps} has no effect: the DeepSpeed config has no "
+                             "'scheduler' section (the lr stays constant); add one (ds_configs/zero3_offload.json "
+                             "has a WarmupCosineLR) or drop the flag")
         return
     if not isinstance(scheduler, dict) or not scheduler.get("type"):
         raise ValueError("'scheduler' in the DeepSpeed config needs a 'type' (e.g. WarmupCosineLR)")
     params = scheduler.setdefault("params", {})
     kind = scheduler["type"]
     # DeepSpeed's warmup schedules need at least 2 warmup steps.
-    warmup = max(2, facts.warmup_steps)
+    warmup = max(2, facts.warmup_steps if facts.warmup_steps is not None else default_warmup_steps(facts.total_steps))
+    steps_flag = "the run's step count (--max_steps, or --epochs over the data)"
+    # key -> (value for "auto", the run's value a number must equal or None, what sets it)
+    warmup_entry = (warmup, warmup if facts.warmup_steps is not None else None, "--warmup_steps")
+    total_entry = (facts.total_steps, facts.total_steps, steps_flag)
+    max_lr_entry = (lr, lr, "the run's lr (--lr, or optimizer.params.lr)")
     known = {
-        "WarmupCosineLR": {"warmup_num_steps": warmup, "total_num_steps": facts.total_steps},
-        "WarmupDecayLR": {"warmup_num_steps": warmup, "total_num_steps": facts.total_steps,
-                          "warmup_max_lr": lr, "warmup_min_lr": 0.0},
-        "WarmupLR": {"warmup_num_steps": warmup, "warmup_max_lr": lr, "warmup_min_lr": 0.0},
+        "WarmupCosineLR": {"warmup_num_steps": warmup_entry, "total_num_steps": total_entry},
+        "WarmupDecayLR": {"warmup_num_steps": warmup_entry, "total_num_steps": total_entry,
+                          "warmup_max_lr": max_lr_entry, "warmup_min_lr": (0.0, None, None)},
+        "WarmupLR": {"warmup_num_steps": warmup_entry, "warmup_max_lr": max_lr_entry,
+                     "warmup_min_lr": (0.0, None, None)},
     }
-    for key, value in known.get(kind, {}).items():
-        _fill(params, key, value, f"scheduler.params.{key}")
+    for key, (value, must_equal, flag) in known.get(kind, {}).items():
+        _fill(params, key, value, f"scheduler.params.{key}", must_equal, flag)
+
+
+def scheduled_warmup(config: dict) -> int:
+    """The warmup steps a resolved config runs (0 without a warmup schedule)."""
+    params = (config.get("scheduler") or {}).get("params") or {}
+    steps = params.get("warmup_num_steps", 0)
+    return int(steps) if isinstance(steps, (int, float)) and not isinstance(steps, bool) else 0
 
 
 def _fill_precision(config: dict, facts: RunFacts, stage: int) -> None:
     bf16 = config.setdefault("bf16", {})
-    _fill(bf16, "enabled", facts.bf16, "bf16.enabled", facts.bf16 if facts.bf16 else None, "--bf16")
+    _fill(bf16, "enabled", bool(facts.bf16), "bf16.enabled", facts.bf16, "--bf16")
     if bf16["enabled"] and stage in (1, 2):
         # ZeRO-1/2 in bf16 skips a step with non-finite gradients only when asked to; the trainer
         # counts such steps as bad steps (ZeRO-3 always checks).
@@ -305,7 +333,8 @@ def resolve_ds_config(config: dict, facts: RunFacts) -> tuple[dict, list[str]]:
     config["train_batch_size"] = global_batch
     lr = _fill_optimizer(config, facts)
     _fill_scheduler(config, facts, lr)
-    _fill(config, "gradient_clipping", facts.grad_clip, "gradient_clipping")
+    _fill(config, "gradient_clipping", facts.grad_clip if facts.grad_clip is not None else facts.default_grad_clip,
+          "gradient_clipping", facts.grad_clip, "--grad_clip")
     clip = config["gradient_clipping"]
     if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0 or math.isnan(clip):
         raise ValueError(f"gradient_clipping must be a number >= 0 or \"auto\", got {clip!r}")

@@ -13,13 +13,18 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequest:
-    """Installs the handlers on creation; ``requested`` says whether a signal arrived here."""
+    """Installs the handlers on creation (for ``signals``; ``watch`` adds more later);
+    ``requested`` says whether a signal arrived here."""
 
-    def __init__(self):
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
         self.requested = False
         self.signal_name: str | None = None
         self._previous = {}
-        for sig in STOP_SIGNALS:
+        for sig in signals:
+            self.watch(sig)
+
+    def watch(self, sig: signal.Signals) -> None:
+        if sig not in self._previous:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
