@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,8 +206,56 @@ def config_from_args(args: argparse.Namespace | dict) -> TrainConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown} in the run config; valid keys: {sorted(known)}")
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig(**{key: _as_field_type(key, value) for key, value in values.items()})
     return validate(cfg)
+
+
+_FIELD_TYPES = {item.name: str(item.type) for item in dataclasses.fields(TrainConfig)}
+
+
+def _as_field_type(key: str, value):
+    """``value`` as the type of setting ``key``, or a ValueError naming the key.
+
+    YAML hands over what it parsed: PyYAML reads ``lr: 1e-3`` as the string '1e-3' (YAML 1.1 wants
+    a dot), so numbers written as text are accepted; ``model: 5`` is a number where a path is
+    meant, refused with the fix rather than failing later inside a library.
+    """
+    kind = _FIELD_TYPES[key]
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ValueError(f"{key} needs a value (got nothing; in YAML, {key}: with no value is null)")
+    base = kind.replace(" | None", "")
+    if base in ("float", "int") and not isinstance(value, bool):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise ValueError(f"{key} must be a number, got {value!r}") from None
+        if isinstance(number, (int, float)):
+            if base == "float":
+                return float(number) if isinstance(value, str) else number
+            if isinstance(number, int) or (math.isfinite(number) and float(number).is_integer()):
+                return int(number)
+        raise ValueError(f"{key} must be {'a whole number' if base == 'int' else 'a number'}, got {value!r}")
+    if base in ("float", "int"):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if base == "str":
+        if key == "target_modules" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be text, got {value!r} ({type(value).__name__}); in YAML, quote it: "
+                             f"{key}: \"{value}\"")
+        if not value.strip():
+            raise ValueError(f"{key} is empty; give a value or leave the setting out for its default")
+        return value
+    if base == "list[str]":
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) and v.strip() for v in items):
+            raise ValueError(f"{key} must be file names or dataset names (text), got {value!r}")
+        return items
+    return value
 
 
 def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
@@ -240,6 +289,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _check_int(name, getattr(cfg, name), 1)
     for name in ("eval_every", "save_every", "seed"):
         _check_int(name, getattr(cfg, name), 0)
+    for name in ("lr", "epochs", "grad_clip", "alpha", "dropout"):
+        value = getattr(cfg, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not isinstance(cfg.alpha, (int, float)) or isinstance(cfg.alpha, bool) or cfg.alpha <= 0:
+        raise ValueError(f"alpha must be a number > 0 (the update is scaled by alpha / r), got {cfg.alpha!r}")
     if cfg.epochs is not None and not (isinstance(cfg.epochs, (int, float)) and cfg.epochs > 0):
         raise ValueError(f"epochs must be a number > 0, got {cfg.epochs!r}")
     if cfg.lr is not None and not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):

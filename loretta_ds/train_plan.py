@@ -54,6 +54,7 @@ class Plan:
     resume_from: ckpt.CheckpointInfo | None = None
     resume_state: dict | None = None
     notes: list[str] = field(default_factory=list)  # adjustments made to the ds_config
+    warnings: list[str] = field(default_factory=list)  # settings that run but are probably not meant
 
 
 def resolve_attention(choice: str) -> str:
@@ -127,6 +128,26 @@ def parameter_shapes(model_config, cfg: TrainConfig) -> tuple[dict[str, tuple[in
     return {name: tuple(params[name].shape) for name in names}, frozen
 
 
+# Above this share of trainable parameters the adapter is no longer parameter-efficient: LoRETTA's
+# default settings train about 0.01-0.1% of a LLaMA-2 (1% of the tiny built-in model).
+TRAINABLE_SHARE_WARNING = 0.10
+
+
+def adapter_size_warnings(cfg: TrainConfig, hidden_size: int, trainable: int, frozen: int) -> list[str]:
+    """Settings that are valid but almost certainly a typo: a rank beyond the layer width, or an
+    adapter as large as the model."""
+    found = []
+    share = trainable / max(1, trainable + frozen)
+    if share > TRAINABLE_SHARE_WARNING:
+        knob = {"rep": "--tensor_rank or --r", "adp": "--tensor_rank or --bottleneck", "lora": "--r"}[cfg.method]
+        found.append(f"{share:.0%} of the model's parameters are trainable ({trainable:,} of {trainable + frozen:,}); "
+                     f"a parameter-efficient adapter trains a small fraction: lower {knob}")
+    if cfg.method in ("rep", "lora") and cfg.r > hidden_size:
+        found.append(f"--r {cfg.r} is above the model's hidden size {hidden_size}: a rank beyond the layer width "
+                     f"adds parameters but no capacity; use --r {hidden_size} or less")
+    return found
+
+
 def load_tokenizer(model_path: str):
     from transformers import AutoTokenizer
 
@@ -190,7 +211,8 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
                 ds_config=ds_config, zero3=is_zero3(ds_config), micro_batch_size=micro, grad_accum=accum,
                 global_batch=ds_config["train_batch_size"], total_steps=total_steps, warmup_steps=warmup,
                 lr=lr, attn=attn, dtype=torch.bfloat16 if bf16 else torch.float32, targets=list(targets),
-                trainable_shapes=shapes, world_size=world_size, notes=notes)
+                trainable_shapes=shapes, world_size=world_size, notes=notes,
+                warnings=adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels)))
 
 
 def train_settings(cfg: TrainConfig, plan: Plan) -> dict:

@@ -206,6 +206,8 @@ class Trainer:
         _seed_everything(cfg.seed)  # adapter init draws from torch's RNG: every rank alike
         for note in plan.notes:
             self.log(f"ds_config: {note}")
+        for warning in plan.warnings:
+            self.log(f"warning: {warning}")
         self.log(f"model {plan.model_path} ({plan.dtype}, attention {plan.attn}); ZeRO stage "
                  f"{zero_stage(plan.ds_config)}, {self.world_size} process(es); {batch_summary(plan.ds_config)}")
         # Must stay alive until the end: transformers checks it through a weak reference.

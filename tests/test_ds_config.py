@@ -240,3 +240,19 @@ def test_defaults_fill_auto_when_no_flag_is_given():
     assert config["scheduler"]["params"]["warmup_num_steps"] == 20  # 5% of the steps
     assert config["gradient_clipping"] == 1.0
     assert config["bf16"]["enabled"] is False
+
+
+def test_nvme_offload_needs_stage_3_and_an_existing_directory(tmp_path):
+    raw = shipped("zero2.json")
+    raw["zero_optimization"]["offload_optimizer"] = {"device": "nvme", "nvme_path": str(tmp_path)}
+    with pytest.raises(ValueError, match="needs ZeRO stage 3"):
+        resolve_ds_config(raw, facts())
+    raw = shipped("zero3_offload.json")
+    raw["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path / "missing")}
+    with pytest.raises(ValueError, match="missing is not a writable directory"):
+        resolve_ds_config(raw, facts())
+    raw["zero_optimization"]["offload_param"] = {"device": "nvme"}
+    with pytest.raises(ValueError, match="has no nvme_path"):
+        resolve_ds_config(raw, facts())
+    raw["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
+    resolve_ds_config(raw, facts())

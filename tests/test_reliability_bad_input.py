@@ -87,6 +87,22 @@ class Workspace:
         self.typed_yaml = self.write("typed.yaml", "lr: fast\n")
         self.unknown_yaml = self.write("unknown.yaml", "learning_rate: 0.01\n")
         self.bad_ds_config = self.write("ds-bad.json", '{"zero_optimization": {"stage": 3,}}')
+        # YAML values of the wrong kind: numbers where text is meant, a word where a number is.
+        for key, value in (("target_modules", "5"), ("model", "5"), ("output_dir", "5"), ("alpha", "big")):
+            self.write(f"yaml-{key}.yaml", f"{key}: {value}\n")
+        base_config = json.loads(Path(ZERO3_OFFLOAD).read_text())
+        nvme = copy.deepcopy(base_config)
+        nvme["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(root / "no-nvme-here")}
+        self.nvme_missing = self.write("ds-nvme-missing.json", json.dumps(nvme))
+        zero2_nvme = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
+        zero2_nvme["zero_optimization"]["offload_optimizer"] = {"device": "nvme", "nvme_path": str(root)}
+        self.zero2_nvme = self.write("ds-zero2-nvme.json", json.dumps(zero2_nvme))
+        clipped = copy.deepcopy(base_config)
+        clipped["gradient_clipping"] = 0.3
+        self.clipped = self.write("ds-clip.json", json.dumps(clipped))
+        warm = copy.deepcopy(base_config)
+        warm["scheduler"]["params"]["warmup_num_steps"] = 50
+        self.warm = self.write("ds-warmup.json", json.dumps(warm))
         fp16 = json.loads(Path(ZERO3_OFFLOAD).read_text())
         fp16["fp16"] = {"enabled": True}
         self.fp16_ds_config = self.write("ds-fp16.json", json.dumps(fp16))
@@ -168,7 +184,7 @@ def build_cases(ws: Workspace) -> dict[str, Case]:
     add_train("train-dataset-malformed-csv", (str(ws.bad_csv), "valid csv"), "--dataset", ws.bad_csv)
     add_train("train-config-malformed-yaml", (str(ws.bad_yaml), "not valid YAML", "line 1"),
               "--config", ws.bad_yaml)
-    add_train("train-config-wrong-type", ("lr must be a number > 0", "'fast'"), "--config", ws.typed_yaml)
+    add_train("train-config-wrong-type", ("lr must be a number", "'fast'"), "--config", ws.typed_yaml)
     add_train("train-config-unknown-key", ("learning_rate", "valid keys"), "--config", ws.unknown_yaml)
     add_train("train-zero-micro-batch", ("micro_batch_size must be an integer >= 1", "got 0"),
               "--micro_batch_size", "0")
@@ -185,6 +201,30 @@ def build_cases(ws: Workspace) -> dict[str, Case]:
     add_train("train-unknown-bundled-dataset", ("bundled:nope", "bundled:sentiment"), "--dataset", "bundled:nope")
     add_train("train-resume-other-adapter", (str(ws.foreign_checkpoint), "does not fit", "adapter config"),
               "--resume", ws.foreign_checkpoint)
+    # --- train: values of the wrong kind (YAML, flags), non-finite numbers, ds_config conflicts -
+    for key, fragments in (("target_modules", ("target_modules must be text", 'target_modules: "5"')),
+                           ("alpha", ("alpha must be a number", "'big'"))):
+        add_train(f"train-yaml-{key}-wrong-kind", fragments, "--config", ws.root / f"yaml-{key}.yaml")
+    out = ws.out("train-yaml-model-wrong-kind")  # no --model flag: it would override the YAML's
+    cases["train-yaml-model-wrong-kind"] = Case(cli("train", "--output_dir", out, "--config", ws.root / "yaml-model.yaml"),
+                                                ("model must be text", 'model: "5"'), out)
+    command = cli("train", "--model", ws.model, "--config", ws.root / "yaml-output_dir.yaml")
+    cases["train-yaml-output_dir-wrong-kind"] = Case(command, ("output_dir must be text", 'output_dir: "5"'),
+                                                     ws.root / "cwd" / "train-yaml-output_dir-wrong-kind")
+    command = cli("train", "--model", ws.model, "--output_dir", "")
+    cases["train-output-dir-empty"] = Case(command, ("output_dir is empty",),
+                                           ws.root / "cwd" / "train-output-dir-empty")
+    add_train("train-epochs-inf", ("epochs must be a finite number", "inf"), "--epochs", "inf")
+    add_train("train-lr-inf", ("lr must be a finite number", "inf"), "--lr", "inf")
+    add_train("train-alpha-nan", ("alpha must be a finite number", "nan"), "--alpha", "nan")
+    add_train("train-ds-config-unknown-name", ("zero4", "zero2, zero3, zero3_offload"), "--ds_config", "zero4")
+    add_train("train-ds-config-nvme-path-missing", ("no-nvme-here is not a writable directory", "cpu"),
+              "--ds_config", ws.nvme_missing)
+    add_train("train-ds-config-zero2-nvme", ("needs ZeRO stage 3", "device \"cpu\""), "--ds_config", ws.zero2_nvme)
+    add_train("train-ds-config-clipping-conflict", ("--grad_clip 0.5 contradicts gradient_clipping=0.3", "auto"),
+              "--ds_config", ws.clipped, "--grad_clip", "0.5")
+    add_train("train-ds-config-warmup-conflict", ("--warmup_steps 5 contradicts scheduler.params.warmup_num_steps=50",),
+              "--ds_config", ws.warm, "--warmup_steps", "5")
     command = cli("train", "--model", ws.model, "--output_dir", ws.other_run)
     cases["train-output-dir-holds-another-run"] = Case(command, ("holds another run", "lr: 0.5 there",
                                                                  "another --output_dir"), ws.other_run)
@@ -236,6 +276,10 @@ CASE_NAMES = [
     "train-negative-steps", "train-lora-zero-rank", "train-ds-config-malformed", "train-fp16-on-cpu",
     "train-model-missing", "train-missing-tokenizer", "train-seq-len-over-model-maximum",
     "train-unknown-bundled-dataset", "train-resume-other-adapter", "train-output-dir-holds-another-run",
+    "train-yaml-target_modules-wrong-kind", "train-yaml-model-wrong-kind", "train-yaml-alpha-wrong-kind",
+    "train-yaml-output_dir-wrong-kind", "train-output-dir-empty", "train-epochs-inf", "train-lr-inf",
+    "train-alpha-nan", "train-ds-config-unknown-name", "train-ds-config-nvme-path-missing",
+    "train-ds-config-zero2-nvme", "train-ds-config-clipping-conflict", "train-ds-config-warmup-conflict",
     "export-run-dir-missing", "export-no-adapter", "export-unknown-dtype", "export-base-other-shapes",
     "export-out-dir-not-empty", "estimate-unknown-preset", "estimate-zero-nodes", "estimate-malformed-model-config",
     "count-unknown-preset", "count-zero-tensor-rank", "slurm-model-missing", "slurm-ds-config-malformed",

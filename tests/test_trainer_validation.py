@@ -196,3 +196,27 @@ def test_yaml_run_config_is_overridden_by_flags(tmp_path):
     config.write_text("learning_rate: 0.05\n")
     with pytest.raises(ValueError, match="unknown setting.*learning_rate"):
         config_from_args({"config": str(config)})
+
+
+def test_yaml_values_mean_what_the_user_wrote(tmp_path):
+    """PyYAML reads `lr: 1e-3` as text and `max_steps: 1e3` as a float: both are the numbers meant."""
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: 1e-3\nmax_steps: 1e3\nwarmup_steps: '10'\ntarget_modules: [q_proj, v_proj]\n")
+    cfg = config_from_args({"config": str(config)})
+    assert cfg.lr == 1e-3 and isinstance(cfg.lr, float)
+    assert cfg.max_steps == 1000 and isinstance(cfg.max_steps, int)
+    assert cfg.warmup_steps == 10
+    assert cfg.target_modules == "q_proj,v_proj"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"max_steps": 2.5}, "max_steps must be a whole number, got 2.5"),
+    ({"seed": True}, "seed must be a number, got True"),
+    ({"dataset": [5]}, "dataset must be file names or dataset names"),
+    ({"alpha": 0}, "alpha must be a number > 0"),
+    ({"dropout": float("nan")}, "dropout must be a finite number"),
+    ({"grad_clip": float("inf")}, "grad_clip must be a finite number"),
+])
+def test_values_of_the_wrong_kind_name_their_key(settings, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        config_from_args(settings)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,6 +260,22 @@ def _fill_precision(config: dict, facts: RunFacts, stage: int) -> None:
         raise ValueError("the DeepSpeed config enables both bf16 and fp16; keep one")
 
 
+def _check_nvme_offload(key: str, offload: dict, stage: int) -> None:
+    """NVMe offload (ZeRO-Infinity) exists for stage 3 only, into a directory that must exist: found
+    out here, not by DeepSpeed minutes later after the model loaded (or, for stage 2, ignored)."""
+    if stage != 3:
+        raise ValueError(f"zero_optimization.{key}.device \"nvme\" needs ZeRO stage 3 (DeepSpeed offloads to "
+                         f"NVMe only there; stage {stage} would train without offload); use stage 3 or "
+                         "device \"cpu\"")
+    path = offload.get("nvme_path") if isinstance(offload, dict) else None
+    if not path:
+        raise ValueError(f"zero_optimization.{key} offloads to nvme but has no nvme_path; set it to a directory "
+                         "on a local NVMe drive")
+    if not Path(path).is_dir() or not os.access(path, os.W_OK):
+        raise ValueError(f"zero_optimization.{key}.nvme_path {path} is not a writable directory; create it on a "
+                         "local NVMe drive (every node needs its own) or offload to \"cpu\"")
+
+
 def _fill_zero(config: dict, facts: RunFacts, stage: int) -> list[str]:
     """ZeRO buckets from the hidden size; ZeRO-3 persistence so every trainable tensor stays whole."""
     zero = config["zero_optimization"]
@@ -269,6 +286,8 @@ def _fill_zero(config: dict, facts: RunFacts, stage: int) -> list[str]:
             device = offload.get("device", "none") if isinstance(offload, dict) else offload
             if device not in OFFLOAD_DEVICES:
                 raise ValueError(f"zero_optimization.{key}.device must be one of {OFFLOAD_DEVICES}, got {device!r}")
+            if device == "nvme":
+                _check_nvme_offload(key, offload, stage)
     if stage != 3 and (zero.get("offload_param") or {}).get("device", "none") != "none":
         raise ValueError("zero_optimization.offload_param needs ZeRO stage 3 (only stage 3 partitions "
                          "parameters); use ds_configs/zero3_offload.json or remove offload_param")
