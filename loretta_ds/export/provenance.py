@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .staging import MARKER_NAME
+
 PROVENANCE_NAME = "loretta_export.json"
 
 
 def write_provenance(directory: Path, data: dict) -> None:
     """Write ``data`` + the list of files now in ``directory`` (written last, after the export's files)."""
-    files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    files = [str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MARKER_NAME]
     record = {**data, "files": sorted(set(files) | {PROVENANCE_NAME})}
     (directory / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
