@@ -205,3 +205,19 @@ def test_rotation_and_cleanup_never_delete_a_directory_with_a_users_files(tmp_pa
     with pytest.raises(ckpt.CheckpointError, match="holds files this trainer does not write"):
         ckpt.remove_own_checkpoint(users)
     assert (users / "mine.txt").read_text() == "keep me too"
+
+
+def test_overwrite_output_dir_trains_beside_a_users_files_and_leaves_them(tmp_path):
+    out = tmp_path / "mine"
+    (out / "data").mkdir(parents=True)
+    (out / "notes.txt").write_text("a user's notes")
+    (out / "data" / "train.jsonl").write_text('{"text": "x"}\n')
+    before = digests(out)
+    status, output = run_to_end(single_command(out, **RUN), tmp_path / "refused.log")
+    one_error(status, output, "not this trainer's run files (data/, notes.txt)", "--overwrite_output_dir")
+    assert digests(out) == before
+    status, output = run_to_end(single_command(out, **RUN, overwrite_output_dir="true"), tmp_path / "run.log")
+    assert status == 0, output[-4000:]
+    after = digests(out)
+    assert {name: after[name] for name in before} == before
+    assert ckpt.check_checkpoint(out / "checkpoints" / "step-4") is None and (out / "adapter").is_dir()
