@@ -31,7 +31,6 @@ RUN_FILES = {RUN_CONFIG, PARAM_REPORT, METRICS_FILE, PLOT_FILE, LOCK_FILE,
 ADAPTER_FILES = {"adapter_config.json", "adapter.safetensors",  # LoRETTA (save_adapter)
                  "adapter_model.safetensors", "README.md"}  # the PEFT LoRA baseline
 STAGING = (f"{MERGED}.export-incomplete", f"{MERGED}.export-replaced")
-FIX = ("choose another --output_dir, or move them out")
 
 
 @dataclass
@@ -44,7 +43,8 @@ class Survey:
 
 
 def _files_under(path: Path, root: Path) -> list[str]:
-    return [str(p.relative_to(root)) for p in sorted(path.rglob("*")) if p.is_file()] or [f"{path.name}/"]
+    files = [str(p.relative_to(root)) for p in sorted(path.rglob("*")) if p.is_file()]
+    return files or [f"{path.relative_to(root)}/"]
 
 
 def _sort_files(directory: Path, root: Path, result: Survey, is_own: Callable[[Path], bool]) -> None:
@@ -64,7 +64,7 @@ def survey(output_dir: str | Path) -> Survey:
     if not root.is_dir():
         return result
     for entry in sorted(root.iterdir()):
-        name, rel = entry.name, entry.name
+        name = entry.name
         if name in RUN_FILES and entry.is_file() and not entry.is_symlink():
             result.own.append(entry)
         elif name == ADAPTER and entry.is_dir() and not entry.is_symlink():
@@ -77,7 +77,7 @@ def survey(output_dir: str | Path) -> Survey:
                 else:
                     result.own.append(entry)
             elif extra:
-                result.collisions += [f"{rel}/{f}" for f in extra]
+                result.collisions += [f"{name}/{f}" for f in extra]
             else:
                 result.own.append(entry)
         elif name in STAGING and entry.is_dir():
@@ -93,17 +93,17 @@ def survey(output_dir: str | Path) -> Survey:
                 if checkpoint_like and sub.is_dir() and not sub.is_symlink():
                     extra = ckpt.foreign_files(sub)
                     if extra:
-                        result.collisions += [f"{rel}/{sub.name}/{f}" for f in extra]
+                        result.collisions += [f"{name}/{sub.name}/{f}" for f in extra]
                     else:
                         result.own.append(sub)
                 elif checkpoint_like:
-                    result.collisions.append(f"{rel}/{sub.name}")
+                    result.collisions.append(f"{name}/{sub.name}")
                 else:
-                    result.foreign.append(f"{rel}/{sub.name}" + ("/" if sub.is_dir() else ""))
+                    result.foreign.append(f"{name}/{sub.name}" + ("/" if sub.is_dir() else ""))
         elif name in RUN_FILES | {ADAPTER, MERGED, TENSORBOARD, ckpt.CHECKPOINTS}:
-            result.collisions.append(rel)  # one of the run's names, of the wrong kind (or a link)
+            result.collisions.append(name)  # one of the run's names, of the wrong kind (or a link)
         else:
-            result.foreign.append(rel + ("/" if entry.is_dir() else ""))
+            result.foreign.append(name + ("/" if entry.is_dir() else ""))
     return result
 
 
@@ -134,7 +134,7 @@ def check_collisions(output_dir: str | Path, found: Survey) -> None:
     if found.collisions:
         raise ValueError(f"{output_dir} holds files this trainer did not write where it replaces files "
                          f"({listing(found.collisions)}): the run would delete them. Nothing was changed; "
-                         f"{FIX}")
+                         "choose another --output_dir, or move them out")
 
 
 def check_new_run_dir(output_dir: str | Path, found: Survey, overwrite_output_dir: bool) -> None:
