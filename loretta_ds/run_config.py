@@ -63,6 +63,7 @@ class TrainConfig:
     keep_last: int = 2
     output_dir: str | None = None  # None: runs/<model>-<method>
     resume: str = "auto"
+    overwrite_output_dir: bool = False  # start over in an OUTPUT_DIR that holds a run or other files
     seed: int = 0
     export: bool = True
     max_bad_steps: int = 10
@@ -123,6 +124,9 @@ _HELP = {
     "keep_last": "keep the N newest checkpoints",
     "output_dir": "run directory (default: runs/<model>-<method>)",
     "resume": "auto (newest complete checkpoint in OUTPUT_DIR, if any) | a checkpoint directory | none",
+    "overwrite_output_dir": "start the run over in OUTPUT_DIR even though it holds a run (its checkpoints, "
+                            "metrics, adapter and merged export are replaced) or files that are not a run's "
+                            "(never deleted); not for a job that requeues itself (true/false)",
     "seed": "seed of initialization, data order and dropout",
     "export": "merged Hugging Face export of a rep run at the end (true/false)",
     "max_bad_steps": "stop after this many consecutive steps with non-finite loss or gradients",
@@ -273,7 +277,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name, allowed in (("format", FORMATS), ("method", METHODS), ("attn", ATTENTION)):
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"unknown {name} {getattr(cfg, name)!r}: use one of {', '.join(allowed)}")
-    for name in ("bf16", "gradient_checkpointing", "export", "train_norms", "verify_frozen", "debug"):
+    for name in ("bf16", "gradient_checkpointing", "export", "train_norms", "verify_frozen", "overwrite_output_dir",
+                 "debug"):
         if name == "bf16" and cfg.bf16 is None:
             continue  # the ds_config decides
         try:  # `--bf16` alone means true (argparse const); `--bf16 false` and YAML booleans work too

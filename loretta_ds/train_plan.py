@@ -4,7 +4,8 @@ any model weight loads and before anything is written.
 ``build_plan`` reads the DeepSpeed config, the model's config (never its weights), a meta-device
 copy of the model with the adapter (for target names and tensor sizes), the tokenizer and the
 data; it fills the config's "auto" values and fixes the number of steps. ``choose_resume`` then
-checks the output directory against the run and picks the checkpoint to continue from.
+checks the output directory against the run (loretta_ds.output_dir: whose files are there) and
+picks the checkpoint to continue from.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from . import output_dir as run_dir
 from .adapters import inject, trainable_parameter_names
 from .adapters.config import LorettaConfig
 from .distributed import checkpoint as ckpt
@@ -53,6 +55,7 @@ class Plan:
     world_size: int
     resume_from: ckpt.CheckpointInfo | None = None
     resume_state: dict | None = None
+    start_over: run_dir.Survey | None = None  # --overwrite_output_dir: the earlier run's files to remove
     notes: list[str] = field(default_factory=list)  # adjustments made to the ds_config
     warnings: list[str] = field(default_factory=list)  # settings that run but are probably not meant
 
@@ -231,35 +234,60 @@ def make_batches(plan: Plan, seed: int, rank: int):
 def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> bool:
     """Check OUTPUT_DIR against this run and set ``plan.resume_from`` / ``plan.resume_state``.
 
-    Refuses a directory holding a run with a different config, and --resume none over an
-    existing run. Returns True when this exact run already finished there (nothing to do).
+    Refuses the base model's directory; a directory with files of a user's where the run
+    replaces files; a new run in a directory holding files that are not a run's; a directory
+    holding a run with a different config; --resume none over an existing run; and every
+    checkpoint damaged. --overwrite_output_dir starts over instead of the last three (what to
+    clear goes into ``plan.start_over``). Returns True when this exact run already finished
+    there (nothing to do). Reads only; nothing is written.
     """
     output_dir = Path(cfg.output_dir)
+    run_dir.check_not_model_dir(output_dir, plan.model_path)
+    found = run_dir.survey(output_dir)
+    run_dir.check_collisions(output_dir, found)
     run_file = output_dir / RUN_CONFIG_FILE
     previous = None
     if run_file.is_file():
         try:
             previous = json.loads(run_file.read_text())
-        except json.JSONDecodeError:
-            raise ValueError(f"{run_file} is not valid JSON; this directory holds a damaged run: choose "
-                             "another --output_dir or delete it") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if not cfg.overwrite_output_dir:
+                raise ValueError(f"{run_file} is not valid JSON; this directory holds a damaged run: choose "
+                                 "another --output_dir, or pass --overwrite_output_dir to start over there") from None
     complete, torn = ckpt.list_checkpoints(output_dir)
+    if cfg.overwrite_output_dir:
+        if cfg.resume not in ("auto", "none"):
+            raise ValueError(f"--overwrite_output_dir starts the run over in {output_dir}, so it cannot also "
+                             f"--resume {cfg.resume}; drop one of the two")
+        plan.start_over = found
+        return False
+    if previous is None and not complete and not torn:
+        run_dir.check_new_run_dir(output_dir, found, overwrite_output_dir=False)
     if previous is not None:
         mine, theirs = identity(train_settings(cfg, plan)), identity(previous.get("train", {}))
         if mine != theirs:
             diffs = [f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in mine if mine[k] != theirs.get(k)]
             raise ValueError(f"{output_dir} holds another run with a different config ({'; '.join(diffs)}). "
-                             "Choose another --output_dir, or delete that directory to start over.")
+                             "Choose another --output_dir, or pass --overwrite_output_dir to start over there.")
     if cfg.resume == "none":
         if previous is not None or complete or torn:
             raise ValueError(f"{output_dir} already holds a run and --resume none would overwrite it; "
-                             "pass --resume auto to continue it, or choose another --output_dir")
+                             "pass --resume auto to continue it, --overwrite_output_dir to start over, "
+                             "or choose another --output_dir")
         return False
     if cfg.resume == "auto":
         if previous is not None and previous.get("finished") and (output_dir / ADAPTER_DIR).is_dir():
             log(f"{output_dir} holds this run, finished at step {previous.get('final_step')}: nothing to do "
                 f"(the adapter is in {output_dir / ADAPTER_DIR})")
             return True
+        # An interrupted save (a temporary directory) was never a checkpoint; a step-N directory was.
+        damaged = [info for info in torn if info.path.name.startswith("step-")]
+        if damaged and not complete:
+            names = "; ".join(f"{info.path.name}: {info.problem}" for info in damaged)
+            raise ValueError(f"every checkpoint in {ckpt.checkpoints_dir(output_dir)} is damaged ({names}), so "
+                             "--resume auto has nothing to continue from, and it does not start over by itself "
+                             "(that would replace them and metrics.jsonl). Keep what you need, then pass "
+                             "--overwrite_output_dir to start over there, or choose another --output_dir")
         for info in torn:
             log(f"ignoring torn checkpoint {info.path}: {info.problem}")
         plan.resume_from = complete[-1] if complete else None
@@ -271,10 +299,13 @@ def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> b
         problem = ckpt.check_checkpoint(path)
         if problem:
             raise ValueError(f"--resume {path} is not a complete checkpoint: {problem}")
+        ckpt.refuse_pickles(path)
         plan.resume_from = ckpt.CheckpointInfo(path, int(ckpt.load_trainer_state(path)["step"]))
     if plan.resume_from is not None:
         path = plan.resume_from.path
+        ckpt.refuse_pickles(path)  # first: nothing of a planted checkpoint is read beyond its names
         ckpt.check_fits(path, plan.trainable_shapes)
+        ckpt.check_loadable(path)
         plan.resume_state = ckpt.load_trainer_state(path)
         try:
             step, position = int(plan.resume_state["step"]), plan.resume_state["data"]

@@ -33,7 +33,10 @@ from .distributed.ds_config import batch_summary, zero_stage
 from .distributed.errors import LostRank, RunFailure
 from .distributed.health import SILENCE_S, Heartbeat, start_heartbeat
 from .distributed.stop import StopRequest
+from .export.provenance import foreign_files as export_foreign_files
+from .output_dir import clear_previous_run
 from .run_config import TrainConfig
+from .run_lock import OutputDirBusy, RunLock
 from .train_metrics import METRICS_FILE, MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
 from .train_plan import (ADAPTER_DIR, RUN_CONFIG_FILE, Plan, attach_adapter, build_plan, choose_resume,
                          make_batches, train_settings)
@@ -96,6 +99,8 @@ class Trainer:
         self._stop: StopRequest | None = None
         self._heartbeat: Heartbeat | None = None
         self._load_context = None
+        self._lock: RunLock | None = None  # rank 0's hold on OUTPUT_DIR (one run at a time)
+        self._lock_refusal: OutputDirBusy | None = None
 
     def log(self, message: str) -> None:
         if self.rank == 0:
@@ -120,6 +125,7 @@ class Trainer:
             self._stop.watch(signal.SIGTERM)
             self._heartbeat = start_heartbeat()  # names the lost rank if a collective fails
             dist.quiet_deepspeed(self.cfg.debug and self.rank == 0)
+            self.claim_output_dir()
             self.write_run_config(finished=False)
             self.setup_model()
             self.setup_engine()
@@ -141,6 +147,8 @@ class Trainer:
                 self._heartbeat.stop()
             self._stop.restore()
             dist.shutdown()
+            if self._lock is not None:
+                self._lock.release()
 
     def describe_lost_rank(self, err: BaseException, lost: list[int]) -> str:
         """The message for a failed collective: who is gone (the ranks whose heartbeat stopped,
@@ -165,10 +173,42 @@ class Trainer:
     # --- 1. validate: user errors, before any model loads and before anything is written ----
 
     def validate(self) -> Plan | None:
-        """The plan, or None when this exact run already finished in OUTPUT_DIR."""
+        """The plan, or None when this exact run already finished in OUTPUT_DIR.
+
+        Rank 0 locks OUTPUT_DIR before reading it, so its checks see no other run's writes in
+        progress; a lock file is created only once the checks have passed (a refusal writes
+        nothing). The other ranks only read: they must not wait on their own rank 0's lock.
+        """
         plan = build_plan(self.cfg, self.world_size)
         self.plan = plan
-        return None if choose_resume(self.cfg, plan, self.log) else plan
+        if self.rank == 0:
+            self._lock = self._try_lock(create=False)
+        if self._lock_refusal is not None and self.world_size == 1:
+            raise self._lock_refusal  # (with more ranks, they are told after the rendezvous)
+        if choose_resume(self.cfg, plan, self.log):
+            return None
+        if self.rank == 0 and self._lock is None and self._lock_refusal is None:
+            self._lock = self._try_lock(create=True)
+        if self._lock is not None:
+            self._lock.record_holder()
+        if self._lock_refusal is not None and self.world_size == 1:
+            raise self._lock_refusal
+        return plan
+
+    def _try_lock(self, create: bool) -> RunLock | None:
+        try:
+            return RunLock.acquire(self.output_dir, create=create, log=self.log)
+        except OutputDirBusy as err:
+            self._lock_refusal = err
+            return None
+
+    def claim_output_dir(self) -> None:
+        """Every rank learns whether rank 0 holds OUTPUT_DIR (a refusal ends them all, at once,
+        with rank 0's message); then a start-over clears the earlier run's own files."""
+        if self.world_size > 1 and dist.any_rank(self._lock_refusal is not None):
+            raise self._lock_refusal or OutputDirBusy(f"{self.output_dir} is in use by another run (see rank 0)")
+        if self.rank == 0 and self.plan.start_over is not None:
+            clear_previous_run(self.output_dir, self.plan.start_over, self.log)
 
     def write_run_config(self, finished: bool, **extra) -> None:
         """OUTPUT_DIR/run_config.json: what was trained on what (the export reads model + loretta)."""
@@ -463,6 +503,12 @@ class Trainer:
             self.log("merged export skipped: loretta_ds.export is not available in this installation")
             return 0
         out = self.output_dir / MERGED_DIR
+        if out.is_dir() and any(out.iterdir()) and export_foreign_files(out) != []:
+            # Checked before the run too; a file put there since must not be deleted either.
+            print(f"error: the merged export was not written: {out} holds files that no export of this trainer "
+                  f"wrote, and replacing it would delete them; move them out, then run: loretta-ds export "
+                  f"{self.output_dir} {out} --overwrite", file=sys.stderr, flush=True)
+            return 1
         try:
             export_merged(self.output_dir, out, overwrite=True, log=lambda message: None)
         except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:

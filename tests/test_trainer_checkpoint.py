@@ -14,7 +14,7 @@ def make_checkpoint(root, step: int, sealed: bool = True):
     (path / "rng").mkdir(parents=True)
     (path / "trainable.safetensors").write_bytes(os.urandom(256))
     (path / "trainer_state.json").write_text(json.dumps({"step": step}))
-    (path / "rng" / "rank-0.pt").write_bytes(b"rng")
+    (path / "rng" / "rank-0.safetensors").write_bytes(b"rng")
     if sealed:
         write_marker(path, step)
     return path
@@ -24,10 +24,10 @@ def test_marker_detects_missing_cut_and_altered_files(tmp_path):
     path = make_checkpoint(tmp_path, 5)
     assert check_checkpoint(path) is None
     assert set(json.loads((path / MARKER).read_text())["files"]) == {
-        "trainable.safetensors", "trainer_state.json", "rng/rank-0.pt"}
-    (path / "rng" / "rank-0.pt").write_bytes(b"RNG")  # same size, other bytes
-    assert "rng/rank-0.pt does not match its checksum" in check_checkpoint(path)
-    (path / "rng" / "rank-0.pt").write_bytes(b"rng")
+        "trainable.safetensors", "trainer_state.json", "rng/rank-0.safetensors"}
+    (path / "rng" / "rank-0.safetensors").write_bytes(b"RNG")  # same size, other bytes
+    assert "rng/rank-0.safetensors does not match its checksum" in check_checkpoint(path)
+    (path / "rng" / "rank-0.safetensors").write_bytes(b"rng")
     with open(path / "trainable.safetensors", "r+b") as handle:
         handle.truncate(10)
     assert "has 10 bytes, expected 256" in check_checkpoint(path)

@@ -4,11 +4,17 @@ Layout of ``OUTPUT_DIR/checkpoints/step-N/``:
 
     trainable.safetensors   every trainable tensor (fp32 master values), named as in
                             model.named_parameters(); rank 0 writes it
-    optimizer.pt            per trainable tensor its optimizer moments (Adam: exp_avg, exp_avg_sq),
-                            the optimizer step count and hyperparameters, the LR scheduler state
+    optimizer.safetensors   per trainable tensor its optimizer moments (Adam: exp_avg, exp_avg_sq),
+                            named "<moment>/<parameter name>"
+    optimizer.json          the optimizer step count and hyperparameters, the LR scheduler state
     trainer_state.json      step, data position, bad-step counters, world size, ...
-    rng/rank-R.pt           RNG states of rank R (python, numpy, torch, cuda)
+    rng/rank-R.safetensors  RNG states of rank R (python, numpy, torch, cuda; see rng_state.py)
     COMPLETE                written last: {step, files: {name: [bytes, sha256]}}
+
+Every file is data that cannot run code when read: tensors in safetensors, the rest in JSON.
+A checkpoint is often read from a shared directory that others can write to, and a pickle
+(``torch.load(weights_only=False)``) runs whatever its author put in it. Checkpoints of the
+first format (``optimizer.pt``, ``rng/rank-R.pt``: pickles) are refused, never opened.
 
 Optimizer state is *gathered*, not written per rank: under ZeRO the fp32 masters and Adam
 moments are flat partitions spread over the ranks; ``safe_get_full_*`` assembles each trainable
@@ -23,33 +29,36 @@ checkpoints or a directory that ``list_checkpoints`` reports as torn and resumin
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from ..export.staging import fsync_dir
 from . import engine as dist_engine
+from . import rng_state as rng
 from .errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
 MARKER = "COMPLETE"
 TMP_PREFIX = ".tmp-step-"
 TRAINABLE = "trainable.safetensors"
-OPTIMIZER = "optimizer.pt"
+OPTIMIZER_MOMENTS = "optimizer.safetensors"
+OPTIMIZER_STATE = "optimizer.json"
 TRAINER_STATE = "trainer_state.json"
 RNG_DIR = "rng"
-FORMAT_VERSION = 1
+RNG_SUFFIX = ".safetensors"
+# Format 1 kept the optimizer and RNG state in these pickles; they are recognized, never read.
+PICKLED_FILES = ("optimizer.pt", "rng/rank-*.pt")
+FORMAT_VERSION = 2
 SAVE_DELAY_ENV = "LORETTA_DS_TEST_SAVE_DELAY"  # a test hook, see _test_save_delay
 
 
@@ -94,6 +103,36 @@ def check_checkpoint(path: Path) -> str | None:
         if _sha256(file) != digest:
             return f"{name} does not match its checksum"
     return None
+
+
+_OWN_FILES = {TRAINABLE, OPTIMIZER_MOMENTS, OPTIMIZER_STATE, TRAINER_STATE, MARKER, "optimizer.pt"}
+
+
+def foreign_files(path: Path) -> list[str]:
+    """Files in checkpoint directory ``path`` that no save of this trainer writes (a user's files).
+
+    A directory with any is never deleted, whatever its name: cleaning up torn saves and
+    rotating old checkpoints touch only directories that hold this trainer's files alone.
+    """
+    foreign = []
+    for entry in sorted(path.rglob("*")):
+        name = str(entry.relative_to(path))
+        if entry.is_symlink() or (entry.is_dir() and name != RNG_DIR):
+            foreign.append(name + ("/" if entry.is_dir() else ""))
+        elif entry.is_file() and name not in _OWN_FILES and not (
+                entry.parent.name == RNG_DIR and entry.parent.parent == path and entry.name.startswith("rank-")
+                and entry.name.endswith((RNG_SUFFIX, ".pt"))):
+            foreign.append(name)
+    return foreign
+
+
+def remove_own_checkpoint(path: Path) -> None:
+    """Delete checkpoint directory ``path``, which must hold this trainer's files only."""
+    foreign = foreign_files(path)
+    if foreign:
+        raise CheckpointError(f"not removing {path}: it holds files this trainer does not write "
+                              f"({', '.join(foreign[:5])}); move them out of {path.parent}")
+    shutil.rmtree(path)
 
 
 def list_checkpoints(output_dir: str | Path) -> tuple[list[CheckpointInfo], list[CheckpointInfo]]:
@@ -225,11 +264,48 @@ def gather_training_state(engine, model: torch.nn.Module, names: list[str]) -> t
     optimizer = {
         "moments": moments,
         "step_count": _optimizer_step_count(engine),
-        "param_groups": [{k: v for k, v in group.items() if k != "params"}
-                         for group in _basic_optimizer(engine).param_groups],
-        "scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
+        "param_groups": [_json_values(group, skip=("params",)) for group in _basic_optimizer(engine).param_groups],
+        "scheduler": _json_values(engine.lr_scheduler.state_dict()) if engine.lr_scheduler is not None else None,
     }
     return values, optimizer
+
+
+def _json_values(mapping: dict, skip: tuple[str, ...] = ()) -> dict:
+    """``mapping`` with JSON values only: 0-d tensors become numbers, tuples lists.
+
+    The optimizer's hyperparameters and the scheduler's counters are numbers; a value that is
+    not (a function a scheduler keeps, say) is left out rather than pickled, and the restore
+    keeps the fresh engine's value for it.
+    """
+    out = {}
+    for key, value in mapping.items():
+        if key in skip:
+            continue
+        if torch.is_tensor(value) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, tuple):
+            value = list(value)
+        try:
+            json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError):
+            continue
+        out[key] = value
+    return out
+
+
+def _moments_bytes(moments: dict[str, dict[str, torch.Tensor]]) -> bytes:
+    flat = {f"{key}/{name}": tensor for name, by_key in moments.items() for key, tensor in by_key.items()}
+    return safetensors_bytes(flat, metadata={"format": "pt"})
+
+
+def read_optimizer(path: Path) -> dict:
+    """A checkpoint's optimizer state (the inverse of the save); only safetensors and JSON are read."""
+    state = json.loads((path / OPTIMIZER_STATE).read_text())
+    moments: dict[str, dict[str, torch.Tensor]] = {}
+    for flat_name, tensor in load_file(str(path / OPTIMIZER_MOMENTS)).items():
+        key, name = flat_name.split("/", 1)
+        moments.setdefault(name, {})[key] = tensor
+    return {**state, "moments": moments}
 
 
 def restore_optimizer(path: Path, engine, model: torch.nn.Module) -> None:
@@ -241,7 +317,7 @@ def restore_optimizer(path: Path, engine, model: torch.nn.Module) -> None:
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
     values = load_file(str(path / TRAINABLE))
-    saved = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=False)
+    saved = read_optimizer(path)
     params = dict(model.named_parameters())
     saved_keys = sorted({key for moments in saved["moments"].values() for key in moments})
     _ensure_optimizer_state(engine, saved_keys)
@@ -313,25 +389,62 @@ def load_trainer_state(path: Path) -> dict:
 # --- RNG ------------------------------------------------------------------------------------
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def rng_file(path: Path, rank: int) -> Path:
+    return path / RNG_DIR / f"rank-{rank}{RNG_SUFFIX}"
 
 
 def restore_rng(path: Path, rank: int) -> bool:
     """Restore this rank's RNG states; False if the checkpoint has none for this rank."""
-    file = path / RNG_DIR / f"rank-{rank}.pt"
+    file = rng_file(path, rank)
     if not file.is_file():
         return False
-    state = torch.load(file, map_location="cpu", weights_only=False)
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    rng.restore(file)
     return True
+
+
+# --- what a checkpoint may hold, checked before anything loads ---------------------------------
+
+
+def pickled_files(path: Path) -> list[str]:
+    """The format-1 pickle files in checkpoint ``path`` (relative names), which are never read."""
+    return sorted(str(p.relative_to(path)) for pattern in PICKLED_FILES for p in path.glob(pattern))
+
+
+def refuse_pickles(path: Path) -> None:
+    """Raise ValueError if checkpoint ``path`` holds pickles (format 1, or planted), unread."""
+    pickles = pickled_files(path)
+    if pickles:
+        raise ValueError(
+            f"checkpoint {path} stores its optimizer/RNG state as Python pickles ({', '.join(pickles)}): the "
+            "format of older loretta_ds versions, or a planted file. A pickle can run code when it is read, so "
+            "it is not loaded. Start the run again from step 0 (--resume none with another --output_dir, or "
+            "--overwrite_output_dir in this one); the adapter of a finished run can still be exported")
+
+
+def check_loadable(path: Path) -> None:
+    """Raise ValueError unless every file of checkpoint ``path`` is in this trainer's format.
+
+    Reads the safetensors headers and the JSON files only, so a pickled (format 1 or planted)
+    or malformed checkpoint is refused before any model loads, and no file is ever unpickled.
+    """
+    refuse_pickles(path)
+    for name in (TRAINABLE, OPTIMIZER_MOMENTS):
+        try:
+            with safe_open(str(path / name), framework="pt") as handle:
+                list(handle.keys())
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"checkpoint {path}: {name} is missing or not a safetensors file ({err}); "
+                             "resume from another checkpoint, or start over with --overwrite_output_dir") from None
+    for name in (OPTIMIZER_STATE, TRAINER_STATE):
+        try:
+            data = json.loads((path / name).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            data = err
+        if not isinstance(data, dict):
+            raise ValueError(f"checkpoint {path}: {name} is missing or not a JSON object; resume from another "
+                             "checkpoint, or start over with --overwrite_output_dir")
+    for file in sorted((path / RNG_DIR).glob(f"rank-*{RNG_SUFFIX}")):
+        rng.check(file)
 
 
 # --- saving ---------------------------------------------------------------------------------
@@ -344,12 +457,6 @@ def _write(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _torch_bytes(obj) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 def write_marker(directory: Path, step: int) -> None:
@@ -387,7 +494,7 @@ def save_checkpoint(output_dir: str | Path, step: int, engine, model: torch.nn.M
             except Exception as err:  # noqa: BLE001 - any failure aborts the save, reported below
                 failed = err
         if dist_engine.any_rank(failed is not None):
-            if rank == 0:
+            if rank == 0 and tmp.is_dir() and not foreign_files(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)  # give the space back
             previous = latest_checkpoint(output_dir, log=lambda message: None)
             cause = f"{type(failed).__name__}: {failed}" if failed is not None else "failed on another rank"
@@ -399,22 +506,24 @@ def save_checkpoint(output_dir: str | Path, step: int, engine, model: torch.nn.M
     def create() -> None:
         if rank == 0:
             if tmp.exists():
-                shutil.rmtree(tmp)  # left by an interrupted save of the same step
+                remove_own_checkpoint(tmp)  # left by an interrupted save of the same step
             (tmp / RNG_DIR).mkdir(parents=True)
 
     def write_files() -> None:
         if rank == 0:
             _write(tmp / TRAINABLE, safetensors_bytes(values, metadata={"format": "pt"}))
-            _write(tmp / OPTIMIZER, _torch_bytes(optimizer))
+            _write(tmp / OPTIMIZER_MOMENTS, _moments_bytes(optimizer["moments"]))
+            counters = {k: v for k, v in optimizer.items() if k != "moments"}
+            _write(tmp / OPTIMIZER_STATE, (json.dumps(counters, indent=1) + "\n").encode())
             state = dict(trainer_state, step=step, format_version=FORMAT_VERSION)
             _write(tmp / TRAINER_STATE, (json.dumps(state, indent=2) + "\n").encode())
-        _write(tmp / RNG_DIR / f"rank-{rank}.pt", _torch_bytes(rng_state()))
+        _write(rng_file(tmp, rank), rng.capture())
 
     def publish() -> None:
         if rank == 0:
             write_marker(tmp, step)
             if final.exists():
-                shutil.rmtree(final)  # a damaged directory of the same step (reported as torn)
+                remove_own_checkpoint(final)  # a damaged directory of the same step (reported as torn)
             os.rename(tmp, final)
             fsync_dir(root)
             rotate(output_dir, keep_last, log)
@@ -437,14 +546,16 @@ def _test_save_delay() -> None:
 
 def rotate(output_dir: str | Path, keep_last: int, log: Callable[[str], None] = print) -> None:
     """Keep the ``keep_last`` newest complete checkpoints; remove older ones and leftovers of
-    interrupted saves older than the newest complete checkpoint."""
+    interrupted saves older than the newest complete checkpoint (never a directory holding
+    files this trainer does not write)."""
     complete, torn = list_checkpoints(output_dir)
     if not complete:
         return
     newest = complete[-1].step
     for info in complete[:-keep_last]:
-        shutil.rmtree(info.path, ignore_errors=True)
+        if not foreign_files(info.path):
+            shutil.rmtree(info.path, ignore_errors=True)
     for info in torn:
-        if info.step < newest:
+        if info.step < newest and not foreign_files(info.path):
             log(f"removing torn checkpoint {info.path} ({info.problem})")
             shutil.rmtree(info.path, ignore_errors=True)

@@ -20,6 +20,7 @@ from .checkpoint import BaseCheckpoint, open_base_checkpoint
 from .lora import write_lora
 from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_config, write_merged,
                      write_model_files)
+from .provenance import PROVENANCE_NAME, write_provenance
 from .sources import RUN_CONFIG_NAME, ExportSource, resolve_source
 from .staging import StagedOutput
 from .updates import ADP_NOT_MERGEABLE, norm_tensors, rep_updates
@@ -28,7 +29,6 @@ from .verify import VerifyReport, verify_export
 FORMATS = ("merged", "peft-lora", "adapter")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-PROVENANCE_NAME = "loretta_export.json"
 # Room left on the disk beyond the export itself (config, tokenizer, filesystem slack).
 DISK_MARGIN_BYTES = 256 * 1024 * 1024
 
@@ -138,10 +138,19 @@ def _protected(source: ExportSource, base_dir: Path | None) -> list[Path]:
     return paths + ([base_dir] if base_dir else [])
 
 
+def _known_base_dir(source: ExportSource) -> Path | None:
+    """The base model's directory when it can be found (formats that do not read it still must
+    not write into it)."""
+    try:
+        return source.base_dir()
+    except (ValueError, FileNotFoundError):
+        return None
+
+
 def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, overwrite, _norms, log) -> ExportResult:
     shard_limit = parse_size(max_shard_size or DEFAULT_MAX_SHARD_SIZE)
     base_dir = source.base_dir()
-    staged = StagedOutput(out_dir, overwrite, _protected(source, base_dir), log)
+    staged = StagedOutput(out_dir, overwrite, _protected(source, base_dir), log, base_dir=base_dir)
     staged.check()
     config = read_base_config(base_dir)
     tensors = read_adapter_tensors(source.adapter_dir)
@@ -157,7 +166,7 @@ def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, o
         write_merged(plan, checkpoint, staged.path, log)
         files = [shard.filename for shard in plan] + (["model.safetensors.index.json"] if len(plan) > 1 else [])
         files += write_model_files(base_dir, config, dtype, staged.path)
-        _write_json(staged.path / PROVENANCE_NAME, _provenance(source, "merged", dtype, base_dir))
+        write_provenance(staged.path, _provenance(source, "merged", dtype, base_dir))
         staged.publish()
     log(f"wrote {out_dir}: load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r})")
     return ExportResult(staged.out_dir, "merged", files + [PROVENANCE_NAME])
@@ -177,7 +186,7 @@ def _norm_drift(checkpoint: BaseCheckpoint, norms: dict[str, torch.Tensor]) -> f
 
 
 def _export_lora(source: ExportSource, out_dir: Path, dtype, _shards, overwrite, lora_norms, log) -> ExportResult:
-    staged = StagedOutput(out_dir, overwrite, _protected(source, None), log)
+    staged = StagedOutput(out_dir, overwrite, _protected(source, None), log, base_dir=_known_base_dir(source))
     staged.check()
     tensors = read_adapter_tensors(source.adapter_dir)
     updates, norms = rep_updates(source.config, source.meta, tensors), norm_tensors(tensors)
@@ -194,7 +203,7 @@ def _export_lora(source: ExportSource, out_dir: Path, dtype, _shards, overwrite,
     _check_disk(staged, lora_bytes + sum(t.numel() * t.element_size() for t in norms.values()))
     with staged:
         files = write_lora(source.config, updates, norms, source.base_name, dtype, staged.path)
-        _write_json(staged.path / PROVENANCE_NAME, _provenance(source, "peft-lora", dtype, None))
+        write_provenance(staged.path, _provenance(source, "peft-lora", dtype, None))
         staged.publish()
     log(f"wrote {out_dir}: PEFT LoRA adapter (r={source.config.r}, {len(updates)} modules, "
         f"{len(norms)} norms as modules_to_save)")
@@ -202,7 +211,7 @@ def _export_lora(source: ExportSource, out_dir: Path, dtype, _shards, overwrite,
 
 
 def _export_adapter(source: ExportSource, out_dir: Path, _dtype, _shards, overwrite, _norms, log) -> ExportResult:
-    staged = StagedOutput(out_dir, overwrite, _protected(source, None), log)
+    staged = StagedOutput(out_dir, overwrite, _protected(source, None), log, base_dir=_known_base_dir(source))
     staged.check()
     tensors = read_adapter_tensors(source.adapter_dir)
     if source.config.method == "rep":

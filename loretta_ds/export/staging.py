@@ -61,19 +61,32 @@ def _owner_alive(marker: Path) -> tuple[bool, str]:
             return False, who
 
 
+def _training_checkpoints(path: Path) -> Path | None:
+    """The training run's checkpoints/ folder that ``path`` is or lies in, if any."""
+    for folder in (path, *path.parents):
+        if folder.name == "checkpoints" and ((folder.parent / "run_config.json").is_file() or (
+                folder.is_dir() and any(p.name.startswith(("step-", ".tmp-step-")) for p in folder.iterdir()))):
+            return folder
+    return None
+
+
 class StagedOutput:
     """OUT_DIR's lifecycle: ``check()`` (no writes), then ``with staged: ... staged.publish()``.
 
     protected: directories the export reads (base model, adapter, run dir); OUT_DIR may be
     neither one of them nor contain one, since --overwrite deletes the old OUT_DIR.
+    base_dir: the base model's directory, which OUT_DIR may not lie in either (an export must
+    never write into the model it came from); nor may it lie in a training run's checkpoints/.
     """
 
     def __init__(self, out_dir: str | os.PathLike, overwrite: bool = False,
-                 protected: list[Path] | None = None, log: Callable[[str], None] = print):
+                 protected: list[Path] | None = None, log: Callable[[str], None] = print,
+                 base_dir: Path | None = None):
         self.out_dir = Path(out_dir).expanduser().absolute()
         self.temp_dir = temp_dir_for(self.out_dir)
         self.overwrite, self.log = overwrite, log
         self.protected = [Path(p).resolve() for p in (protected or [])]
+        self.base_dir = Path(base_dir).resolve() if base_dir is not None else None
         self._marker_file = None
         self._stale = False
 
@@ -84,6 +97,17 @@ class StagedOutput:
             if _is_within(path, out_real):
                 raise ValueError(f"OUT_DIR {self.out_dir} is or contains {path}, which this export reads; "
                                  "choose another OUT_DIR")
+        if self.base_dir is not None and _is_within(out_real, self.base_dir):
+            raise ValueError(f"OUT_DIR {self.out_dir} is inside the base model's directory {self.base_dir}; an "
+                             "export never writes into the model it came from: choose an OUT_DIR outside it")
+        checkpoints = _training_checkpoints(out_real)
+        if checkpoints is not None:
+            raise ValueError(f"OUT_DIR {self.out_dir} is inside {checkpoints}, a training run's checkpoints "
+                             "(an export there could replace them, and a resume would take it for a "
+                             "checkpoint): choose an OUT_DIR outside checkpoints/, e.g. the run's merged/")
+        if (out_real / "checkpoints").is_dir() and _training_checkpoints(out_real / "checkpoints"):
+            raise ValueError(f"OUT_DIR {self.out_dir} holds a training run ({out_real / 'checkpoints'}); "
+                             "--overwrite would delete it: choose another OUT_DIR")
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ValueError(f"OUT_DIR {self.out_dir} exists and is not a directory; choose another path")
         if self.out_dir.is_dir() and any(self.out_dir.iterdir()) and not self.overwrite:
