@@ -47,7 +47,8 @@ IGNORE_INDEX = -100
 
 
 class TrainingDiverged(RunFailure):
-    """Too many consecutive steps had a non-finite loss or gradients."""
+    """The model diverged: non-finite parameters after an update, a non-finite eval loss, or too
+    many consecutive steps with a non-finite loss or gradients."""
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
@@ -93,6 +94,7 @@ class Trainer:
         self.step = 0
         self.bad_streak = 0
         self.bad_total = 0
+        self.suspect_from: int | None = None  # the step whose update a divergence may have started at
         self.classification_records = None
         self.history: list[dict] = []  # eval records of this process (the run's are in metrics.jsonl)
         self.started = time.perf_counter()
@@ -335,8 +337,14 @@ class Trainer:
                     engine.step()  # applies the optimizer at the accumulation boundary only
                     loss_sum += loss.item()
                     tokens += int(batch["attention_mask"].sum())
-                stop, bad_any = dist.flags_on_any_rank(self._stop.requested, bad_loss)
+                stop, bad_any, broken = dist.flags_on_any_rank(self._stop.requested, bad_loss,
+                                                               not self.trainable_finite())
                 bad = bad_any or not engine.was_step_applied()
+                if broken:
+                    # Finite gradients can still write inf/NaN (an lr of 1e30): this state is never
+                    # saved, evaluated or exported.
+                    raise TrainingDiverged(self.divergence_message(
+                        f"the update of step {self.step + 1} left non-finite trainable parameters"))
                 if bad and plan.zero3:
                     dist.regather_persistent(self.model)
                 total_loss, total_tokens = dist.sum_over_ranks([loss_sum, tokens])
@@ -345,6 +353,11 @@ class Trainer:
                 mean_loss = total_loss / (plan.grad_accum * self.world_size)
                 self.bad_total += bad
                 self.bad_streak = self.bad_streak + 1 if bad else 0
+                if bad and self.suspect_from is None:
+                    # The state the failing forward ran on came from the previous step's update.
+                    self.suspect_from = self.step - 1
+                elif not bad:
+                    self.suspect_from = None  # a finite forward on the current state: it is sound
                 record = {"kind": "train", "step": self.step, "loss": mean_loss, "lr": lr,
                           "tokens_per_s": total_tokens / step_time, "step_time_s": step_time,
                           "skipped": bad, **memory_stats()}
@@ -354,15 +367,17 @@ class Trainer:
                     progress.write(f"step {self.step}: non-finite loss or gradients, update skipped "
                                    f"({self.bad_streak} in a row, {self.bad_total} in total)")
                     if self.bad_streak >= cfg.max_bad_steps:
-                        raise TrainingDiverged(
-                            f"{self.bad_streak} consecutive steps had a non-finite loss or gradients (up to step "
-                            f"{self.step}); stopping. The last good checkpoint is kept in "
-                            f"{ckpt.checkpoints_dir(self.output_dir)}. Lower --lr, enable --grad_clip, or "
-                            "check the data.")
+                        raise TrainingDiverged(self.divergence_message(
+                            f"{self.bad_streak} consecutive steps had a non-finite loss or gradients (up to "
+                            f"step {self.step})"))
                 last = self.step == plan.total_steps
                 if plan.data.eval is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
                     metrics.log(self.evaluate())
                     progress.write(self.describe_eval(self.history[-1]))
+                    if not math.isfinite(self.history[-1]["loss"]):
+                        raise TrainingDiverged(self.divergence_message(
+                            f"the evaluation at step {self.step} gave a non-finite loss "
+                            f"({self.history[-1]['loss']})", suspect_from=self.suspect_from or self.step))
                     timer.lap()  # eval time is not step time
                 if (cfg.save_every and self.step % cfg.save_every == 0) or last or stop:
                     # During a streak of skipped steps the newest checkpoint stays the last good one.
@@ -381,6 +396,22 @@ class Trainer:
             progress.close()
             metrics.close()
         return 0
+
+    def trainable_finite(self) -> bool:
+        """Whether every trainable tensor is finite (they are small and whole on every rank)."""
+        return all(bool(torch.isfinite(param).all()) for param in self.model.parameters() if param.requires_grad)
+
+    def divergence_message(self, what: str, suspect_from: int | None = None) -> str:
+        """Why the run stops, and the checkpoint to trust: the newest one written before the update
+        that started the divergence (a later one may hold parameters that are finite but broken)."""
+        suspect_from = suspect_from if suspect_from is not None else self.suspect_from
+        complete, _ = ckpt.list_checkpoints(self.output_dir)
+        good = [c for c in complete if suspect_from is None or c.step < suspect_from]
+        where = (f"the last good checkpoint is {good[-1].path} (step {good[-1].step})" if good
+                 else "no checkpoint from before the divergence exists")
+        return (f"the training diverged: {what}; stopping without saving this state (no adapter, no merged "
+                f"export), and {where}. Lower --lr (or raise --warmup_steps), enable --grad_clip, or check "
+                "the data, and train again in a new --output_dir")
 
     def save_checkpoint(self) -> None:
         state = {"data": self.batches.state_dict(), "bad_streak": self.bad_streak, "bad_total": self.bad_total,

@@ -256,7 +256,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_llama_dir, tmp_path
                   "--max_bad_steps", "3", "--save_every", "1", "--keep_last", "2", "--eval_every", "0",
                   "--eval_batches", "1", "--export", "false", "--output_dir", str(out)], threads=2)
     output = check(result, status=1)
-    assert output.count("error: 3 consecutive steps had a non-finite loss or gradients") == 1
+    assert output.count("error: the training diverged: 3 consecutive steps had a non-finite loss or gradients") == 1
     assert "Traceback" not in output
     train = metrics(out)
     skipped = [r["step"] for r in train if r["skipped"]]
