@@ -1,6 +1,11 @@
-"""loretta_ds: LoRETTA tensor-train fine-tuning of LLaMA-2 under DeepSpeed ZeRO-3."""
-from .adapters import (LorettaConfig, count_parameters, export_peft_lora, inject, load_adapter,
-                       merge, merge_and_unload, save_adapter, unmerge)
+"""loretta_ds: LoRETTA tensor-train fine-tuning of LLaMA-2 under DeepSpeed ZeRO-3.
+
+The public API below is imported on first use (PEP 562), not with the package: the command line
+imports ``loretta_ds`` for every command, and ``loretta-ds --help`` should not wait for torch.
+"""
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
@@ -8,5 +13,15 @@ __version__ = "0.1.0"
 # scripts requeue on it.
 PREEMPTED_EXIT_CODE = 75
 
-__all__ = ["LorettaConfig", "inject", "merge", "unmerge", "merge_and_unload", "save_adapter",
-           "load_adapter", "count_parameters", "export_peft_lora", "PREEMPTED_EXIT_CODE"]
+_FROM_ADAPTERS = ("LorettaConfig", "inject", "merge", "unmerge", "merge_and_unload", "save_adapter",
+                  "load_adapter", "count_parameters", "export_peft_lora")
+
+__all__ = [*_FROM_ADAPTERS, "PREEMPTED_EXIT_CODE"]
+
+
+def __getattr__(name: str):
+    if name in _FROM_ADAPTERS:
+        value = getattr(importlib.import_module(".adapters", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

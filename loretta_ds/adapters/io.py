@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import LorettaConfig
-from .inject import adapter_layers, inject, linear_shape, plan_injection, trainable_parameter_names
+from .injection import adapter_layers, inject, linear_shape, plan_injection, trainable_parameter_names
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import LorettaConfig
-from .inject import adapter_layers, trainable_parameter_names
+from .injection import adapter_layers, trainable_parameter_names
 from .layers import LorettaRepLinear
 
 _PEFT_PREFIX = "base_model.model."

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..adapters.config import LorettaConfig
-from ..adapters.inject import factor_modes
+from ..adapters.injection import factor_modes
 from ..adapters.io import read_adapter_tensors
 from ..tt import core_shapes, split_cores, tt_to_dense
 

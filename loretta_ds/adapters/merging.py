@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .inject import _set_submodule, adapter_layers
+from .injection import _set_submodule, adapter_layers
 from .layers import LorettaAdpLinear, LorettaRepLinear
 
 _ADP_NOT_MERGEABLE = (
