@@ -175,3 +175,29 @@ def test_bos_only_where_the_tokenizer_adds_it_and_eos_ends_every_completion(fami
         assert labels[length - 1].item() == eos and ids[length - 1].item() == eos
         assert (labels[length:] == IGNORE_INDEX).all() and (batch["attention_mask"][row, length:] == 0).all()
         assert (ids[0].item() == tokenizer.bos_token_id) == FAMILIES[family]["add_bos"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("family,method", [("qwen2", "rep"), ("mistral", "adp")])
+def test_family_trains_under_two_process_zero3_offload(family, method, tmp_path):
+    """The real trainer: 2 processes, ZeRO-3 with CPU offload, then the run's own exports."""
+    from test_multiprocess_training import TRAIN, ZERO3_OFFLOAD, check, free_port, run
+
+    base = save_family_checkpoint(family, tmp_path / "base")
+    out = tmp_path / "run"
+    check(run(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), TRAIN, "--ds_config", ZERO3_OFFLOAD,
+               "--model", str(tmp_path / "base"), "--method", method, "--target_modules", "all",
+               "--dataset", "bundled:instruct", "--max_steps", "4", "--lr", "2e-2", "--micro_batch_size", "2",
+               "--seq_len", "64", "--eval_batches", "1", "--save_every", "0", "--output_dir", str(out)],
+              threads=1, timeout=600))
+    model = load_adapter(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), out / "adapter").eval()
+    ids = torch.tensor([[5, 17, 200, 33, 9, 41]])
+    with torch.no_grad():
+        adapted, reference = model(input_ids=ids).logits, base(input_ids=ids).logits
+    assert (adapted - reference).abs().max() > 100 * LOGIT_ATOL
+    if method == "rep":  # the run's merged export, reloaded as a plain model
+        merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+        with torch.no_grad():
+            assert (merged(input_ids=ids).logits - adapted).abs().max() < LOGIT_ATOL
+    else:
+        assert not (out / "merged").exists()
