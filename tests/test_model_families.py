@@ -201,3 +201,13 @@ def test_family_trains_under_two_process_zero3_offload(family, method, tmp_path)
             assert (merged(input_ids=ids).logits - adapted).abs().max() < LOGIT_ATOL
     else:
         assert not (out / "merged").exists()
+
+
+def test_a_tied_lm_head_cannot_be_a_target(tmp_path):
+    save_family_checkpoint("smollm2", tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match="lm_head shares its weight with the input embeddings.*remove lm_head"):
+        inject(model, LorettaConfig(target_modules="q_proj,lm_head"))
+    assert not any("loretta_" in name for name, _ in model.named_parameters())  # nothing changed
+    untied = save_family_checkpoint("llama2", tmp_path / "untied")
+    inject(untied, LorettaConfig(target_modules="q_proj,lm_head"))  # an untied lm_head is an ordinary target
