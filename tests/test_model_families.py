@@ -211,3 +211,14 @@ def test_a_tied_lm_head_cannot_be_a_target(tmp_path):
     assert not any("loretta_" in name for name, _ in model.named_parameters())  # nothing changed
     untied = save_family_checkpoint("llama2", tmp_path / "untied")
     inject(untied, LorettaConfig(target_modules="q_proj,lm_head"))  # an untied lm_head is an ordinary target
+
+
+def test_an_unsupported_model_type_is_a_user_error_before_anything_loads(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
+    result = subprocess.run([sys.executable, "-m", "loretta_ds.cli", "train", "--model", str(tmp_path / "gpt2"),
+                             "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "model type 'gpt2' is not supported; supported model types: llama, mistral, qwen2" in result.stderr
+    assert not (tmp_path / "out").exists()
