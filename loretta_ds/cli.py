@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("train", "fine-tune with LoRETTA (or a LoRA baseline) under DeepSpeed; the run behind launch/train.py"),
     "count": ("count", "trainable and total parameters of a LoRETTA model (meta device, no weights)"),
     "export": ("export", "merged HF checkpoint, PEFT LoRA or LoRETTA adapter from a run (streams, no GPU)"),
+    "generate": ("generate", "text from a run (base + adapter) or a model directory: greedy or sampled, chat template"),
     "bench": ("bench", "time / memory / size of LoRETTA vs LoRA, adapters, the reference and a frozen floor"),
     "estimate": ("estimate", "per-GPU and host memory plan of a LoRETTA run under ZeRO-3 (meta device)"),
 }

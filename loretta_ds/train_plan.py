@@ -174,6 +174,9 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     parse_dataset_specs(cfg.dataset or None)
     attn = resolve_attention(cfg.attn)
     model_path, model_config = resolve_model(cfg.model)
+    from .models import check_model_type
+
+    check_model_type(model_config)
     max_positions = getattr(model_config, "max_position_embeddings", None)
     if max_positions is not None and cfg.seq_len > max_positions:
         raise ValueError(f"--seq_len {cfg.seq_len} is longer than the model's maximum of {max_positions} "

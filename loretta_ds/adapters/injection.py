@@ -68,6 +68,15 @@ def factor_modes(cfg: LorettaConfig, module_name: str, factor: str, d_in: int, d
         raise ValueError(f"{module_name} factor {factor}: {err}") from None
 
 
+def _tied_output_embedding(model: nn.Module) -> nn.Module | None:
+    """The output projection (lm_head) when the model ties it to the input embeddings, else None."""
+    config = getattr(model, "config", None)
+    get_output = getattr(model, "get_output_embeddings", None)
+    if config is None or get_output is None or not getattr(config, "tie_word_embeddings", False):
+        return None
+    return get_output()
+
+
 def plan_injection(model: nn.Module, cfg: LorettaConfig) -> list[PlannedLayer]:
     """Find every target and resolve its TT modes; raise before the model is touched."""
     linears = {name: m for name, m in model.named_modules() if _is_linear(m)}
@@ -80,9 +89,15 @@ def plan_injection(model: nn.Module, cfg: LorettaConfig) -> list[PlannedLayer]:
                 f"target module {pattern!r} matches no linear layer of this model; the linear "
                 f"layers are named: {', '.join(leaf_names)} (presets: attn, mlp, all)"
             )
+    tied_output = _tied_output_embedding(model)
     for name, module in linears.items():
         if not any(_matches(name, pattern) for pattern in cfg.target_modules):
             continue
+        if module is tied_output:
+            raise ValueError(
+                f"{name} shares its weight with the input embeddings (tie_word_embeddings), so an update "
+                f"to it has no place in a merged checkpoint; remove {name.rsplit('.', 1)[-1]} from "
+                "target_modules")
         out_f, in_f = linear_shape(module)
         if cfg.method == "rep":
             factors = (("A", in_f, cfg.r), ("B", cfg.r, out_f))

@@ -41,13 +41,27 @@ class TruncationStats:
 
 
 def special_ids(tokenizer) -> tuple[int | None, int | None]:
-    """(bos, eos) ids of a tokenizer; either may be None."""
-    return tokenizer.bos_token_id, tokenizer.eos_token_id
+    """(bos, eos) ids of a tokenizer; either may be None.
+
+    bos is returned only when the tokenizer itself starts an encoding with it (LLaMA-2, LLaMA-3,
+    Mistral): training then sees what inference sees. SmolLM2's declared bos is the chat-turn
+    marker <|im_start|> and Qwen2 has none; their encodings start with the text, so no bos is
+    prepended for them. eos ends every generation-format completion, so the model learns to stop.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is not None:
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        if not probe or probe[0] != bos:
+            bos = None
+    return bos, tokenizer.eos_token_id
 
 
 def pad_id_of(tokenizer) -> int:
-    """The id used for padding: pad, else eos (LLaMA-2 has no pad), else 0. Padded positions are
-    masked out of attention and loss, so any valid id works."""
+    """The id written at padded positions: the tokenizer's pad, else eos (LLaMA-2 has no pad),
+    else 0. The tokenizer is never changed (no token added, no embedding resized). Padded
+    positions are masked out of attention (attention_mask 0) and of the loss (label -100), and
+    labels never come from this id, so a pad equal to eos (SmolLM2, LLaMA-2 here) does not mask
+    the eos that ends each completion: that eos is still trained."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)

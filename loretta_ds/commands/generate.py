@@ -1,0 +1,137 @@
+"""`loretta-ds generate`: try a fine-tune in one command -- text from a run (base + its adapter) or
+from a model directory (a merged export, any HF checkpoint), greedy or sampled, through the
+tokenizer's chat template when it has one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+CHAT_CHOICES = ("auto", "true", "false")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR",
+                        help="a training OUTPUT_DIR (the base model with the run's adapter) or a Hugging Face "
+                             "model directory (e.g. a merged export)")
+    parser.add_argument("--prompt", action="append", required=True,
+                        help="the user message (repeat for several prompts)")
+    parser.add_argument("--max_new_tokens", type=int, default=64, help="tokens to generate at most (default 64)")
+    parser.add_argument("--sample", action="store_true",
+                        help="sample (with --temperature and --top_p) instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
+    parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    parser.add_argument("--chat", default="auto", choices=CHAT_CHOICES,
+                        help="wrap the prompt in the tokenizer's chat template: auto (when it has one, default), "
+                             "true (required), false (raw prompt)")
+    parser.add_argument("--base", default=None, metavar="MODEL",
+                        help="the base model of a run directory (default: the run's 'model')")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+
+
+def check_settings(max_new_tokens: int, sample: bool, temperature: float, top_p: float) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens must be at least 1, got {max_new_tokens}")
+    if sample and temperature <= 0:
+        raise ValueError(f"--temperature must be > 0 when sampling, got {temperature}; or drop --sample for greedy")
+    if sample and not 0 < top_p <= 1:
+        raise ValueError(f"--top_p must be in (0, 1], got {top_p}")
+
+
+def load_for_generation(path: str | Path, base: str | None = None):
+    """(model in eval mode, tokenizer, description) for a run directory or a model directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory; pass a training OUTPUT_DIR or a model directory")
+    run_config = path / "run_config.json"
+    if (path / "config.json").is_file() and not run_config.is_file():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return model.eval(), tokenizer, f"model {path}"
+    if not run_config.is_file():
+        raise FileNotFoundError(f"{path} has neither config.json (a model) nor run_config.json (a run); "
+                                "pass a training OUTPUT_DIR or a Hugging Face model directory")
+    from ..export.sources import resolve_base
+
+    method = json.loads(run_config.read_text()).get("method")
+    if method == "lora":
+        from peft import PeftModel
+
+        base_dir = resolve_base(base or json.loads(run_config.read_text())["model"], path)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                                          path / "adapter")
+        return model.eval(), AutoTokenizer.from_pretrained(base_dir), f"{base_dir} + LoRA {path / 'adapter'}"
+    from ..adapters import load_adapter
+    from ..export.sources import resolve_source
+
+    source = resolve_source(run_dir=path, base=base)
+    base_dir = source.base_dir()
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    load_adapter(model, source.adapter_dir)
+    description = f"{base_dir} + LoRETTA_{source.config.method} {source.adapter_dir}"
+    return model.eval(), AutoTokenizer.from_pretrained(base_dir), description
+
+
+def prompt_ids(tokenizer, prompt: str, chat: str = "auto") -> list[int]:
+    """Token ids of ``prompt``: through the chat template (with the assistant turn opened) when
+    ``chat`` is "true", or "auto" and the tokenizer has one; else the raw text with the
+    tokenizer's own special tokens (bos where it adds one)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat == "true" and not has_template:
+        raise ValueError("--chat true, but this tokenizer has no chat template; use --chat false or auto")
+    if has_template and chat != "false":
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        # The template writes its own special tokens (bos included where the family uses one).
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, sample: bool = False,
+             temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, chat: str = "auto") -> list[str]:
+    """The completion of each prompt (one at a time: no padding, so nothing depends on batching)."""
+    import copy
+
+    import torch
+
+    from ..data.tokenization import pad_id_of
+
+    check_settings(max_new_tokens, sample, temperature, top_p)
+    config = copy.deepcopy(model.generation_config)
+    config.max_new_tokens, config.do_sample = max_new_tokens, sample
+    config.pad_token_id = pad_id_of(tokenizer)
+    eos = {tokenizer.eos_token_id} | set(
+        config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
+    config.eos_token_id = sorted(e for e in eos if e is not None) or None
+    if sample:
+        config.temperature, config.top_p, config.top_k = temperature, top_p, None
+    else:  # a checkpoint's sampling defaults would only trigger warnings under greedy decoding
+        config.temperature = config.top_p = config.top_k = None
+    texts = []
+    for index, prompt in enumerate(prompts):
+        torch.manual_seed(seed + index)
+        ids = torch.tensor([prompt_ids(tokenizer, prompt, chat)])
+        with torch.no_grad():
+            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        texts.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True))
+    return texts
+
+
+def run(args: argparse.Namespace) -> int:
+    check_settings(args.max_new_tokens, args.sample, args.temperature, args.top_p)
+    model, tokenizer, description = load_for_generation(args.path, args.base)
+    texts = generate(model, tokenizer, args.prompt, args.max_new_tokens, args.sample, args.temperature,
+                     args.top_p, args.seed, args.chat)
+    if not args.json:
+        print(f"# {description}, {'sampling' if args.sample else 'greedy'}", flush=True)
+    for prompt, text in zip(args.prompt, texts):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "completion": text}), flush=True)
+        else:
+            print(f"\n>>> {prompt}\n{text}", flush=True)
+    return 0
