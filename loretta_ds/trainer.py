@@ -290,7 +290,9 @@ class Trainer:
         self.log(dist.describe_report(report))
         if self.rank == 0:
             _write_json_atomically(self.output_dir / PARAM_REPORT_FILE, report)
-        if plan.resume_from is not None:
+        if plan.resume_from is None:
+            dist.begin_lr_schedule(self.engine.lr_scheduler)
+        else:
             ckpt.restore_optimizer(plan.resume_from.path, self.engine, self.model)
             if not ckpt.restore_rng(plan.resume_from.path, self.rank):
                 _seed_everything(self.cfg.seed + 1000 * plan.resume_state["step"] + self.rank)

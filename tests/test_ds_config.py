@@ -256,3 +256,25 @@ def test_nvme_offload_needs_stage_3_and_an_existing_directory(tmp_path):
         resolve_ds_config(raw, facts())
     raw["zero_optimization"]["offload_param"] = {"device": "nvme", "nvme_path": str(tmp_path)}
     resolve_ds_config(raw, facts())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_warmup_starts_above_zero_and_rises_linearly_to_the_peak(name):
+    """The first optimizer step must not run at lr 0 (a short run wasted its first steps)."""
+    import torch
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+    from loretta_ds.distributed.engine import begin_lr_schedule
+
+    config, _ = resolve_ds_config(shipped(name), facts(lr=1e-2, warmup_steps=4, total_steps=20))
+    params = config["scheduler"]["params"]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+    scheduler = WarmupCosineLR(optimizer, **{k: v for k, v in params.items()})
+    begin_lr_schedule(scheduler)  # what the trainer does to a fresh run's scheduler
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])  # the lr the next optimizer step uses
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:4] == pytest.approx([2e-3, 4e-3, 6e-3, 8e-3])  # 1/5 ... 4/5 of the peak
+    assert lrs[3] < lrs[4] == pytest.approx(1e-2, rel=0.01)  # then the cosine from the peak

@@ -109,6 +109,25 @@ def test_sigterm_and_sigint_checkpoint_at_the_step_boundary_and_resume(reference
     assert max_difference(adapter(out), adapter(reference)) <= 1e-6
 
 
+@pytest.mark.multiprocess
+def test_ctrl_c_under_the_deepspeed_launcher_is_named_sigint(tiny_llama, tmp_path):
+    """A terminal's Ctrl-C sends SIGINT to the whole job (launcher and ranks); the launcher then
+    sends the ranks SIGTERM. The ranks stop at the step boundary with one message naming SIGINT."""
+    out = tmp_path / "run"
+    run = Run(deepspeed_command(out), tmp_path / "ctrl-c.log")
+    try:
+        wait_for_step(run, out, 2, timeout=300)
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(180)
+        output = run.output()
+    finally:
+        run.close()
+    stopped_at = train_records(out)[-1]["step"]
+    assert output.count(f"stop requested (SIGINT): checkpoint at step {stopped_at} written") == 1, output[-4000:]
+    assert "(SIGTERM)" not in output
+    assert checkpoint_steps(out)[-1] == stopped_at
+
+
 # --- 2. kill -9 of the whole job while a checkpoint is being written -------------------------
 
 

@@ -3,6 +3,8 @@ import json
 import os
 import signal
 
+import pytest
+
 from loretta_ds.distributed.checkpoint import (MARKER, check_checkpoint, latest_checkpoint, list_checkpoints, rotate,
                                                write_marker)
 from loretta_ds.distributed.stop import StopRequest
@@ -124,3 +126,17 @@ def test_resumed_cpu_adam_continues_bit_for_bit():
     assert torch.equal(resumed(replay=True), straight.detach())
     # Without the replay the C++ side recomputes beta^t with pow: not the same bits (why it exists).
     assert not torch.equal(resumed(replay=False), straight.detach())
+
+
+def test_the_first_stop_signal_is_the_one_named():
+    """Ctrl-C under the deepspeed launcher: SIGINT reaches the ranks, then the launcher's SIGTERM;
+    the stop message must name SIGINT, and the SIGTERM must not count as a second Ctrl-C."""
+    stop = StopRequest()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C insists
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()

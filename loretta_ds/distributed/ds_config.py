@@ -225,12 +225,17 @@ def _fill_scheduler(config: dict, facts: RunFacts, lr: float) -> None:
     warmup_entry = (warmup, warmup if facts.warmup_steps is not None else None, "--warmup_steps")
     total_entry = (facts.total_steps, facts.total_steps, steps_flag)
     max_lr_entry = (lr, lr, "the run's lr (--lr, or optimizer.params.lr)")
+    # Warmup starts above zero: DeepSpeed's first step runs at the warmup's start value, so a start
+    # of 0 wastes it. With a start of 1/(W+1) the W warmup steps run at 1/(W+1) ... W/(W+1) of the
+    # peak (linear), and the peak follows.
+    start = 1.0 / (warmup + 1)
     known = {
-        "WarmupCosineLR": {"warmup_num_steps": warmup_entry, "total_num_steps": total_entry},
+        "WarmupCosineLR": {"warmup_num_steps": warmup_entry, "total_num_steps": total_entry,
+                           "warmup_min_ratio": (start, None, None)},
         "WarmupDecayLR": {"warmup_num_steps": warmup_entry, "total_num_steps": total_entry,
-                          "warmup_max_lr": max_lr_entry, "warmup_min_lr": (0.0, None, None)},
+                          "warmup_max_lr": max_lr_entry, "warmup_min_lr": (lr * start, None, None)},
         "WarmupLR": {"warmup_num_steps": warmup_entry, "warmup_max_lr": max_lr_entry,
-                     "warmup_min_lr": (0.0, None, None)},
+                     "warmup_min_lr": (lr * start, None, None)},
     }
     for key, (value, must_equal, flag) in known.get(kind, {}).items():
         _fill(params, key, value, f"scheduler.params.{key}", must_equal, flag)

@@ -168,6 +168,18 @@ def release_shared_memory_name() -> None:
         pass
 
 
+def begin_lr_schedule(scheduler) -> None:
+    """Advance a fresh LR scheduler to its first step's value.
+
+    DeepSpeed's warmup schedulers report a ratio of 0 until their first ``step()``, and the engine
+    steps the scheduler after the optimizer: a fresh run's first update would run at lr 0 (with a
+    2-step warmup, the first of 2 wasted). One step here makes the first update use the warmup's
+    start value. A resumed run restores the scheduler's own position instead.
+    """
+    if scheduler is not None:
+        scheduler.step()
+
+
 def quiet_deepspeed(verbose: bool) -> None:
     """DeepSpeed logs every init detail and per-step warnings on every rank; the trainer reports
     what matters itself (skipped steps included). ``verbose`` keeps DeepSpeed's INFO log."""

@@ -28,10 +28,13 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT and self.signal_name == "SIGINT":
             raise KeyboardInterrupt
+        if not self.requested:
+            # The first signal is the one the user sent: Ctrl-C under the deepspeed launcher
+            # reaches the ranks as SIGINT, and the launcher's SIGTERM follows it.
+            self.signal_name = signal.Signals(signum).name
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
 
     def restore(self) -> None:
         """Put back the handlers that were there before."""
