@@ -32,6 +32,7 @@ from .distributed.ds_config import batch_summary, zero_stage
 from .distributed.errors import LostRank, RunFailure
 from .distributed.health import SILENCE_S, Heartbeat, start_heartbeat
 from .distributed.stop import StopRequest
+from .data.chat import CHAT_TEMPLATE_FILE
 from .data.loader import model_inputs, real_token_count, target_count
 from .run_config import TrainConfig
 from .train_metrics import METRICS_FILE, MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
@@ -444,6 +445,10 @@ class Trainer:
                 self.model.save_pretrained(adapter_dir)
             else:
                 save_adapter(self.model, adapter_dir)
+            if plan.data.chat_template is not None:
+                # The template the chat data was rendered with travels with the adapter (and into
+                # the merged export), so generation uses the same turns as training.
+                (adapter_dir / CHAT_TEMPLATE_FILE).write_text(plan.data.chat_template, encoding="utf-8")
             if frozen is not None:
                 _write_json_atomically(self.output_dir / PARAM_REPORT_FILE, self.param_report)
             plot = plot_losses(self.output_dir)

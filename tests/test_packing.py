@@ -192,8 +192,15 @@ def test_packed_zero3_run_resumes_to_the_same_adapter(tmp_path):
             "--packing", "--seq_len", "256", "--micro_batch_size", "2", "--grad_accum", "2", "--max_steps", "12",
             "--save_every", "4", "--eval_every", "0", "--eval_batches", "1", "--export", "false", "--seed", "3"]
     straight = tmp_path / "straight"
-    output = check(run(deepspeed_command(*args, "--output_dir", str(straight)), threads=1))
+    output = check(run(deepspeed_command(*args, "--output_dir", str(straight), "--export", "true"), threads=1))
     assert "packing: " in output and "efficiency" in output
+    # The chat template the run trained with (the default: tiny-llama has none) is in the export.
+    from loretta_ds.data.chat import DEFAULT_CHAT_TEMPLATE
+
+    merged = AutoTokenizer.from_pretrained(straight / "merged")
+    assert merged.chat_template == DEFAULT_CHAT_TEMPLATE
+    assert merged.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                      add_generation_prompt=True) == "<s>### User:\nHi\n\n### Assistant:\n"
 
     out = tmp_path / "resumed"
     launcher = subprocess.Popen(deepspeed_command(*args, "--output_dir", str(out)), cwd=ROOT, env=env(1),
