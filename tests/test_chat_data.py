@@ -185,3 +185,38 @@ def test_packing_with_a_prompt_longer_than_seq_len_names_the_record(tokenizer, t
     with pytest.raises(ValueError, match=r"--packing: .*c.jsonl: record 21 has \d+ prompt tokens, which leave "
                                          r"no answer token within --seq_len 40"):
         prepare_data(tokenizer, [str(path)], seq_len=40, eval_specs=evaluation, packing=True)
+
+
+# --- through the CLI: exit 2, one line, before any model loads, nothing written -----------------------
+
+
+@pytest.mark.parametrize("case", ["template", "role", "packing"])
+def test_cli_reports_chat_errors_before_loading_the_model(tmp_path, capsys, monkeypatch, case):
+    import transformers
+
+    from loretta_ds.cli import main
+    from loretta_ds.tiny_llama import ensure_tiny_llama
+
+    ensure_tiny_llama()
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("a model was loaded before the user error was reported"))
+    records = [{"messages": CONVERSATION}] * 30
+    args, expected = [], ""
+    if case == "template":
+        template = tmp_path / "bad.jinja"
+        template.write_text("{% if %}")
+        args, expected = ["--chat_template", str(template)], f"chat template from the file {template} does not render"
+    elif case == "role":
+        records = records + [{"messages": [{"role": "tool", "content": "x"}]}]
+        expected = "record 31: turn 1 has role 'tool'"
+    else:
+        records = records + [{"messages": [{"role": "user", "content": "please " * 60},
+                                           {"role": "assistant", "content": "ok"}]}] * 3
+        args, expected = ["--packing", "--seq_len", "48"], "prompt tokens, which leave no answer token within --seq_len 48"
+    data = write_jsonl(tmp_path / "chat.jsonl", records)
+    out = tmp_path / "run"
+    status = main(["train", "--dataset", str(data), "--output_dir", str(out), *args])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("error: ") == 1 and "Traceback" not in err, err
+    assert expected in err, err
+    assert not out.exists()
