@@ -256,6 +256,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     # LorettaConfig validates the adapter settings (for the LoRA baseline: r, alpha, dropout, targets).
     cfg.loretta_config() or LorettaConfig(method="rep", r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
                                           target_modules=cfg.target_modules)
+    if cfg.chat_template is not None:
+        if not isinstance(cfg.chat_template, str) or not cfg.chat_template:
+            raise ValueError(f"chat_template must be the path of a Jinja file, got {cfg.chat_template!r}")
+        # Absolute: run_config.json names the file whatever directory a resume starts from.
+        cfg.chat_template = str(Path(cfg.chat_template).expanduser().absolute())
     if cfg.output_dir is None:
         cfg.output_dir = str(Path("runs") / f"{Path(cfg.model.rstrip('/')).name}-{cfg.method}")
     return cfg

@@ -206,7 +206,7 @@ def test_packed_zero3_run_resumes_to_the_same_adapter(tmp_path):
     launcher = subprocess.Popen(deepspeed_command(*args, "--output_dir", str(out)), cwd=ROOT, env=env(1),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_step(out, 5, launcher)
+        wait_for_step(out, 5, launcher, timeout=600)  # a loaded machine may start slowly
         ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
                  if any(arg == "--local_rank=0" for arg in p.cmdline())]
         ranks[0].send_signal(signal.SIGUSR1)
