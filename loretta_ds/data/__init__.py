@@ -1,5 +1,6 @@
 """Data for training and evaluation: dataset specs and formats, chat templates, tokenization with
-answer-only loss, sharded resumable batches (padded or packed), label-word classification accuracy, and the bundled demo data.
+answer-only loss, sharded resumable batches (padded or packed), label-word classification
+accuracy, and the bundled demo data.
 
     data = prepare_data(tokenizer, ["bundled:sentiment"], fmt="auto", seq_len=128, seed=0)
     batches = ShardedBatches(data.train, micro_batch_size=8, rank=r, world_size=w, seed=0,
@@ -19,11 +20,11 @@ from .prepare import PreparedData, SourceSummary, prepare_data
 from .tokenization import IGNORE_INDEX, TruncationStats, build_example, pad_id_of, tokenize_dataset
 
 __all__ = [
-    "BUNDLED_DIR", "DEFAULT_CHAT_TEMPLATE", "DEFAULT_DATASET", "PackedBatches", "collate_packed",
-    "model_inputs", "pack_rows", "real_token_count", "resolve_chat_template", "target_count", "FORMATS", "FORMAT_SPECS", "IGNORE_INDEX", "DatasetSpec",
-    "PreparedData", "ShardedBatches", "SourceSummary", "TruncationStats", "build_example",
-    "bundled_path", "bundled_task_names", "canonicalize", "classification_accuracy",
-    "classification_predictions", "collate", "corpus_path", "eval_batches", "label_word_scores",
-    "load_records", "mix", "pad_id_of", "parse_dataset_specs", "prepare_data", "read_raw",
-    "render", "resolve_format", "tokenize_dataset",
+    "BUNDLED_DIR", "DEFAULT_CHAT_TEMPLATE", "DEFAULT_DATASET", "FORMATS", "FORMAT_SPECS", "IGNORE_INDEX",
+    "DatasetSpec", "PackedBatches", "PreparedData", "ShardedBatches", "SourceSummary", "TruncationStats",
+    "build_example", "bundled_path", "bundled_task_names", "canonicalize", "classification_accuracy",
+    "classification_predictions", "collate", "collate_packed", "corpus_path", "eval_batches",
+    "label_word_scores", "load_records", "mix", "model_inputs", "pack_rows", "pad_id_of",
+    "parse_dataset_specs", "prepare_data", "read_raw", "real_token_count", "render",
+    "resolve_chat_template", "resolve_format", "target_count", "tokenize_dataset",
 ]

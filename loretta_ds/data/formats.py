@@ -8,7 +8,7 @@ prompt is empty, so the whole text is trained on.
 | prompt_completion | prompt, completion               | prompt (verbatim)           | completion + </s> |
 | instruction       | instruction, [input], output     | Alpaca-style headers        | output + </s> |
 | classification    | text, label                      | "{text}\\nAnswer:"          | " {label}"   |
-| chat              | messages (or ShareGPT conversations) | the chat template: loss on every assistant turn (data/chat.py) |
+| chat              | messages (or conversations)      | the chat template (chat.py) | every assistant turn |
 
 Classification completions stop at the label word (no </s>): training and scoring then see the
 same tokens, the label word's likelihood after the prompt (as in the LoRETTA paper's LLaMA runs).
