@@ -66,6 +66,12 @@ def test_default_template_labels_exactly_every_assistant_turn(tokenizer):
     assert got == expected
 
 
+def test_a_conversation_opening_with_the_assistant_trains_its_content_not_the_header(tokenizer):
+    got = targets(tokenizer, DEFAULT_CHAT_TEMPLATE, CONVERSATION[1:])
+    assert [p for p, target in got if target] == ["H", "ell", "o", "</s>", "S", "ee", "▁you", "</s>"]
+    assert got[0] == ("<s>", False)
+
+
 def test_tokenizer_template_merging_marker_and_answer_labels_the_merged_token(templated):
     text = templated.apply_chat_template(CONVERSATION, tokenize=False)
     assert text == "User: Hi\nAssistant: Hello</s>\nUser: Bye\nAssistant: See you</s>\n"

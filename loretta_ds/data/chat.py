@@ -157,7 +157,8 @@ def assistant_spans(tokenizer, template: str, turns: list[dict], where: str) -> 
         for index, turn in enumerate(turns):
             if turn["role"] != "assistant":
                 continue
-            before = _render(tokenizer, template, turns[:index], generation_prompt=True) if index else ""
+            before = _render(tokenizer, template, turns[:index], generation_prompt=True) if index \
+                else _opening(tokenizer, template)
             through = _render(tokenizer, template, turns[:index + 1], generation_prompt=False)
             if not (through.startswith(before) and text.startswith(through)):
                 raise ValueError(
@@ -172,6 +173,14 @@ def assistant_spans(tokenizer, template: str, turns: list[dict], where: str) -> 
         raise ValueError(f"{where}: the chat template does not render this conversation "
                          f"({type(err).__name__}: {str(err).strip()[:200]}); fix the record or the template") from None
     return text, spans
+
+
+def _opening(tokenizer, template: str) -> str:
+    """What a template renders before the content of a first turn that is the assistant's
+    (transformers renders no empty conversation, so: a probe turn, cut at its content)."""
+    probe = "\u2063first turn\u2063"
+    rendered = _render(tokenizer, template, [{"role": "assistant", "content": probe}], generation_prompt=False)
+    return rendered[:max(rendered.find(probe), 0)]
 
 
 def target_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
