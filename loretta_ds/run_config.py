@@ -53,6 +53,8 @@ class TrainConfig:
     micro_batch_size: int | None = None  # None: the ds_config's number, else DEFAULT_GLOBAL_BATCH / world
     grad_accum: int | None = None
     seq_len: int = 128
+    packing: bool = False  # concatenate examples into rows of exactly seq_len tokens (data/packing.py)
+    chat_template: str | None = None  # Jinja file for chat data; None: the tokenizer's, else the default
     bf16: bool | None = None  # None: the ds_config's bf16.enabled, else false
     gradient_checkpointing: bool = False
     attn: str = "auto"
@@ -94,7 +96,10 @@ DEFAULT_GLOBAL_BATCH = 16
 # the global batch into processes x micro batch x accumulation (a resume on another process count).
 IDENTITY_KEYS = ("model", "dataset", "format", "method", "r", "tensor_rank", "alpha", "dropout",
                  "bottleneck", "target_modules", "init", "train_norms", "lr", "warmup_steps",
-                 "grad_clip", "max_steps", "epochs", "global_batch", "seq_len", "bf16", "seed")
+                 "grad_clip", "max_steps", "epochs", "global_batch", "seq_len", "bf16", "seed",
+                 "packing", "chat_template")
+# Identity keys added later: a run_config.json written before them had these values.
+_IDENTITY_DEFAULTS = {"packing": False, "chat_template": None}
 
 _HELP = {
     "config": "YAML file with any of these settings (keys = flag names); flags override it",
@@ -113,7 +118,11 @@ _HELP = {
     "micro_batch_size": "examples per process per forward (default: the ds_config's, else a global "
                         f"batch of {DEFAULT_GLOBAL_BATCH} split over the processes)",
     "grad_accum": "micro batches per optimizer step (default: the ds_config's, else 1)",
-    "seq_len": "longest example in tokens (longer ones are truncated)",
+    "seq_len": "longest example in tokens (longer ones are truncated); with --packing, the row length",
+    "packing": "pack the examples into rows of exactly seq_len tokens, attention kept within each "
+               "example: no compute on padding (true/false)",
+    "chat_template": "Jinja chat template file for chat data (default: the tokenizer's own, else "
+                     "loretta_ds's default ### User / ### Assistant template)",
     "bf16": "train in bfloat16 (true/false; default: the ds_config's bf16.enabled, else false)",
     "gradient_checkpointing": "recompute activations in backward (true/false)",
     "attn": "attention kernel: " + " | ".join(ATTENTION),
@@ -278,7 +287,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"unknown {name} {getattr(cfg, name)!r}: use one of {', '.join(allowed)}")
     for name in ("bf16", "gradient_checkpointing", "export", "train_norms", "verify_frozen", "overwrite_output_dir",
-                 "debug"):
+                 "debug", "packing"):
         if name == "bf16" and cfg.bf16 is None:
             continue  # the ds_config decides
         try:  # `--bf16` alone means true (argparse const); `--bf16 false` and YAML booleans work too
@@ -311,6 +320,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     # LorettaConfig validates the adapter settings (for the LoRA baseline: r, alpha, dropout, targets).
     cfg.loretta_config() or LorettaConfig(method="rep", r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
                                           target_modules=cfg.target_modules)
+    if cfg.chat_template is not None:
+        if not isinstance(cfg.chat_template, str) or not cfg.chat_template:
+            raise ValueError(f"chat_template must be the path of a Jinja file, got {cfg.chat_template!r}")
+        # Absolute: run_config.json names the file whatever directory a resume starts from.
+        cfg.chat_template = str(Path(cfg.chat_template).expanduser().absolute())
     if cfg.output_dir is None:
         cfg.output_dir = str(Path("runs") / f"{Path(cfg.model.rstrip('/')).name}-{cfg.method}")
     return cfg
@@ -318,4 +332,4 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 def identity(train: dict) -> dict:
     """The settings that define what a run trains (see IDENTITY_KEYS)."""
-    return {key: train.get(key) for key in IDENTITY_KEYS}
+    return {key: train.get(key, _IDENTITY_DEFAULTS.get(key)) for key in IDENTITY_KEYS}

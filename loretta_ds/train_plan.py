@@ -58,6 +58,7 @@ class Plan:
     start_over: run_dir.Survey | None = None  # --overwrite_output_dir: the earlier run's files to remove
     notes: list[str] = field(default_factory=list)  # adjustments made to the ds_config
     warnings: list[str] = field(default_factory=list)  # settings that run but are probably not meant
+    packing: bool = False  # training micro batches are packed rows (data/packing.py)
 
 
 def resolve_attention(choice: str) -> str:
@@ -188,7 +189,8 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     from .data.prepare import prepare_data
 
     tokenizer = load_tokenizer(model_path)
-    data = prepare_data(tokenizer, cfg.dataset or None, cfg.format, cfg.seq_len, cfg.seed)
+    data = prepare_data(tokenizer, cfg.dataset or None, cfg.format, cfg.seq_len, cfg.seed,
+                        chat_template=cfg.chat_template, packing=cfg.packing)
 
     # The batch split comes from the ds_config and the flags; the steps of --epochs from it and
     # the data size; then the schedule's "auto" values can be filled.
@@ -204,7 +206,9 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     if len(data.train) < per_step:
         raise ValueError(f"the training set has {len(data.train)} examples, fewer than one micro batch on "
                          f"every process needs ({micro} x {world_size}); add data or lower --micro_batch_size")
-    steps_per_epoch = max(1, len(data.train) // per_step // accum)
+    # Packed, a micro batch holds rows: an epoch is as many steps as epoch 0's rows fill.
+    units = packed_row_count(data, micro, world_size, cfg.seed) if cfg.packing else len(data.train)
+    steps_per_epoch = max(1, units // per_step // accum)
     total_steps = cfg.max_steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
     ds_config, notes = resolve_ds_config(raw_ds_config, dataclasses.replace(facts, total_steps=total_steps))
     # What runs is the resolved config: run_config.json records its values, not the flags'.
@@ -217,7 +221,7 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
                 ds_config=ds_config, zero3=is_zero3(ds_config), micro_batch_size=micro, grad_accum=accum,
                 global_batch=ds_config["train_batch_size"], total_steps=total_steps, warmup_steps=warmup,
                 lr=lr, attn=attn, dtype=torch.bfloat16 if bf16 else torch.float32, targets=list(targets),
-                trainable_shapes=shapes, world_size=world_size, notes=notes,
+                trainable_shapes=shapes, world_size=world_size, notes=notes, packing=cfg.packing,
                 warnings=adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels)))
 
 
@@ -229,9 +233,22 @@ def train_settings(cfg: TrainConfig, plan: Plan) -> dict:
 def make_batches(plan: Plan, seed: int, rank: int):
     """This rank's training batches (loretta_ds.data's sharded, seeded, resumable order)."""
     from .data.loader import ShardedBatches
+    from .data.packing import PackedBatches
 
+    if plan.packing:
+        return PackedBatches(plan.data.train, plan.micro_batch_size, rank, plan.world_size, seed=seed,
+                             pad_id=plan.data.pad_id, seq_len=plan.data.seq_len)
     return ShardedBatches(plan.data.train, plan.micro_batch_size, rank, plan.world_size, seed=seed,
                           pad_id=plan.data.pad_id)
+
+
+def packed_row_count(data, micro_batch_size: int, world_size: int, seed: int) -> int:
+    """Rows of epoch 0 once packed (ValueError when they cannot fill one step)."""
+    from .data.packing import PackedBatches
+
+    batches = PackedBatches(data.train, micro_batch_size, 0, world_size, seed=seed, pad_id=data.pad_id,
+                            seq_len=data.seq_len)
+    return len(batches.epoch_rows(0))
 
 
 def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> bool:

@@ -33,6 +33,8 @@ from .distributed.ds_config import batch_summary, zero_stage
 from .distributed.errors import LostRank, RunFailure
 from .distributed.health import SILENCE_S, Heartbeat, start_heartbeat
 from .distributed.stop import StopRequest
+from .data.chat import CHAT_TEMPLATE_FILE
+from .data.loader import model_inputs, real_token_count, target_count
 from .export.provenance import foreign_files as export_foreign_files
 from .output_dir import clear_previous_run
 from .run_config import TrainConfig
@@ -44,6 +46,31 @@ from .train_plan import (ADAPTER_DIR, RUN_CONFIG_FILE, Plan, attach_adapter, bui
 PARAM_REPORT_FILE = "param_report.json"
 MERGED_DIR = "merged"
 IGNORE_INDEX = -100
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
+    """Summed next-token cross-entropy of a training batch (padded or packed) over its targets."""
+    inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+    if "attention_mask" not in inputs:
+        # Packed rows: without a cache transformers masks attention by the position_ids' sequences.
+        inputs["use_cache"] = False
+    logits = model(**inputs).logits
+    targets = batch["labels"][:, 1:].to(device)
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def global_loss_scale(micro_batches: list[dict], grad_accum: int, world_size: int) -> tuple[float, int]:
+    """(factor for each micro batch's summed loss, target tokens of the global batch).
+
+    DeepSpeed divides each loss by grad_accum and averages the gradients over the ranks; with
+    this factor the step's gradient is that of the mean loss over every target token of the
+    global batch, however its tokens fall into rows, micro batches and ranks (packed and padded
+    runs optimize the same objective). One all-reduce of a count per step.
+    """
+    (targets,) = dist.sum_over_ranks([sum(target_count(b) for b in micro_batches)])
+    targets = max(int(targets), 1)
+    return grad_accum * world_size / targets, targets
 
 
 class TrainingDiverged(RunFailure):
@@ -307,6 +334,10 @@ class Trainer:
         plan = self.plan
         self.log(plan.data.summary())
         self.batches = make_batches(plan, self.cfg.seed, self.rank)
+        if plan.packing:
+            self.log(f"  packing: {len(plan.data.train)} examples into {len(self.batches.epoch_rows(0))} rows "
+                     f"of {plan.data.seq_len} tokens, efficiency {self.batches.efficiency(0):.1%} "
+                     f"(real tokens / slots, epoch 0)")
         self.classification_records = plan.data.classification_eval_records
         if plan.resume_state is not None:
             self.batches.load_state_dict(plan.resume_state["data"])
@@ -329,16 +360,18 @@ class Trainer:
             while self.step < plan.total_steps:
                 lr = engine.get_lr()[0]
                 loss_sum, tokens, bad_loss = 0.0, 0, False
-                for _ in range(plan.grad_accum):
-                    batch = {k: v.to(device) for k, v in next(stream).items()}
-                    loss = engine(**batch).loss
+                micro_batches = [next(stream) for _ in range(plan.grad_accum)]
+                scale, targets = global_loss_scale(micro_batches, plan.grad_accum, self.world_size)
+                for batch in micro_batches:
+                    loss = token_loss_sum(engine, batch, device)
+                    loss_sum += loss.item()
+                    loss = loss * scale
                     if not torch.isfinite(loss):
                         # NaN gradients everywhere make DeepSpeed skip the update on every rank.
                         bad_loss, loss = True, loss * float("nan")
                     engine.backward(loss)
                     engine.step()  # applies the optimizer at the accumulation boundary only
-                    loss_sum += loss.item()
-                    tokens += int(batch["attention_mask"].sum())
+                    tokens += real_token_count(batch)
                 stop, bad_any, broken = dist.flags_on_any_rank(self._stop.requested, bad_loss,
                                                                not self.trainable_finite())
                 bad = bad_any or not engine.was_step_applied()
@@ -352,7 +385,7 @@ class Trainer:
                 total_loss, total_tokens = dist.sum_over_ranks([loss_sum, tokens])
                 self.step += 1
                 step_time = timer.lap()
-                mean_loss = total_loss / (plan.grad_accum * self.world_size)
+                mean_loss = total_loss / targets
                 self.bad_total += bad
                 self.bad_streak = self.bad_streak + 1 if bad else 0
                 if bad and self.suspect_from is None:
@@ -496,6 +529,10 @@ class Trainer:
                 self.model.save_pretrained(adapter_dir)
             else:
                 save_adapter(self.model, adapter_dir)
+            if plan.data.chat_template is not None:
+                # The template the chat data was rendered with travels with the adapter (and into
+                # the merged export), so generation uses the same turns as training.
+                (adapter_dir / CHAT_TEMPLATE_FILE).write_text(plan.data.chat_template, encoding="utf-8")
             if frozen is not None:
                 _write_json_atomically(self.output_dir / PARAM_REPORT_FILE, self.param_report)
             plot = plot_losses(self.output_dir)

@@ -9,7 +9,8 @@
 #
 # Inputs (environment; the sbatch scripts set defaults):
 #   MODEL          HF model directory (or name); a value that looks like a path must exist
-#   DATA           dataset name or path; a value that looks like a path must exist
+#   DATA           dataset name or path, or several weighted ones (a.jsonl:0.7,b.jsonl:0.3 or
+#                  space-separated); a value that looks like a path must exist
 #   METHOD         LoRETTA method (rep | adp)
 #   OUTPUT_DIR     run directory: checkpoints, adapter/, merged/
 #   DS_CONFIG      DeepSpeed JSON (absolute, relative to the current directory, or to the checkout)
@@ -169,6 +170,28 @@ abspath() {  # abspath PATH: absolute, normalised form (the file may not exist)
     esac
 }
 
+# DATA holds one or more dataset specs, SOURCE[:WEIGHT], separated by commas and/or whitespace
+# ("a.jsonl:0.7,b.jsonl:0.3" or "a.jsonl:0.7 b.jsonl:0.3"). Each becomes its own word after
+# --dataset (the trainer's list); a SOURCE that looks like a path is made absolute and must exist.
+# Sets DATA_SPECS; problems go to `errors` (run_main's).
+split_data_specs() {
+    local words=() word source weight
+    IFS=$', \t\n' read -r -a words <<<"$1"
+    for word in "${words[@]}"; do
+        [[ -n $word ]] || continue
+        source=$word weight=""
+        if [[ $word =~ ^(.+)(:[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?)$ ]]; then
+            source=${BASH_REMATCH[1]} weight=${BASH_REMATCH[2]}
+        fi
+        if looks_like_path "$source"; then
+            source="$(abspath "$source")"
+            [[ -e $source ]] || errors+=("DATA: $source does not exist (from '$word'). Set DATA to existing dataset files or directories, or dataset names, each optionally NAME:WEIGHT, separated by commas or spaces.")
+        fi
+        DATA_SPECS+=("$source$weight")
+    done
+    ((${#DATA_SPECS[@]} > 0)) || errors+=("DATA='$1' holds no dataset spec. Set DATA to a dataset name or file (several: a.jsonl:0.7,b.jsonl:0.3).")
+}
+
 quote_cmd() {  # quote_cmd WORD...: one line that a shell reads back as the same words
     local out
     printf -v out '%q ' "$@"
@@ -292,10 +315,8 @@ run_main() {
         MODEL="$(abspath "$MODEL")"
         [[ -e $MODEL ]] || errors+=("MODEL=$MODEL does not exist. Set MODEL to a local HF checkpoint directory (config.json + weights) that every node can read.")
     fi
-    if [[ -n ${DATA:-} ]] && looks_like_path "$DATA"; then
-        DATA="$(abspath "$DATA")"
-        [[ -e $DATA ]] || errors+=("DATA=$DATA does not exist. Set DATA to an existing dataset file or directory, or to a dataset name.")
-    fi
+    DATA_SPECS=()
+    [[ -n ${DATA:-} ]] && split_data_specs "$DATA"
     [[ -n ${OUTPUT_DIR:-} ]] && OUTPUT_DIR="$(abspath "$OUTPUT_DIR")"
 
     if [[ -n ${DS_CONFIG:-} ]]; then
@@ -378,7 +399,7 @@ run_main() {
 
     local extra=()
     read -r -a extra <<<"$EXTRA_ARGS"
-    local cmd=("$PYTHON" "$trainer" --ds_config "$DS_CONFIG" --model "$MODEL" --dataset "$DATA"
+    local cmd=("$PYTHON" "$trainer" --ds_config "$DS_CONFIG" --model "$MODEL" --dataset "${DATA_SPECS[@]}"
         --method "$METHOD" --output_dir "$OUTPUT_DIR" --resume auto "${extra[@]}")
     local srun_cmd=(srun --nodes="$nodes" --ntasks="$world" --ntasks-per-node="$GPUS_PER_NODE"
         --distribution=block --kill-on-bad-exit=0 --export=ALL)

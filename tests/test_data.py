@@ -408,8 +408,8 @@ def test_empty_file_and_empty_dataset(tmp_path):
 
 def test_unknown_format(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", reviews(2))
-    with pytest.raises(ValueError, match="unknown data format 'chat'.*classification"):
-        load_records([str(path)], fmt="chat")
+    with pytest.raises(ValueError, match="unknown data format 'dialogue'.*classification, chat"):
+        load_records([str(path)], fmt="dialogue")
 
 
 def test_columns_that_do_not_fit_the_format(tmp_path):

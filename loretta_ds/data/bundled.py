@@ -7,10 +7,12 @@ from pathlib import Path
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_PREFIX = "bundled:"
 # task name -> split -> file. "sentiment" is the classification task (text, label), "instruct"
-# the generation task (instruction, input, output).
+# the generation task (instruction, input, output), "chat" the same instructions as
+# conversations of one to eight turns (messages).
 BUNDLED_TASKS = {
     "sentiment": {"train": "sentiment_train.jsonl", "validation": "sentiment_validation.jsonl"},
     "instruct": {"train": "instruct_train.jsonl", "validation": "instruct_validation.jsonl"},
+    "chat": {"train": "chat_train.jsonl", "validation": "chat_validation.jsonl"},
 }
 DEFAULT_DATASET = BUNDLED_PREFIX + "sentiment"
 CORPUS_FILE = "corpus.txt"

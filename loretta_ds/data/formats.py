@@ -8,6 +8,7 @@ prompt is empty, so the whole text is trained on.
 | prompt_completion | prompt, completion               | prompt (verbatim)           | completion + </s> |
 | instruction       | instruction, [input], output     | Alpaca-style headers        | output + </s> |
 | classification    | text, label                      | "{text}\\nAnswer:"          | " {label}"   |
+| chat              | messages (or conversations)      | the chat template (chat.py) | every assistant turn |
 
 Classification completions stop at the label word (no </s>): training and scoring then see the
 same tokens, the label word's likelihood after the prompt (as in the LoRETTA paper's LLaMA runs).
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMATS = ("auto", "text", "prompt_completion", "instruction", "classification")
+FORMATS = ("auto", "text", "prompt_completion", "instruction", "classification", "chat")
 
 CLASSIFICATION_TEMPLATE = "{text}\nAnswer:"
 INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -47,10 +48,15 @@ FORMAT_SPECS = {
     "instruction": FormatSpec("instruction", ("instruction", "output"), optional=("input",)),
     "classification": FormatSpec("classification", ("text", "label"), append_eos=False,
                                   truncation_side="left"),
+    # The template decides the end-of-turn tokens, so no </s> is appended.
+    "chat": FormatSpec("chat", ("messages",), append_eos=False),
 }
+# ShareGPT records hold their turns under "conversations"; they count as the chat format's
+# "messages" column.
+CHAT_ALIASES = ("conversations",)
 # `auto` tries these in order; the first whose required columns are all present wins, so
 # text+label is classification, not text.
-AUTO_ORDER = ("classification", "prompt_completion", "instruction", "text")
+AUTO_ORDER = ("chat", "classification", "prompt_completion", "instruction", "text")
 
 
 def check_format_name(fmt: str) -> str:
@@ -74,6 +80,8 @@ def resolve_format(fmt: str, columns: list[str], source: str) -> str:
     """
     check_format_name(fmt)
     present = set(columns)
+    if present.intersection(CHAT_ALIASES):
+        present.add("messages")
     if fmt == "auto":
         for name in AUTO_ORDER:
             if present.issuperset(FORMAT_SPECS[name].required):
@@ -109,6 +117,8 @@ def render(fmt: str, record: dict) -> tuple[str, str]:
         return prompt, record["output"]
     if fmt == "classification":
         return classification_prompt(record["text"]), " " + record["label"]
+    if fmt == "chat":
+        return "", ""  # rendered with the tokenizer's chat template at tokenization (data/chat.py)
     raise ValueError(f"render() needs a concrete format, got {fmt!r}")
 
 

@@ -39,6 +39,25 @@ def collate(examples: Sequence[dict], pad_id: int, pad_to_multiple_of: int | Non
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+# What a training batch hands the model; a packed batch also carries "real_tokens" (per row).
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's inputs of a training batch (collate() or packing.collate_packed())."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def real_token_count(batch: dict[str, torch.Tensor]) -> int:
+    """Non-padding tokens of a training batch."""
+    return int(batch["real_tokens"].sum() if "real_tokens" in batch else batch["attention_mask"].sum())
+
+
+def target_count(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens the loss is computed on (the labels after the causal shift)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
 def _rows(dataset, indices: Sequence[int]) -> list[dict]:
     # A `datasets.Dataset` returns columns for a list of indices; a list returns rows.
     if hasattr(dataset, "column_names"):
@@ -125,6 +144,10 @@ class ShardedBatches:
         different micro_batch_size x world_size is accepted when the examples consumed in the
         epoch fill whole steps of the new size.
         """
+        if state.get("packing_seq_len") and not hasattr(self, "seq_len"):
+            raise ValueError(f"cannot resume the data position: the saved run packed its examples into rows "
+                             f"of {state['packing_seq_len']} tokens; resume with --packing and "
+                             f"--seq_len {state['packing_seq_len']}")
         if state["seed"] != self.seed or state["num_examples"] != len(self.dataset):
             raise ValueError(
                 f"cannot resume the data position: it was saved for {state['num_examples']} "

@@ -2,7 +2,9 @@
 weights) to one `datasets.Dataset` of canonical records, checked before any tokenization.
 
 Canonical record (every format maps to it): prompt, completion (str; the loss covers the
-completion), label (the label word for classification, "" otherwise), format, source.
+completion), label (the label word for classification, "" otherwise), format, source, messages
+(chat: the checked turns as a JSON list, "" otherwise) and record (its 1-based number in the
+source, as text, for messages about it).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import datasets
 import numpy as np
 
 from .bundled import BUNDLED_PREFIX, BUNDLED_TASKS, DEFAULT_DATASET, bundled_path, bundled_task_names
+from .chat import CHAT_COLUMNS, chat_column
 from .formats import FORMAT_SPECS, check_format_name, render, resolve_format
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev", "eval")}
-CANONICAL_COLUMNS = ("prompt", "completion", "label", "format", "source")
+CANONICAL_COLUMNS = ("prompt", "completion", "label", "format", "source", "messages", "record")
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,9 @@ def _find_json_error(path: Path) -> str | None:
             for index, record in enumerate(records):
                 if not isinstance(record, dict):
                     return f"array element {index + 1} is a JSON {_json_kind(record)}, not an object"
+                problem = _chat_shape_error(record)
+                if problem:
+                    return f"array element {index + 1}: {problem}"
             return None
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -175,6 +181,19 @@ def _find_json_error(path: Path) -> str | None:
                 return f"line {number}, column {err.colno}: {err.msg}"
             if not isinstance(record, dict):
                 return f"line {number} is a JSON {_json_kind(record)}, not an object"
+            problem = _chat_shape_error(record)
+            if problem:
+                return f"line {number}: {problem}"
+    return None
+
+
+def _chat_shape_error(record: dict) -> str | None:
+    # The JSON reader cannot load a column that is a list in one record and text in another,
+    # and its error names neither; say which record it is.
+    for column in CHAT_COLUMNS:
+        if column in record and not isinstance(record[column], list):
+            return (f"{column} is a JSON {_json_kind(record[column])}, not a list of turns "
+                    f'(e.g. [{{"role": "user", "content": "..."}}])')
     return None
 
 
@@ -334,6 +353,13 @@ def canonicalize(raw: datasets.Dataset, fmt: str, label: str,
     if len(raw) == 0:
         raise ValueError(f"{label} holds no records; add records or remove it from the data specs")
     resolved = resolve_format(fmt, raw.column_names, label)
+    numbers = [str(i + 1) for i in range(len(raw))]
+    if resolved == "chat":
+        blank = [""] * len(raw)
+        canonical = datasets.Dataset.from_dict({
+            "prompt": blank, "completion": blank, "label": blank, "format": ["chat"] * len(raw),
+            "source": [label] * len(raw), "messages": chat_column(raw, label), "record": numbers})
+        return canonical, resolved
     spec = FORMAT_SPECS[resolved]
     fields = {c: _text_column(raw, c, label, optional=False) for c in spec.required if c != "label"}
     fields.update({c: _text_column(raw, c, label, optional=True) for c in spec.optional})
@@ -347,7 +373,8 @@ def canonicalize(raw: datasets.Dataset, fmt: str, label: str,
         completions.append(completion)
     canonical = datasets.Dataset.from_dict({
         "prompt": prompts, "completion": completions, "label": labels,
-        "format": [resolved] * len(raw), "source": [label] * len(raw)})
+        "format": [resolved] * len(raw), "source": [label] * len(raw),
+        "messages": [""] * len(raw), "record": numbers})
     return canonical, resolved
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import datasets
 
+from .chat import resolve_chat_template
 from .formats import check_format_name
 from .loading import (DatasetSpec, canonicalize, combined_format, has_split, mix, mix_counts,
                       parse_dataset_specs, read_raw)
@@ -37,6 +38,7 @@ class PreparedData:
     classification_accuracy. format: the resolved format ("mixed" across formats).
     label_words: the classification label set (as given, else the train labels sorted), None
     when no part is classification.
+    chat_template/chat_template_origin: see prepare_data's chat_template.
     """
 
     train: datasets.Dataset
@@ -49,6 +51,10 @@ class PreparedData:
     pad_id: int
     seq_len: int
     sources: list[SourceSummary] = field(default_factory=list)
+    # The Jinja template chat records were rendered with, and where it came from (None without
+    # chat data and without --chat_template).
+    chat_template: str | None = None
+    chat_template_origin: str | None = None
 
     @property
     def classification_eval_records(self) -> datasets.Dataset | None:
@@ -68,6 +74,8 @@ class PreparedData:
                          f"{s.eval_records} eval ({s.eval_origin})")
         if self.label_words:
             lines.append(f"  label words: {', '.join(self.label_words)}")
+        if self.chat_template_origin:
+            lines.append(f"  chat template: {self.chat_template_origin}")
         lines.append(f"  train: {self.train_stats}")
         if self.eval_stats is not None:
             lines.append(f"  eval: {self.eval_stats}")
@@ -101,7 +109,8 @@ def _label_set(parts: list[datasets.Dataset], label_words: list[str] | None) -> 
 
 def prepare_data(tokenizer, specs: list[str] | None = None, fmt: str = "auto", seq_len: int = 512,
                  seed: int = 0, eval_specs: list[str] | None = None, eval_fraction: float = 0.05,
-                 label_words: list[str] | None = None) -> PreparedData:
+                 label_words: list[str] | None = None, chat_template: str | None = None,
+                 packing: bool = False) -> PreparedData:
     """Load, check, split, mix and tokenize the training (and eval) data.
 
     specs: `SOURCE[:WEIGHT]` strings (see parse_dataset_specs); None = the bundled sentiment task.
@@ -109,6 +118,10 @@ def prepare_data(tokenizer, specs: list[str] | None = None, fmt: str = "auto", s
         that has none (a single file), a seeded eval_fraction of its records is held out.
     label_words: the classification label set (and the words for integer labels); default: the
         labels seen in the training data.
+    chat_template: a Jinja file for chat records; default: the tokenizer's template, else
+        data/chat.py's DEFAULT_CHAT_TEMPLATE.
+    packing: the examples will be packed (loader.PackedBatches): an example whose prompt leaves
+        no answer token within seq_len is then an error instead of being dropped.
     Returns PreparedData. Raises ValueError / FileNotFoundError for user errors, before tokenizing.
     """
     check_format_name(fmt)
@@ -151,11 +164,19 @@ def prepare_data(tokenizer, specs: list[str] | None = None, fmt: str = "auto", s
     train_records = mix(train_parts, weights, seed)
     eval_records = datasets.concatenate_datasets(eval_parts) if eval_parts else None
 
-    train, train_stats = tokenize_dataset(train_records, tokenizer, seq_len)
+    template = origin = None
+    if chat_template or any(p[0]["format"] == "chat" for p in train_parts + eval_parts):
+        template, origin = resolve_chat_template(tokenizer, chat_template)
+    train, train_stats = tokenize_dataset(train_records, tokenizer, seq_len, template)
+    if packing and train_stats.dropped:
+        where, prompt = train_stats.first_dropped
+        raise ValueError(f"--packing: {where} has {prompt} prompt tokens, which leave no answer token "
+                         f"within --seq_len {seq_len} ({train_stats.dropped} such examples); raise "
+                         f"--seq_len above {prompt} or shorten those prompts")
     if len(train) == 0:
         raise ValueError(f"no training example has an answer token within seq_len={seq_len} "
                          f"({train_stats}); raise seq_len or shorten the prompts")
-    evaluation, eval_stats = (tokenize_dataset(eval_records, tokenizer, seq_len)
+    evaluation, eval_stats = (tokenize_dataset(eval_records, tokenizer, seq_len, template)
                               if eval_records is not None else (None, None))
 
     sources = []
@@ -167,7 +188,8 @@ def prepare_data(tokenizer, specs: list[str] | None = None, fmt: str = "auto", s
     return PreparedData(train=train, eval=evaluation, eval_records=eval_records,
                         format=combined_format(formats), label_words=words,
                         train_stats=train_stats, eval_stats=eval_stats,
-                        pad_id=pad_id_of(tokenizer), seq_len=seq_len, sources=sources)
+                        pad_id=pad_id_of(tokenizer), seq_len=seq_len, sources=sources,
+                        chat_template=template, chat_template_origin=origin)
 
 
 __all__ = ["DatasetSpec", "PreparedData", "SourceSummary", "prepare_data"]

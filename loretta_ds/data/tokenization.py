@@ -3,7 +3,8 @@
 The prompt and prompt+completion are tokenized jointly and the answer is what follows their
 common prefix: that is how the model sees the text at inference, and no tokenizer-specific
 assumption about leading spaces is needed. (If a tokenizer merges across the boundary, the one
-merged token counts as answer.)
+merged token counts as answer.) Chat records are rendered with their chat template instead and
+trained on every assistant turn (data/chat.py); they are cut at the end like generation formats.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class TruncationStats:
     dropped: int = 0
     longest: int = 0
     seq_len: int = 0
+    # The first dropped example: "source: record N" and its prompt length in tokens (the tokens
+    # before its first answer token), for the error --packing raises about it.
+    first_dropped: tuple[str, int] | None = None
 
     def __str__(self) -> str:
         text = (f"{self.truncated} of {self.examples} examples exceeded seq_len={self.seq_len} "
@@ -114,33 +118,76 @@ def encode_pairs(tokenizer, prompts: list[str], completions: list[str]
     return prompt_ids, full_ids
 
 
-def tokenize_dataset(dataset: datasets.Dataset, tokenizer, seq_len: int
+def _record_names(rows: dict) -> list[str]:
+    records = rows.get("record") or [""] * len(rows["format"])
+    return [f"{source}: record {record}" if record else source
+            for source, record in zip(rows["source"], records)]
+
+
+def _answer_start(labels: list[int]) -> int:
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+
+
+def _chunk_examples(rows: dict, tokenizer, seq_len: int, chat_template: str | None):
+    """(input_ids, labels, truncated, length before cutting, prompt tokens) per row of a chunk."""
+    bos, eos = special_ids(tokenizer)
+    chat_rows = [i for i, fmt in enumerate(rows["format"]) if fmt == "chat"]
+    chat = {}
+    if chat_rows:
+        from .chat import chat_examples  # chat data only
+
+        if chat_template is None:
+            raise ValueError("chat records need a chat template; pass chat_template (see data/chat.py)")
+        names = _record_names(rows)
+        built = chat_examples(tokenizer, chat_template, [rows["messages"][i] for i in chat_rows],
+                              [names[i] for i in chat_rows])
+        chat = dict(zip(chat_rows, built))
+    plain_rows = [i for i in range(len(rows["format"])) if i not in chat]
+    plain = {}
+    if plain_rows:
+        prompt_ids, full_ids = encode_pairs(tokenizer, [rows["prompt"][i] for i in plain_rows],
+                                            [rows["completion"][i] for i in plain_rows])
+        plain = dict(zip(plain_rows, zip(prompt_ids, full_ids)))
+    for index, fmt in enumerate(rows["format"]):
+        if index in chat:
+            ids, labels = chat[index]
+            # Right cut, like the generation formats: later turns go first.
+            yield ids[:seq_len], labels[:seq_len], len(ids) > seq_len, len(ids), _answer_start(labels)
+            continue
+        spec = FORMAT_SPECS[fmt]
+        p_ids, f_ids = plain[index]
+        input_ids, labels, truncated = build_example(
+            p_ids, f_ids, bos, eos, spec.append_eos, seq_len, spec.truncation_side)
+        length = len(f_ids) + (bos is not None) + (spec.append_eos and eos is not None)
+        prompt = (bos is not None) + _common_prefix(p_ids, f_ids)
+        yield input_ids, labels, truncated, length, prompt
+
+
+def tokenize_dataset(dataset: datasets.Dataset, tokenizer, seq_len: int, chat_template: str | None = None
                      ) -> tuple[datasets.Dataset, TruncationStats]:
-    """Tokenize canonical records (prompt, completion, format columns).
+    """Tokenize canonical records (prompt, completion, format columns; messages for chat).
 
     Returns (dataset with input_ids, labels and length columns, one example per record except
     dropped ones; lengths <= seq_len, TruncationStats). Each record's format decides </s> and
-    the truncation side (formats.FORMAT_SPECS).
+    the truncation side (formats.FORMAT_SPECS); chat records are rendered with chat_template.
     """
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2 (one prompt and one answer token), got {seq_len}")
-    bos, eos = special_ids(tokenizer)
     stats = TruncationStats(seq_len=seq_len)
     columns = {"input_ids": [], "labels": [], "length": []}
     chunk = 2048  # bounds the memory of one batched tokenizer call
     for start in range(0, len(dataset), chunk):
         rows = dataset[start:start + chunk]
-        prompt_ids, full_ids = encode_pairs(tokenizer, rows["prompt"], rows["completion"])
-        for p_ids, f_ids, fmt in zip(prompt_ids, full_ids, rows["format"]):
-            spec = FORMAT_SPECS[fmt]
+        names = _record_names(rows)
+        examples = _chunk_examples(rows, tokenizer, seq_len, chat_template)
+        for name, (input_ids, labels, truncated, length, prompt) in zip(names, examples):
             stats.examples += 1
-            stats.longest = max(stats.longest, len(f_ids) + (bos is not None)
-                                + (spec.append_eos and eos is not None))
-            input_ids, labels, truncated = build_example(
-                p_ids, f_ids, bos, eos, spec.append_eos, seq_len, spec.truncation_side)
+            stats.longest = max(stats.longest, length)
             stats.truncated += truncated
             if all(label == IGNORE_INDEX for label in labels):
                 stats.dropped += 1
+                if stats.first_dropped is None:
+                    stats.first_dropped = (name, prompt)
                 continue
             columns["input_ids"].append(input_ids)
             columns["labels"].append(labels)

@@ -166,6 +166,10 @@ def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, o
         write_merged(plan, checkpoint, staged.path, log)
         files = [shard.filename for shard in plan] + (["model.safetensors.index.json"] if len(plan) > 1 else [])
         files += write_model_files(base_dir, config, dtype, staged.path)
+        trained_template = source.adapter_dir / "chat_template.jinja"  # the chat template the run trained with
+        if trained_template.is_file():
+            shutil.copyfile(trained_template, staged.path / trained_template.name)
+            files.append(trained_template.name)
         write_provenance(staged.path, _provenance(source, "merged", dtype, base_dir))
         staged.publish()
     log(f"wrote {out_dir}: load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r})")
