@@ -98,6 +98,9 @@ IDENTITY_KEYS = ("model", "dataset", "format", "method", "r", "tensor_rank", "al
                  "bottleneck", "target_modules", "init", "train_norms", "lr", "warmup_steps",
                  "grad_clip", "max_steps", "epochs", "global_batch", "seq_len", "bf16", "seed",
                  "packing", "chat_template")
+# The identity keys of the run's length: a run continued under other values is extended (or
+# shortened), its lr schedule recomputed for the new length (warmup's default is 5% of it).
+LENGTH_KEYS = ("max_steps", "epochs", "warmup_steps")
 # Identity keys added later: a run_config.json written before them had these values.
 _IDENTITY_DEFAULTS = {"packing": False, "chat_template": None}
 

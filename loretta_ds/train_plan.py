@@ -26,7 +26,7 @@ from .distributed import checkpoint as ckpt
 from .distributed.ds_config import (RunFacts, is_zero3, load_ds_config, resolve_batch, resolve_ds_config,
                                     scheduled_warmup, zero_stage)
 from .run_config import (BUILTIN_MODEL, DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_GRAD_CLIP, DEFAULT_LR,
-                         TrainConfig, identity)
+                         LENGTH_KEYS, TrainConfig, identity)
 
 RUN_CONFIG_FILE = "run_config.json"
 ADAPTER_DIR = "adapter"
@@ -283,12 +283,18 @@ def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> b
         return False
     if previous is None and not complete and not torn:
         run_dir.check_new_run_dir(output_dir, found, overwrite_output_dir=False)
+    new_length = None  # (steps there, steps now) when this run continues that one to another length
     if previous is not None:
         mine, theirs = identity(train_settings(cfg, plan)), identity(previous.get("train", {}))
-        if mine != theirs:
-            diffs = [f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in mine if mine[k] != theirs.get(k)]
+        changed = [k for k in mine if mine[k] != theirs.get(k)]
+        if set(changed) - set(LENGTH_KEYS):
+            diffs = [f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in changed]
             raise ValueError(f"{output_dir} holds another run with a different config ({'; '.join(diffs)}). "
-                             "Choose another --output_dir, or pass --overwrite_output_dir to start over there.")
+                             "Only its length (--max_steps, --epochs, --warmup_steps) may change when it is "
+                             "continued; for other settings choose another --output_dir (and --resume PATH to "
+                             "start from one of its checkpoints), or pass --overwrite_output_dir to start over there.")
+        if changed:
+            new_length = (theirs.get("max_steps"), plan.total_steps)
     if cfg.resume == "none":
         if previous is not None or complete or torn:
             raise ValueError(f"{output_dir} already holds a run and --resume none would overwrite it; "
@@ -296,10 +302,14 @@ def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> b
                              "or choose another --output_dir")
         return False
     if cfg.resume == "auto":
-        if previous is not None and previous.get("finished") and (output_dir / ADAPTER_DIR).is_dir():
+        finished = previous is not None and previous.get("finished") and (output_dir / ADAPTER_DIR).is_dir()
+        if finished and new_length is None:
             log(f"{output_dir} holds this run, finished at step {previous.get('final_step')}: nothing to do "
                 f"(the adapter is in {output_dir / ADAPTER_DIR})")
             return True
+        if new_length is not None:
+            log(f"continuing {output_dir}, a {new_length[0]}-step run, to {new_length[1]} steps: the lr schedule "
+                f"is recomputed for {new_length[1]} steps ({plan.warmup_steps} of warmup)")
         # An interrupted save (a temporary directory) was never a checkpoint; a step-N directory was.
         damaged = [info for info in torn if info.path.name.startswith("step-")]
         if damaged and not complete:

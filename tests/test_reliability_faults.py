@@ -128,6 +128,26 @@ def test_ctrl_c_under_the_deepspeed_launcher_is_named_sigint(tiny_llama, tmp_pat
     assert checkpoint_steps(out)[-1] == stopped_at
 
 
+def test_a_finished_run_is_extended_with_more_steps(tiny_llama, tmp_path):
+    """`--resume auto --max_steps N` on a finished run trains it further (the commonest resume);
+    a change that cannot be continued is refused, naming the way that works."""
+    out = tmp_path / "run"
+    status, output = run_to_end(single_command(out, max_steps=6), tmp_path / "first.log")
+    assert status == 0, output[-4000:]
+    status, output = run_to_end(single_command(out, max_steps=10), tmp_path / "extended.log")
+    assert status == 0, output[-4000:]
+    assert "continuing" in output and "a 6-step run, to 10 steps: the lr schedule is recomputed" in output
+    assert f"resumed from {out / 'checkpoints' / 'step-6'} at step 6" in output
+    assert [r["step"] for r in train_records(out)] == list(range(1, 11))  # each step once
+    record = json.loads((out / "run_config.json").read_text())
+    assert record["finished"] is True and record["final_step"] == 10 and record["train"]["max_steps"] == 10
+
+    status, output = run_to_end(single_command(out, max_steps=10, lr="0.5"), tmp_path / "other.log")
+    assert status == 2
+    assert_one_clear_error(output, "holds another run with a different config", "lr:",
+                           "Only its length", "--resume PATH")
+
+
 # --- 2. kill -9 of the whole job while a checkpoint is being written -------------------------
 
 
