@@ -32,7 +32,7 @@ def installed_venv(tmp_path_factory) -> Path:
     """
     work = tmp_path_factory.mktemp("install")
     wheels = work / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                     "-w", str(wheels), str(REPO)], check=True, capture_output=True, text=True, timeout=300)
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
