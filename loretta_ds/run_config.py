@@ -162,7 +162,6 @@ _HELP = {
     "train_norms": "also train every RMSNorm weight, as the paper's parameter counts do (true/false; "
                    "default true)",
 }
-LORETTA_FLAGS = ("r", "tensor_rank", "alpha", "dropout", "bottleneck", "target_modules", "init", "train_norms")
 
 
 def parse_bool(text) -> bool:

@@ -35,6 +35,7 @@ COUNT = "loretta-ds count --model llama2-70b --method rep"
 ESTIMATE = ("loretta-ds estimate --model llama2-70b --method rep --nodes 4 --gpus_per_node 8 "
             "--offload param+optimizer --bf16")
 TRAIN_HELP = "loretta-ds train --help"
+HELP = "loretta-ds --help"
 SLURM_DRY_RUN = "DRY_RUN=plan SLURM_JOB_NODELIST='gpu[01-04]' bash slurm/llama2_70b.sh"
 EXPORTS = ["loretta-ds export runs/7b runs/7b-merged",
            "loretta-ds export runs/7b runs/7b-peft --format peft-lora",
@@ -47,6 +48,7 @@ RUNS_HERE = {
     COUNT: "test_quick_commands_run_as_written",
     ESTIMATE: "test_quick_commands_run_as_written",
     TRAIN_HELP: "test_quick_commands_run_as_written",
+    HELP: "test_quick_commands_run_as_written",
     SLURM_DRY_RUN: "test_quick_commands_run_as_written",
     **{command: "test_export_and_generate_on_a_trained_run" for command in EXPORTS + GENERATES},
 }
@@ -218,12 +220,21 @@ def check_count(res: subprocess.CompletedProcess, cwd: Path) -> None:
 
 def check_estimate(res: subprocess.CompletedProcess, cwd: Path) -> None:
     assert "llama2-70b: LoRETTA_rep, 4 node(s) x 8 GPU(s) = 32, ZeRO-3, offload param+optimizer" in res.stdout
-    assert re.search(r"^  verdict: (fits|does NOT fit) on one 80 GiB GPU", res.stdout, re.M), res.stdout
+    # README.md states this line's verdict and figures ("does not fit on 80 GiB (101.1 GiB ...); with
+    # gradient checkpointing 8.5 GiB"): the output must still say so, or the README must change.
+    assert "verdict: does NOT fit on one 80 GiB GPU: 101.11 GiB per GPU" in res.stdout, res.stdout
+    assert "the total to 8.50 GiB per GPU (fits on 80 GiB)" in res.stdout, res.stdout
+    assert "(101.1 GiB, 99% activations); with\ngradient checkpointing 8.5 GiB" in README.read_text()
 
 
 def check_train_help(res: subprocess.CompletedProcess, cwd: Path) -> None:
     assert res.stdout.startswith("usage: loretta-ds train")
     assert "--target_modules" in res.stdout and "--resume" in res.stdout
+
+
+def check_help(res: subprocess.CompletedProcess, cwd: Path) -> None:
+    assert res.stdout.startswith("usage: loretta-ds")
+    assert all(name in res.stdout for name in ("train", "count", "export", "generate", "estimate"))
 
 
 def check_slurm_dry_run(res: subprocess.CompletedProcess, cwd: Path) -> None:
@@ -234,7 +245,7 @@ def check_slurm_dry_run(res: subprocess.CompletedProcess, cwd: Path) -> None:
     assert not (cwd / "runs").exists(), "a dry run must not create anything"
 
 
-QUICK = {COUNT: check_count, ESTIMATE: check_estimate, TRAIN_HELP: check_train_help,
+QUICK = {COUNT: check_count, ESTIMATE: check_estimate, TRAIN_HELP: check_train_help, HELP: check_help,
          SLURM_DRY_RUN: check_slurm_dry_run}
 
 
@@ -281,7 +292,7 @@ def test_export_and_generate_on_a_trained_run(tmp_path):
 
     outputs = {EXPORTS[0]: "runs/7b-merged/config.json",
                EXPORTS[1]: "runs/7b-peft/adapter_model.safetensors",
-               EXPORTS[2]: "runs/7b-adapter/adapter/adapter.safetensors"}
+               EXPORTS[2]: "runs/7b-adapter/adapter.safetensors"}
     for command in EXPORTS:
         res = run_as_written(command, cwd, env)
         assert res.returncode == 0, f"{command}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
