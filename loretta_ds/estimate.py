@@ -43,7 +43,7 @@ workspace) are not modelled: keep some headroom.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from torch import nn
 
@@ -52,6 +52,8 @@ from .adapters import LorettaAdpLinear, LorettaConfig, LorettaRepLinear, adapter
 OFFLOADS = ("none", "optimizer", "param+optimizer")
 DEFAULT_PERSISTENCE_THRESHOLD = 100_000   # DeepSpeed's stage3_param_persistence_threshold default
 DEFAULT_PREFETCH_BUCKET = 50_000_000      # DeepSpeed's stage3_prefetch_bucket_size default
+# The plan leaves out buffers and fragmentation (see above): a plan above this share of the GPU is tight.
+TIGHT_FRACTION = 0.9
 
 # Which tensor each LLaMA projection reads: projections reading the same tensor share its saved copy.
 _SHARED_INPUT = {"q_proj": "attn_norm", "k_proj": "attn_norm", "v_proj": "attn_norm",
@@ -123,6 +125,7 @@ class MemoryEstimate:
     optimizer_bytes: int
     activation_bytes: int
     activation_terms: dict = field(default_factory=dict)
+    checkpointed_activation_bytes: int = 0   # the same run with gradient checkpointing on
     host_bytes_per_node: int = 0
     adapter_file_bytes: int = 0
     training_checkpoint_bytes: int = 0
@@ -146,6 +149,11 @@ class MemoryEstimate:
         return self.gpu_model_state_bytes + self.activation_bytes
 
     @property
+    def checkpointed_gpu_total_bytes(self) -> int:
+        """Per-GPU total of the same run with gradient checkpointing on."""
+        return self.gpu_model_state_bytes + self.checkpointed_activation_bytes
+
+    @property
     def full_training_checkpoint_bytes(self) -> int:
         """The same checkpoint if every parameter trained (weights + fp32 master + Adam m, v)."""
         return self.total_params * self.training_checkpoint_bytes // max(self.trainable_params, 1)
@@ -153,8 +161,39 @@ class MemoryEstimate:
     def to_dict(self) -> dict:
         data = asdict(self)
         data.update(gpu_weight_bytes=self.gpu_weight_bytes, gpu_model_state_bytes=self.gpu_model_state_bytes,
-                    gpu_total_bytes=self.gpu_total_bytes, world_size=self.setup.world_size)
+                    gpu_total_bytes=self.gpu_total_bytes, checkpointed_gpu_total_bytes=self.checkpointed_gpu_total_bytes,
+                    world_size=self.setup.world_size)
         return data
+
+
+@dataclass
+class Verdict:
+    """Whether a plan fits on one GPU of ``gpu_bytes``, and what gradient checkpointing would change."""
+
+    gpu_bytes: int
+    fits: bool
+    tight: bool                        # fits, but above TIGHT_FRACTION of the GPU
+    activations_dominate: bool         # activations above the model states, checkpointing off
+    checkpointed_total_bytes: int | None = None   # set when checkpointing is worth suggesting
+    checkpointed_fits: bool | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def verdict(e: MemoryEstimate, gpu_bytes: int) -> Verdict:
+    """Judge a plan against a GPU's memory. Checkpointing is suggested when it is off and the
+    activations are the larger part of the total: it is the one flag that shrinks them most."""
+    if gpu_bytes <= 0:
+        raise ValueError(f"gpu memory must be > 0, got {gpu_bytes} bytes; pass --gpu_memory in GiB, e.g. 80")
+    total = e.gpu_total_bytes
+    dominate = not e.setup.gradient_checkpointing and e.activation_bytes > e.gpu_model_state_bytes
+    result = Verdict(gpu_bytes=gpu_bytes, fits=total <= gpu_bytes,
+                     tight=TIGHT_FRACTION * gpu_bytes < total <= gpu_bytes, activations_dominate=dominate)
+    if dominate:
+        result.checkpointed_total_bytes = e.checkpointed_gpu_total_bytes
+        result.checkpointed_fits = e.checkpointed_gpu_total_bytes <= gpu_bytes
+    return result
 
 
 def deepspeed_zero3_estimate(total_params: int, largest_layer_params: int, setup: Setup,
@@ -273,6 +312,7 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
     gathered = min(largest + setup.prefetch_bucket_size, partitioned_frozen + partitioned_trainable) * c
     optimizer = trainable * optimizer_per_param // world
     terms = activation_terms(model, config, cfg, setup)
+    checkpointed = activation_terms(model, config, cfg, replace(setup, gradient_checkpointing=True))
 
     host_per_gpu = optimizer if setup.offload != "none" else 0
     if setup.offload == "param+optimizer":
@@ -285,6 +325,7 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
         persistent_bytes=persistent * c, gathered_bytes=gathered,
         gradient_bytes=trainable * c // world, optimizer_bytes=optimizer,
         activation_bytes=terms["total_bytes"], activation_terms=terms,
+        checkpointed_activation_bytes=checkpointed["total_bytes"],
         host_bytes_per_node=host_per_gpu * setup.gpus_per_node,
         adapter_file_bytes=trainable * c, training_checkpoint_bytes=trainable * (c + optimizer_per_param),
         deepspeed=ds,

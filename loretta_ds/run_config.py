@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters.config import LorettaConfig
+from .adapters.config import DEFAULT_TARGETS, INITS, TARGET_PRESETS, LorettaConfig
 
 FORMATS = ("auto", "text", "prompt_completion", "instruction", "classification")
 METHODS = ("rep", "adp", "lora")
@@ -104,6 +104,14 @@ LENGTH_KEYS = ("max_steps", "epochs", "warmup_steps")
 # Identity keys added later: a run_config.json written before them had these values.
 _IDENTITY_DEFAULTS = {"packing": False, "chat_template": None}
 
+def _preset_modules(modules: list[str]) -> str:
+    """A target preset's modules for the help text; a union of other presets is named as such."""
+    parts = [name for name, mods in TARGET_PRESETS.items() if mods != modules and set(mods) <= set(modules)]
+    if parts and sum(len(TARGET_PRESETS[p]) for p in parts) == len(modules):
+        return " + ".join(parts)
+    return ",".join(modules)
+
+
 _HELP = {
     "config": "YAML file with any of these settings (keys = flag names); flags override it",
     "ds_config": "DeepSpeed JSON config: a file, or a shipped one by name (zero3_offload, zero3, zero2; "
@@ -111,8 +119,9 @@ _HELP = {
     "model": f"Hugging Face model directory or hub id (default: the built-in {BUILTIN_MODEL})",
     "dataset": "one or more json/jsonl/csv/parquet files or dataset names, each optionally with a "
                "mixing weight as NAME:WEIGHT (default: the bundled classification task)",
-    "format": "how records become examples: " + " | ".join(FORMATS),
-    "method": "rep | adp (LoRETTA) | lora (PEFT LoRA r=8 on the same targets, a baseline)",
+    "format": "how records become examples: " + " | ".join(FORMATS) + " (default auto: detected from the fields)",
+    "method": "rep (TT-factored LoRA update, mergeable) | adp (TT bottleneck adapters) | lora (PEFT LoRA "
+              "r=8 on the same targets, a baseline) (default rep)",
     "lr": f"peak learning rate (default: the ds_config's, else {DEFAULT_LR})",
     "warmup_steps": "linear warmup steps (default: the ds_config's warmup_num_steps, else 5%% of the steps)",
     "grad_clip": f"gradient clipping norm, 0: off (default: the ds_config's, else {DEFAULT_GRAD_CLIP})",
@@ -121,30 +130,49 @@ _HELP = {
     "micro_batch_size": "examples per process per forward (default: the ds_config's, else a global "
                         f"batch of {DEFAULT_GLOBAL_BATCH} split over the processes)",
     "grad_accum": "micro batches per optimizer step (default: the ds_config's, else 1)",
-    "seq_len": "longest example in tokens (longer ones are truncated); with --packing, the row length",
+    "seq_len": "longest example in tokens (longer ones are truncated; default 128); with --packing, the row length",
     "packing": "pack the examples into rows of exactly seq_len tokens, attention kept within each "
                "example: no compute on padding (true/false)",
     "chat_template": "Jinja chat template file for chat data (default: the tokenizer's own, else "
                      "loretta_ds's default ### User / ### Assistant template)",
     "bf16": "train in bfloat16 (true/false; default: the ds_config's bf16.enabled, else false)",
-    "gradient_checkpointing": "recompute activations in backward (true/false)",
-    "attn": "attention kernel: " + " | ".join(ATTENTION),
-    "eval_every": "evaluate every N steps (0: only at the end)",
+    "gradient_checkpointing": "keep only each decoder layer's input and recompute the layer in backward: "
+                              "far less activation memory for one more forward pass per step (true/false; "
+                              "default false)",
+    "attn": "attention kernel: " + " | ".join(ATTENTION) + " (default auto: flash_attention_2 when flash-attn is installed and a GPU is "
+                                               "visible, else sdpa)",
+    "eval_every": "evaluate every N steps (0: only at the end; default 50)",
     "eval_batches": "evaluate on at most N micro batches per process, and as many classification "
                     "records (default: all)",
-    "save_every": "checkpoint every N steps (0: only at the end)",
-    "keep_last": "keep the N newest checkpoints",
+    "save_every": "checkpoint every N steps (0: only at the end; default 100)",
+    "keep_last": "keep the N newest checkpoints (default 2)",
     "output_dir": "run directory (default: runs/<model>-<method>)",
     "resume": "auto (newest complete checkpoint in OUTPUT_DIR, if any) | a checkpoint directory | none",
     "overwrite_output_dir": "start the run over in OUTPUT_DIR even though it holds a run (its checkpoints, "
                             "metrics, adapter and merged export are replaced) or files that are not a run's "
                             "(never deleted); not for a job that requeues itself (true/false)",
-    "seed": "seed of initialization, data order and dropout",
-    "export": "merged Hugging Face export of a rep run at the end (true/false)",
-    "max_bad_steps": "stop after this many consecutive steps with non-finite loss or gradients",
-    "dist_timeout": "seconds a collective may wait for a lost rank before the run fails",
+    "seed": "seed of initialization, data order and dropout (default 0)",
+    "export": "merged Hugging Face export of a rep run at the end (true/false; default true)",
+    "max_bad_steps": "stop after this many consecutive steps with non-finite loss or gradients (default 10)",
+    "dist_timeout": "seconds a collective may wait for a lost rank before the run fails (default 600)",
     "verify_frozen": "at the end, compare every frozen base weight with the model directory's "
-                     "safetensors, bit for bit (gathers one weight at a time; slow for big models)",
+                     "safetensors, bit for bit (gathers one weight at a time; slow for big models; default false)",
+    # LoRETTA (shared with `loretta-ds count` and `estimate`)
+    "r": f"rep: rank of the low-rank update B(A(x)) that the tensor trains store (default {_LORETTA_DEFAULTS.r})",
+    "tensor_rank": "TT bond rank of every factor matrix: more rank, more trainable parameters "
+                   f"(default {_LORETTA_DEFAULTS.tensor_rank})",
+    "alpha": f"rep: the update is scaled by alpha / r (default {_LORETTA_DEFAULTS.alpha:g})",
+    "dropout": f"rep: dropout on the adapter's input, 0 <= p < 1 (default {_LORETTA_DEFAULTS.dropout:g})",
+    "bottleneck": f"adp: width of each TT bottleneck adapter (default {_LORETTA_DEFAULTS.bottleneck})",
+    "target_modules": "modules to adapt: comma-separated names matched as the last part of a module's path "
+                      "(q_proj,v_proj) or a preset: "
+                      + "; ".join(f"{name} ({_preset_modules(mods)})" for name, mods in TARGET_PRESETS.items())
+                      + " (default: rep " + ",".join(DEFAULT_TARGETS["rep"]) + "; adp "
+                      + ",".join(DEFAULT_TARGETS["adp"]) + ", the paper's placement)",
+    "init": " | ".join(INITS) + ": zero (default) starts from the base model exactly (the update is 0 "
+            "at step 0, every core still gets gradient); reference draws the paper's Gaussian cores",
+    "train_norms": "also train every RMSNorm weight, as the paper's parameter counts do (true/false; "
+                   "default true)",
 }
 
 
@@ -180,8 +208,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = int
         elif item.type in ("float", "float | None"):
             kwargs["type"] = float
-        if name in ("r", "tensor_rank", "alpha", "dropout", "bottleneck", "target_modules", "init", "train_norms"):
-            kwargs["help"] = f"LoRETTA {name} (default: {item.default})"
         parser.add_argument(f"--{name}", **kwargs)
 
 

@@ -19,8 +19,12 @@
 #   MASTER_PORT    rendezvous port (default: derived from the job id)
 #   PYTHON         interpreter for the trainer (default: python3)
 #   MAX_REQUEUES   give up after this many restarts of the same job (default 50)
-#   DRY_RUN=1      print the plan and exit; outside SLURM, SLURM_JOB_NODELIST may be any
-#                  host list (gpu[01-04], node[1-2,5], a01,b02); default: this host
+#   DRY_RUN=1      check every input as the job would, print the plan and exit (exit 2 on a
+#                  problem); outside SLURM, SLURM_JOB_NODELIST may be any host list
+#                  (gpu[01-04], node[1-2,5], a01,b02); default: this host
+#   DRY_RUN=plan   the same on a machine that does not hold the cluster's files (a laptop, a
+#                  fresh clone): a MODEL or DATA path missing here is a warning, not a refusal;
+#                  every other check still refuses
 #   LORETTA_HOSTLIST=auto|scontrol|python   who expands the node list (default auto:
 #                  `scontrol show hostnames` when a SLURM config is reachable, else python)
 #
@@ -35,6 +39,7 @@ readonly EXIT_BAD_INPUT=2
 
 log() { printf '[launch] %s\n' "$*"; }
 err() { printf '[launch] ERROR: %s\n' "$*" >&2; }
+warn() { printf '[launch] WARNING: %s\n' "$*" >&2; }
 
 HELPER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 ROOT="${LORETTA_ROOT:-$(cd "$(dirname "$HELPER")/.." && pwd)}"
@@ -185,7 +190,7 @@ split_data_specs() {
         fi
         if looks_like_path "$source"; then
             source="$(abspath "$source")"
-            [[ -e $source ]] || errors+=("DATA: $source does not exist (from '$word'). Set DATA to existing dataset files or directories, or dataset names, each optionally NAME:WEIGHT, separated by commas or spaces.")
+            [[ -e $source ]] || missing+=("DATA=$source (from '$word') does not exist. Set DATA to existing dataset files or directories, or dataset names, each optionally NAME:WEIGHT, separated by commas or spaces.")
         fi
         DATA_SPECS+=("$source$weight")
     done
@@ -296,9 +301,10 @@ requeue_and_exit() {
 }
 
 run_main() {
-    local dry_run=0
+    local dry_run=0 plan_only=0
     [[ ${DRY_RUN:-0} =~ ^(1|yes|true)$ ]] && dry_run=1
-    local errors=()
+    [[ ${DRY_RUN:-0} == plan ]] && dry_run=1 plan_only=1
+    local errors=() warnings=()
 
     : "${METHOD:=rep}"
     : "${GPUS_PER_NODE:=${SLURM_NTASKS_PER_NODE:-8}}"
@@ -311,12 +317,26 @@ run_main() {
         errors+=("GPUS_PER_NODE='$GPUS_PER_NODE' is not a positive whole number. Set it to the GPUs per node (one process each).")
     fi
 
+    # A path missing here refuses the job (and DRY_RUN=1, the check before sbatch); DRY_RUN=plan
+    # only warns, since the machine printing the plan need not see the cluster's file systems.
+    local missing=()
     if [[ -n ${MODEL:-} ]] && looks_like_path "$MODEL"; then
         MODEL="$(abspath "$MODEL")"
-        [[ -e $MODEL ]] || errors+=("MODEL=$MODEL does not exist. Set MODEL to a local HF checkpoint directory (config.json + weights) that every node can read.")
+        [[ -e $MODEL ]] || missing+=("MODEL=$MODEL does not exist. Set MODEL to a local HF checkpoint directory (config.json + weights) that every node can read.")
     fi
     DATA_SPECS=()
-    [[ -n ${DATA:-} ]] && split_data_specs "$DATA"
+    [[ -n ${DATA:-} ]] && split_data_specs "$DATA"  # its missing paths go into `missing`
+    if ((${#missing[@]} > 0)); then
+        if ((plan_only)); then
+            local m
+            for m in "${missing[@]}"; do warnings+=("${m/ does not exist. / does not exist on this machine; the job needs it on every node. }"); done
+        elif ((dry_run)); then
+            local m
+            for m in "${missing[@]}"; do errors+=("$m (DRY_RUN=plan prints the plan on a machine without it.)"); done
+        else
+            errors+=("${missing[@]}")
+        fi
+    fi
     [[ -n ${OUTPUT_DIR:-} ]] && OUTPUT_DIR="$(abspath "$OUTPUT_DIR")"
 
     if [[ -n ${DS_CONFIG:-} ]]; then
@@ -411,7 +431,11 @@ run_main() {
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
 
-    ((dry_run)) && log "DRY_RUN=1: printing the plan, starting nothing"
+    if ((plan_only)); then
+        log "DRY_RUN=plan: printing the plan, starting nothing (paths not checked on this machine)"
+    elif ((dry_run)); then
+        log "DRY_RUN=1: printing the plan, starting nothing"
+    fi
     log "job: ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0}"
     log "node list: $nodelist -> ${HOSTS[*]} ($nodes node(s), expanded with $HOSTLIST_TOOL)"
     log "master: MASTER_ADDR=$master_addr MASTER_PORT=$master_port"
@@ -428,6 +452,8 @@ run_main() {
                 log "  rank $r on ${HOSTS[n]}: RANK=$r LOCAL_RANK=$local_rank WORLD_SIZE=$world MASTER_ADDR=$master_addr MASTER_PORT=$master_port"
             done
         done
+        local w
+        for w in "${warnings[@]}"; do warn "$w"; done  # last, where the eye lands
         exit 0
     fi
 

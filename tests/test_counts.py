@@ -27,3 +27,49 @@ def test_counts_match_reference_table(name, method, train_norms):
     assert trainable == adapter + (norms if train_norms else 0)
     assert total == base_total + adapter
     assert all(p.device.type == "meta" for p in model.parameters())
+
+
+def count_report(capsys, *argv: str) -> dict[str, int]:
+    """`loretta-ds count` run in this process; its figures by line label."""
+    from loretta_ds.cli import main
+
+    assert main(["count", *argv]) == 0
+    figures = {}
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        label, number = line.split("  (")[0].rsplit(None, 1)
+        figures[label.strip()] = int(number.replace(",", ""))
+    return figures
+
+
+@pytest.mark.parametrize("train_norms", ["true", "false"])
+def test_count_command_keeps_trained_norms_out_of_the_frozen_figure(capsys, train_norms):
+    """Trained norm weights are trainable, not frozen: frozen + trainable = total, every figure exact."""
+    figures = count_report(capsys, "--model", "llama2-70b", "--method", "rep", "--train_norms", train_norms)
+    rep, _, norms = EXPECTED["llama2-70b"]
+    norms = norms if train_norms == "true" else 0
+    base = TOTAL_BASE["llama2-70b"]
+    assert figures == {"adapter parameters": rep, "trained norm weights": norms, "trainable": rep + norms,
+                       "frozen": base - norms, "total": base + rep}
+
+
+def test_count_and_train_describe_the_loretta_flags_alike():
+    """Each LoRETTA flag's help says what its values do: the presets with their modules, the inits."""
+    import argparse
+
+    from loretta_ds.commands.count import add_loretta_arguments
+    from loretta_ds.run_config import add_train_arguments
+
+    helps = []
+    for add in (add_loretta_arguments, add_train_arguments):
+        parser = argparse.ArgumentParser()
+        add(parser)
+        helps.append({a.dest: a.help for a in parser._actions})
+    count_help, train_help = helps
+    for flag in ("r", "tensor_rank", "alpha", "dropout", "bottleneck", "target_modules", "init", "train_norms"):
+        assert count_help[flag] == train_help[flag]
+        assert not train_help[flag].startswith("LoRETTA "), train_help[flag]
+    assert "attn (q_proj,k_proj,v_proj,o_proj)" in train_help["target_modules"]
+    assert "mlp (gate_proj,up_proj,down_proj)" in train_help["target_modules"]
+    assert "all (attn + mlp)" in train_help["target_modules"]
+    assert "rep q_proj,v_proj" in train_help["target_modules"]
+    assert "base model exactly" in train_help["init"] and "Gaussian" in train_help["init"]

@@ -191,3 +191,47 @@ def test_estimate_user_errors(capsys):
     assert "offload must be one of" in capsys.readouterr().err
     assert cli_main(["estimate", "--model", "no/such/dir"]) == 2
     assert "neither a preset" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- verdict
+
+def test_verdict_follows_the_gpu_memory_and_suggests_checkpointing():
+    """One plan, judged against GPUs just below, just above and well above its total."""
+    from loretta_ds.estimate import TIGHT_FRACTION, verdict
+
+    e = estimate_memory(load_model_config("llama2-7b"), LorettaConfig(), Setup(gpus_per_node=8, seq_len=4096))
+    assert e.activation_bytes > e.gpu_model_state_bytes  # 4096 tokens: activations dominate
+    total = e.gpu_total_bytes
+    below, above, roomy = verdict(e, total - 1), verdict(e, total), verdict(e, 4 * total)
+    assert (below.fits, above.fits, roomy.fits) == (False, True, True)
+    assert above.tight and not roomy.tight and verdict(e, int(total / TIGHT_FRACTION) + 1).tight is False
+    # The suggested figure is the same plan with gradient checkpointing on.
+    checkpointed = estimate_memory(load_model_config("llama2-7b"), LorettaConfig(),
+                                   Setup(gpus_per_node=8, seq_len=4096, gradient_checkpointing=True))
+    assert below.activations_dominate and below.checkpointed_total_bytes == checkpointed.gpu_total_bytes
+    assert below.checkpointed_fits is True and checkpointed.gpu_total_bytes < total / 3
+    # Checkpointing already on, or activations small: nothing to suggest.
+    assert verdict(checkpointed, total).activations_dominate is False
+    short = estimate_memory(load_model_config("llama2-7b"), LorettaConfig(), Setup(gpus_per_node=8, seq_len=64))
+    assert short.activation_bytes < short.gpu_model_state_bytes and not verdict(short, total).activations_dominate
+
+
+def test_estimate_command_prints_a_verdict(capsys):
+    args = ["estimate", "--model", "llama2-7b", "--gpus_per_node", "8", "--seq_len", "4096"]
+    assert cli_main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verdict"]["gpu_bytes"] == 80 * 2**30  # the default: an 80 GiB GPU
+    total_gib = data["gpu_total_bytes"] / 2**30
+    ckpt_gib = data["checkpointed_gpu_total_bytes"] / 2**30
+
+    small = f"{total_gib * 0.8:.2f}"  # a GPU too small for the plan, big enough with checkpointing
+    assert cli_main([*args, "--gpu_memory", small]) == 0
+    out = capsys.readouterr().out
+    assert f"verdict: does NOT fit on one {float(small):g} GiB GPU: {total_gib:.2f} GiB per GPU" in out
+    assert f"with --gradient_checkpointing they drop to" in out
+    assert f"the total to {ckpt_gib:.2f} GiB per GPU (fits on {float(small):g} GiB)" in out
+
+    assert cli_main([*args, "--gpu_memory", f"{total_gib * 4:.2f}"]) == 0
+    assert "verdict: fits on one" in capsys.readouterr().out
+    assert cli_main([*args, "--gpu_memory", "0"]) == 2
+    assert "--gpu_memory must be the GPU's memory in GiB" in capsys.readouterr().err

@@ -3,24 +3,25 @@ from __future__ import annotations
 
 import argparse
 
-from ..adapters.config import LorettaConfig
-from ..run_config import parse_bool
+from ..adapters.config import METHODS, LorettaConfig
+from ..run_config import _HELP, parse_bool
 
 
 def add_loretta_arguments(parser: argparse.ArgumentParser) -> None:
-    """The LorettaConfig options under their config names (shared by count, train, estimate)."""
+    """The LorettaConfig options under their config names (shared by count, train, estimate);
+    their help is train's, so the three commands describe each value the same way."""
     defaults = LorettaConfig()
     group = parser.add_argument_group("LoRETTA")
-    group.add_argument("--method", default="rep", help="rep | adp")
-    group.add_argument("--r", type=int, default=defaults.r, help="rep: rank of the update")
-    group.add_argument("--tensor_rank", type=int, default=defaults.tensor_rank, help="TT bond rank")
-    group.add_argument("--alpha", type=float, default=defaults.alpha, help="rep: update scale alpha (/ r)")
-    group.add_argument("--dropout", type=float, default=defaults.dropout, help="rep: input dropout")
-    group.add_argument("--bottleneck", type=int, default=defaults.bottleneck, help="adp: bottleneck width")
-    group.add_argument("--target_modules", default=None,
-                       help="comma-separated module names or a preset: attn, mlp, all (default: the method's)")
-    group.add_argument("--init", default=defaults.init, help="zero | reference")
-    group.add_argument("--train_norms", type=parse_bool, default=True, help="also train norm weights (true/false)")
+    group.add_argument("--method", default="rep", choices=METHODS,
+                       help="rep (TT-factored LoRA update, mergeable) | adp (TT bottleneck adapters) (default rep)")
+    group.add_argument("--r", type=int, default=defaults.r, help=_HELP["r"])
+    group.add_argument("--tensor_rank", type=int, default=defaults.tensor_rank, help=_HELP["tensor_rank"])
+    group.add_argument("--alpha", type=float, default=defaults.alpha, help=_HELP["alpha"])
+    group.add_argument("--dropout", type=float, default=defaults.dropout, help=_HELP["dropout"])
+    group.add_argument("--bottleneck", type=int, default=defaults.bottleneck, help=_HELP["bottleneck"])
+    group.add_argument("--target_modules", default=None, help=_HELP["target_modules"])
+    group.add_argument("--init", default=defaults.init, help=_HELP["init"])
+    group.add_argument("--train_norms", type=parse_bool, default=True, help=_HELP["train_norms"])
 
 
 def loretta_config_from_args(args: argparse.Namespace) -> LorettaConfig:
@@ -45,11 +46,16 @@ def run(args: argparse.Namespace) -> int:
     inject(model, cfg)
     trainable, total = count_parameters(model)
     params = dict(model.named_parameters())
+    # Trained norms are base weights that train: they count as trainable, never as frozen.
     norms = sum(params[n].numel() for n in trainable_parameter_names(model) if "loretta_" not in n)
+    adapter = trainable - norms
+    frozen = total - trainable
+    shape = f"r {cfg.r}" if cfg.method == "rep" else f"bottleneck {cfg.bottleneck}"
     print(f"model {args.model}: LoRETTA_{cfg.method} on {','.join(cfg.target_modules)} "
-          f"(tensor_rank {cfg.tensor_rank}, {'r ' + str(cfg.r) if cfg.method == 'rep' else 'bottleneck ' + str(cfg.bottleneck)})")
-    print(f"  adapter parameters   {trainable - norms:>15,}")
-    print(f"  norm parameters      {norms:>15,}")
-    print(f"  trainable            {trainable:>15,}  ({100 * trainable / total:.4f}% of {total:,})")
-    print(f"  frozen base          {base_total:>15,}")
+          f"(tensor_rank {cfg.tensor_rank}, {shape})")
+    print(f"  adapter parameters   {adapter:>15,}  (new TT cores{' and biases' if cfg.method == 'adp' else ''})")
+    print(f"  trained norm weights {norms:>15,}  (of the base model; --train_norms {str(cfg.train_norms).lower()})")
+    print(f"  trainable            {trainable:>15,}  ({100 * trainable / total:.4f}% of the total)")
+    print(f"  frozen               {frozen:>15,}  (base weights that do not train)")
+    print(f"  total                {total:>15,}  (base model {base_total:,} + adapter {adapter:,})")
     return 0

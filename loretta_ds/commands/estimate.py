@@ -7,23 +7,32 @@ import json
 from ..run_config import parse_bool
 from .count import add_loretta_arguments, loretta_config_from_args
 
+DEFAULT_GPU_MEMORY_GIB = 80  # H100 80GB, A100 80GB
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="llama2-7b | llama2-13b | llama2-70b | an HF config.json or model dir")
     add_loretta_arguments(parser)
     run = parser.add_argument_group("hardware and DeepSpeed")
-    run.add_argument("--nodes", type=int, default=1)
-    run.add_argument("--gpus_per_node", type=int, default=8)
-    run.add_argument("--offload", default="none", help="none | optimizer | param+optimizer")
+    run.add_argument("--nodes", type=int, default=1, help="nodes in the job (default 1)")
+    run.add_argument("--gpus_per_node", type=int, default=8, help="GPUs per node, one process each (default 8)")
+    run.add_argument("--gpu_memory", type=float, default=DEFAULT_GPU_MEMORY_GIB,
+                     help="memory of one GPU in GiB, for the verdict (default "
+                          f"{DEFAULT_GPU_MEMORY_GIB}: H100 / A100 80GB; 40 for A100 40GB, 24 for a 4090)")
+    run.add_argument("--offload", default="none",
+                     help="what ZeRO-3 keeps in host memory: none | optimizer | param+optimizer "
+                          "(the frozen weights' partitions too) (default none)")
     run.add_argument("--bf16", type=parse_bool, nargs="?", const=True, default=True,
                      help="bf16 weights and activations (default true; --bf16 false for fp32)")
-    run.add_argument("--micro_batch_size", type=int, default=1, help="sequences per GPU per step")
-    run.add_argument("--seq_len", type=int, default=4096)
-    run.add_argument("--gradient_checkpointing", action="store_true", help="one checkpoint per decoder layer")
+    run.add_argument("--micro_batch_size", type=int, default=1, help="sequences per GPU per step (default 1)")
+    run.add_argument("--seq_len", type=int, default=4096, help="tokens per sequence (default 4096)")
+    run.add_argument("--gradient_checkpointing", action="store_true",
+                     help="one checkpoint per decoder layer (train's --gradient_checkpointing)")
     run.add_argument("--param_persistence_threshold", type=int, default=100_000,
-                     help="DeepSpeed stage3_param_persistence_threshold")
-    run.add_argument("--json", action="store_true", help="print the estimate as JSON")
+                     help="DeepSpeed stage3_param_persistence_threshold: parameters this small stay whole "
+                          "on every GPU (default 100000)")
+    run.add_argument("--json", action="store_true", help="print the estimate and the verdict as JSON")
 
 
 def _gib(n: int) -> str:
@@ -70,8 +79,38 @@ def format_estimate(e) -> str:
     return "\n".join(lines)
 
 
+def _size(n: int) -> str:
+    return _gib(n).strip()
+
+
+def format_verdict(e, v) -> str:
+    """The answer to "does it fit?", and the checkpointing figure when activations dominate."""
+    gpu = f"{v.gpu_bytes / 2**30:g} GiB"
+    total, share = e.gpu_total_bytes, 100 * e.gpu_total_bytes / v.gpu_bytes
+    if not v.fits:
+        lines = [f"  verdict: does NOT fit on one {gpu} GPU: {_size(total)} per GPU ({share:.0f}%)."]
+    elif v.tight:
+        lines = [f"  verdict: fits on one {gpu} GPU, but tight: {_size(total)} per GPU ({share:.0f}%); the plan "
+                 "leaves out communication buffers and fragmentation."]
+    else:
+        lines = [f"  verdict: fits on one {gpu} GPU: {_size(total)} per GPU ({share:.0f}%), "
+                 f"{_size(v.gpu_bytes - total)} to spare."]
+    if v.activations_dominate:
+        after = ("fits" if v.checkpointed_fits else "still does not fit: lower --micro_batch_size or --seq_len")
+        lines.append(f"  activations are {100 * e.activation_bytes / total:.0f}% of it: with "
+                     f"--gradient_checkpointing they drop to {_size(e.checkpointed_activation_bytes)} and the total "
+                     f"to {_size(v.checkpointed_total_bytes)} per GPU ({after} on {gpu}).")
+    elif not v.fits:
+        lines.append("  model states dominate: offload more (--offload optimizer, then param+optimizer) or use "
+                     "more GPUs (--nodes).")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..estimate import Setup, estimate_memory
+    if not args.gpu_memory > 0:
+        raise ValueError(f"--gpu_memory must be the GPU's memory in GiB (> 0), got {args.gpu_memory:g}; "
+                         "e.g. --gpu_memory 80")
+    from ..estimate import Setup, estimate_memory, verdict
     from ..models import load_model_config
 
     setup = Setup(nodes=args.nodes, gpus_per_node=args.gpus_per_node, offload=args.offload, bf16=args.bf16,
@@ -80,5 +119,9 @@ def run(args: argparse.Namespace) -> int:
                   param_persistence_threshold=args.param_persistence_threshold)
     cfg = loretta_config_from_args(args)
     estimate = estimate_memory(load_model_config(args.model), cfg, setup, model_name=args.model)
-    print(json.dumps(estimate.to_dict(), indent=2) if args.json else format_estimate(estimate))
+    judged = verdict(estimate, int(args.gpu_memory * 2**30))
+    if args.json:
+        print(json.dumps({**estimate.to_dict(), "verdict": judged.to_dict()}, indent=2))
+    else:
+        print(format_estimate(estimate) + "\n\n" + format_verdict(estimate, judged))
     return 0

@@ -1,0 +1,306 @@
+"""Every command README.md shows, run as written where this machine can run it.
+
+The commands are taken from README.md itself: each line of its ```bash blocks (backslash
+continuations joined, a trailing `# comment` dropped), the lines of its untagged code blocks that
+start with a command, and every inline `code` span that starts with one (``pip``, ``python``,
+``loretta-ds`` ..., after any VAR=value prefix). ```python blocks are API examples, not commands.
+
+Each command is classified below: RUNS_HERE (run by a test here, as written, in a shell, with
+``loretta-ds`` and ``python`` resolving to this checkout) or CANNOT_RUN_HERE (with the reason, and
+where it is exercised instead). A command added to the README without a classification, or a
+classification whose command left the README, fails test_every_readme_command_is_classified: the
+README stays true.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+# The programs a command line of the README starts with (after VAR=value assignments).
+LAUNCHERS = ("pip", "python", "python3", "deepspeed", "loretta-ds", "bash", "sbatch", "srun")
+
+MAIN_JOB = ("pip install torch==2.13.0 -e . && deepspeed --num_gpus 2 launch/train.py "
+            "--ds_config ds_configs/zero3_offload.json --output_dir runs/demo")
+TEST_INSTALL = 'pip install torch==2.13.0 -e ".[dev]" && python -m pytest -q -ra'
+COUNT = "loretta-ds count --model llama2-70b --method rep"
+ESTIMATE = ("loretta-ds estimate --model llama2-70b --method rep --nodes 4 --gpus_per_node 8 "
+            "--offload param+optimizer --bf16")
+TRAIN_HELP = "loretta-ds train --help"
+HELP = "loretta-ds --help"
+SLURM_DRY_RUN = "DRY_RUN=plan SLURM_JOB_NODELIST='gpu[01-04]' bash slurm/llama2_70b.sh"
+EXPORTS = ["loretta-ds export runs/7b runs/7b-merged",
+           "loretta-ds export runs/7b runs/7b-peft --format peft-lora",
+           "loretta-ds export runs/7b runs/7b-adapter --format adapter"]
+GENERATES = ['loretta-ds generate runs/7b --prompt "Summarize: ..."',
+             'loretta-ds generate runs/7b-merged --prompt "..." --sample --seed 1']
+
+# Commands a test below runs as written: command -> the test that runs it.
+RUNS_HERE = {
+    COUNT: "test_quick_commands_run_as_written",
+    ESTIMATE: "test_quick_commands_run_as_written",
+    TRAIN_HELP: "test_quick_commands_run_as_written",
+    HELP: "test_quick_commands_run_as_written",
+    SLURM_DRY_RUN: "test_quick_commands_run_as_written",
+    **{command: "test_export_and_generate_on_a_trained_run" for command in EXPORTS + GENERATES},
+}
+
+# Commands this machine (2 CPU cores, no GPU, no model hub, shared) cannot run, and why.
+CANNOT_RUN_HERE = {
+    MAIN_JOB: "the main job: .ci/main_job.sh runs it verbatim in a fresh venv (CI stage 1); "
+              "test_ci_runs_the_main_job_and_the_test_install checks it takes this very line",
+    TEST_INSTALL: "the test install: .ci/run runs it verbatim (CI stage 2); it is this test suite",
+    'pip install -e ".[flash]"': "builds flash-attn, which needs CUDA (no GPU here); and it would change "
+                                 "this environment",
+    "pip install .": "installs into this environment; tests/test_fresh_install.py installs the wheel into "
+                     "a fresh venv and trains from it (-m multiprocess)",
+    "deepspeed --num_gpus 2 $(which loretta-ds) train ...": "a form ('...' = a run's flags); "
+                                                            "tests/test_fresh_install.py runs it with the "
+                                                            "console script (-m multiprocess)",
+    "deepspeed launch/train.py --ds_config ds_configs/zero3_offload.json --model meta-llama/Llama-2-7b-hf "
+    "--dataset data.jsonl --method rep --bf16 --output_dir runs/7b":
+        "needs the LLaMA-2-7B checkpoint (model hub: no network here), a data.jsonl and GPUs; "
+        "test_export_and_generate_on_a_trained_run trains the built-in model into runs/7b instead",
+    "loretta-ds train ...": "a form of the cluster line above ('...' = its flags)",
+    "python launch/train.py ...": "a form of the cluster line above ('...' = its flags); "
+                                  "test_export_and_generate_on_a_trained_run runs launch/train.py",
+    "MODEL=/models/Llama-2-70b-hf DATA=data.jsonl sbatch slurm/llama2_70b.sh":
+        "needs a SLURM cluster with 4 x 8 GPUs and the 70B checkpoint; tests/test_slurm_cluster.py "
+        "submits the same launcher (slurm/tiny_cpu.sh) to a real one-node cluster (-m slurm)",
+    "bash .ci/slurm_tests.sh": "starts SLURM daemons as root (and installs them): CI's job, not a test's",
+    ".ci/run": "CI itself (the main job, the SLURM cluster, the whole test suite)",
+    ".ci/main_job.sh": "CI stage 1: the main job in a fresh venv (minutes of both cores)",
+    "python -m loretta_ds.bench --clock cpu --steps 20 --warmup 2 --train_norms false "
+    "--contenders floor,rep,adp,lora,adapter,ref_rep,ref_adp --out_dir bench/results/cpu_like_for_like":
+        "a benchmark: minutes of both cores, and its figures mean something only on an idle machine; "
+        "tests/test_bench.py runs the same entry point at tiny sizes",
+    "python -m loretta_ds.bench --layer --steps 300 --out_dir bench/results/cpu_layer --stem bench":
+        "a benchmark (as above); tests/test_bench.py runs --layer at tiny sizes",
+    "TRAIN_NORMS=false OUT=docs/gpu_bench_h200_no_norms.md bash bench/gpu.sh": "needs a CUDA GPU",
+    "OUT=docs/gpu_bench_h200.md bash bench/gpu.sh": "needs a CUDA GPU",
+    'TRAIN_NORMS=false METHODS="rep lora" MEASURE=10 REPEATS=6 bash bench/comm.sh':
+        "a benchmark: 12 two-process ZeRO-3 runs, tens of minutes; tests/test_bench_comm.py runs "
+        "bench/comm.sh small (-m multiprocess)",
+}
+
+
+# --------------------------------------------------------------------------- extraction
+
+def _program(command: str) -> str:
+    """The first word after VAR=value assignments ('' when there is none)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    words = [w for w in words if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w)]
+    return words[0] if words else ""
+
+
+def _looks_like_command(text: str) -> bool:
+    program = _program(text)
+    return program in LAUNCHERS or program.startswith((".ci/", "./"))
+
+
+def _strip_comment(line: str) -> str:
+    """Drop a trailing shell comment (`cmd  # what it does`), keeping '#' inside quotes."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+def _block_commands(body: str) -> list[str]:
+    """Logical lines of a code block: backslash continuations joined, comments dropped."""
+    joined = re.sub(r"\s*\\\n\s*", " ", body)
+    return [c for c in (_strip_comment(line).strip() for line in joined.splitlines()) if c]
+
+
+def readme_commands(text: str) -> list[str]:
+    """Every command README.md shows, in order of appearance."""
+    commands: list[str] = []
+    fence = re.compile(r"^```([\w-]*)\n(.*?)^```", re.S | re.M)
+    for match in fence.finditer(text):
+        language, body = match.group(1), match.group(2)
+        if language in ("bash", "sh", "shell", "console"):
+            commands += _block_commands(body)
+        elif language == "":
+            commands += [c for c in _block_commands(body) if _looks_like_command(c)]
+    prose = fence.sub("", text)
+    for span in re.findall(r"`([^`]+)`", prose):
+        span = " ".join(span.split())  # a span may wrap over a line break
+        if _looks_like_command(span):
+            commands.append(span)
+    return list(dict.fromkeys(commands))
+
+
+def test_extraction_finds_blocks_continuations_and_inline_commands():
+    """The extractor on a small README: it cannot pass by finding nothing."""
+    text = ("Intro `pip install .` and `--flag` and `a/path`.\n\n```bash\nA=1 loretta-ds x \\\n"
+            "    --y 2   # note\nbash s.sh\n```\n\n```\nloretta_ds/tt/  maths\npython -m m --z\n```\n\n"
+            "```python\nimport loretta_ds\n```\nWrapped `python -m m\n--k 1` here.\n")
+    assert readme_commands(text) == ["A=1 loretta-ds x --y 2", "bash s.sh", "python -m m --z",
+                                     "pip install .", "python -m m --k 1"]
+
+
+def test_every_readme_command_is_classified():
+    found = readme_commands(README.read_text())
+    assert COUNT in found and SLURM_DRY_RUN in found, "the extractor missed known commands"
+    classified = {**RUNS_HERE, **CANNOT_RUN_HERE}
+    assert not set(RUNS_HERE) & set(CANNOT_RUN_HERE)
+    new = [c for c in found if c not in classified]
+    assert not new, ("README.md shows commands this test neither runs nor explains; add each to RUNS_HERE "
+                     "(and run it) or CANNOT_RUN_HERE (with the reason):\n" + "\n".join(new))
+    gone = [c for c in classified if c not in found]
+    assert not gone, "classified commands that README.md no longer shows (remove them):\n" + "\n".join(gone)
+
+
+def test_ci_runs_the_main_job_and_the_test_install():
+    """The two commands skipped as CI's own are really the ones CI runs verbatim."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(), re.S | re.M)
+    assert blocks[0].strip() == MAIN_JOB  # .ci/main_job.sh takes the first ```bash block as written
+    assert "awk '/^```bash$/" in (REPO / ".ci" / "main_job.sh").read_text()
+    assert TEST_INSTALL in (REPO / ".ci" / "run").read_text()
+
+
+# --------------------------------------------------------------------------- running
+
+def shell_env(tmp_path: Path) -> dict[str, str]:
+    """This environment with `loretta-ds` and `python` on PATH resolving to this checkout, and no
+    SLURM job or launcher variables (the test may itself run inside a job)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "loretta-ds"
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m loretta_ds.cli "$@"\n')
+    shim.chmod(0o755)
+    for name in ("python", "python3"):
+        if not (bin_dir / name).exists():
+            (bin_dir / name).symlink_to(sys.executable)
+    drop = ("MODEL", "DATA", "METHOD", "OUTPUT_DIR", "DS_CONFIG", "GPUS_PER_NODE", "EXTRA_ARGS", "DRY_RUN",
+            "MASTER_PORT", "MASTER_ADDR", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LORETTA_ROOT", "LORETTA_HOSTLIST")
+    env = {k: v for k, v in os.environ.items()
+           if k not in drop and not k.startswith(("SLURM_JOB", "SLURM_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                                                    "SLURM_LOCALID", "SLURM_STEP", "SLURM_RESTART", "SBATCH_",
+                                                    "SRUN_"))}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1",
+               PYTHONPATH=f"{REPO}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(REPO))
+    return env
+
+
+def run_as_written(command: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def readme_table_value(row_label: str, column: int) -> str:
+    """A cell of README.md's 'What you get' table, by the row's first words and column index."""
+    for line in README.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0].startswith(row_label):
+            return cells[column]
+    raise AssertionError(f"no table row {row_label!r} in README.md")
+
+
+def check_count(res: subprocess.CompletedProcess, cwd: Path) -> None:
+    figure = readme_table_value("LoRETTA_rep", 3)  # the LLaMA-2-70B column: the README's claim
+    assert re.search(rf"^  trainable\s+{re.escape(figure)}\s", res.stdout, re.M), res.stdout
+
+
+def check_estimate(res: subprocess.CompletedProcess, cwd: Path) -> None:
+    assert "llama2-70b: LoRETTA_rep, 4 node(s) x 8 GPU(s) = 32, ZeRO-3, offload param+optimizer" in res.stdout
+    # README.md states this line's verdict and figures ("does not fit on 80 GiB (101.1 GiB ...); with
+    # gradient checkpointing 8.5 GiB"): the output must still say so, or the README must change.
+    assert "verdict: does NOT fit on one 80 GiB GPU: 101.11 GiB per GPU" in res.stdout, res.stdout
+    assert "the total to 8.50 GiB per GPU (fits on 80 GiB)" in res.stdout, res.stdout
+    readme = " ".join(README.read_text().split())
+    assert "does not fit on 80 GiB (101.1 GiB, 99% activations); with gradient checkpointing 8.5 GiB" in readme
+
+
+def check_train_help(res: subprocess.CompletedProcess, cwd: Path) -> None:
+    assert res.stdout.startswith("usage: loretta-ds train")
+    assert "--target_modules" in res.stdout and "--resume" in res.stdout
+
+
+def check_help(res: subprocess.CompletedProcess, cwd: Path) -> None:
+    assert res.stdout.startswith("usage: loretta-ds")
+    assert all(name in res.stdout for name in ("train", "count", "export", "generate", "estimate"))
+
+
+def check_slurm_dry_run(res: subprocess.CompletedProcess, cwd: Path) -> None:
+    assert "WORLD_SIZE=32 (4 node(s) x GPUS_PER_NODE=8)" in res.stdout
+    assert "gpu01 gpu02 gpu03 gpu04" in res.stdout and "rank 31 on gpu04" in res.stdout
+    if not Path("/models/Llama-2-70b-hf").exists():  # the script's default MODEL
+        assert "WARNING: MODEL=/models/Llama-2-70b-hf does not exist on this machine" in res.stderr
+    assert not (cwd / "runs").exists(), "a dry run must not create anything"
+
+
+QUICK = {COUNT: check_count, ESTIMATE: check_estimate, TRAIN_HELP: check_train_help, HELP: check_help,
+         SLURM_DRY_RUN: check_slurm_dry_run}
+
+
+@pytest.mark.parametrize("command", list(QUICK))
+def test_quick_commands_run_as_written(command, tmp_path):
+    # The SLURM line names a script of the checkout: it runs from the checkout's root, as the
+    # README's user would. The others run from an empty directory, which they must leave empty.
+    cwd = REPO if command == SLURM_DRY_RUN else tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    res = run_as_written(command, cwd, shell_env(tmp_path), timeout=300)
+    assert res.returncode == 0, f"{command}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    QUICK[command](res, cwd)
+    if cwd != REPO:
+        assert not any(cwd.iterdir()), f"{command} wrote {sorted(p.name for p in cwd.iterdir())}"
+
+
+def test_dry_run_checks_paths_unless_asked_for_the_plan_only(tmp_path):
+    """DRY_RUN=1 (the check before sbatch) refuses the README's missing MODEL and names DRY_RUN=plan;
+    DRY_RUN=plan still refuses what is wrong anywhere, such as a DeepSpeed config that is not there."""
+    env = shell_env(tmp_path)
+    missing = tmp_path / "no-such-model"
+    checked = run_as_written(f"MODEL={missing} DRY_RUN=1 SLURM_JOB_NODELIST='gpu[01-04]' bash slurm/llama2_70b.sh",
+                             REPO, env)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert f"MODEL={missing} does not exist" in checked.stderr and "DRY_RUN=plan" in checked.stderr
+    assert "[launch] srun:" not in checked.stdout
+    planned = run_as_written(f"MODEL={missing} DRY_RUN=plan DS_CONFIG=nope.json bash slurm/llama2_70b.sh", REPO, env)
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    assert "DS_CONFIG=nope.json not found" in planned.stderr and "[launch] srun:" not in planned.stdout
+
+
+@pytest.mark.multiprocess  # a real DeepSpeed training process, then five CLI runs: about 2 minutes
+def test_export_and_generate_on_a_trained_run(tmp_path):
+    """The README's export and generate lines, as written, on a run in runs/7b: the built-in model
+    trained here for a few steps, since the README's 7B run needs a GPU cluster."""
+    env = shell_env(tmp_path)
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    train = (f"python {shlex.quote(str(REPO / 'launch' / 'train.py'))} --ds_config zero3 --max_steps 4 "
+             "--save_every 0 --eval_every 0 --eval_batches 1 --seq_len 48 --micro_batch_size 2 --export false "
+             "--output_dir runs/7b")
+    res = run_as_written(train, cwd, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    outputs = {EXPORTS[0]: "runs/7b-merged/config.json",
+               EXPORTS[1]: "runs/7b-peft/adapter_model.safetensors",
+               EXPORTS[2]: "runs/7b-adapter/adapter.safetensors"}
+    for command in EXPORTS:
+        res = run_as_written(command, cwd, env)
+        assert res.returncode == 0, f"{command}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        assert (cwd / outputs[command]).is_file(), f"{command}: no {outputs[command]}"
+    for command in GENERATES:
+        res = run_as_written(command, cwd, env)
+        assert res.returncode == 0, f"{command}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        prompt = shlex.split(command)[shlex.split(command).index("--prompt") + 1]
+        assert f">>> {prompt}\n" in res.stdout, res.stdout
+        assert res.stdout.split(f">>> {prompt}\n", 1)[1].strip(), f"{command}: no completion"
