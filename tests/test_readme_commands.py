@@ -86,6 +86,11 @@ CANNOT_RUN_HERE = {
         "a benchmark (as above); tests/test_bench.py runs --layer at tiny sizes",
     "TRAIN_NORMS=false OUT=docs/gpu_bench_h200_no_norms.md bash bench/gpu.sh": "needs a CUDA GPU",
     "OUT=docs/gpu_bench_h200.md bash bench/gpu.sh": "needs a CUDA GPU",
+    "python launch/train.py": "named as the one-process form (it picks a free rendezvous port itself); "
+                              "test_export_and_generate_on_a_trained_run runs launch/train.py",
+    "REPEATS=2 WARMUP=2 MEASURE=6 MICRO_BATCH=4 bash bench/packing.sh":
+        "a benchmark: alternating two-process ZeRO-3 runs, tens of minutes; tests/test_packing.py "
+        "trains packed and padded runs through the same trainer",
     'TRAIN_NORMS=false METHODS="rep lora" MEASURE=10 REPEATS=6 bash bench/comm.sh':
         "a benchmark: 12 two-process ZeRO-3 runs, tens of minutes; tests/test_bench_comm.py runs "
         "bench/comm.sh small (-m multiprocess)",
