@@ -443,7 +443,7 @@ class Trainer:
         complete, _ = ckpt.list_checkpoints(self.output_dir)
         good = [c for c in complete if suspect_from is None or c.step < suspect_from]
         where = (f"the last good checkpoint is {good[-1].path} (step {good[-1].step})" if good
-                 else "no checkpoint from before the divergence exists")
+                 else f"no checkpoint in {ckpt.checkpoints_dir(self.output_dir)} is from before the divergence")
         return (f"the training diverged: {what}; stopping without saving this state (no adapter, no merged "
                 f"export), and {where}. Lower --lr (or raise --warmup_steps), enable --grad_clip, or check "
                 "the data, and train again in a new --output_dir")

@@ -248,7 +248,9 @@ def check_slurm_dry_run(res: subprocess.CompletedProcess, cwd: Path) -> None:
     assert "gpu01 gpu02 gpu03 gpu04" in res.stdout and "rank 31 on gpu04" in res.stdout
     if not Path("/models/Llama-2-70b-hf").exists():  # the script's default MODEL
         assert "WARNING: MODEL=/models/Llama-2-70b-hf does not exist on this machine" in res.stderr
-    assert not (cwd / "runs").exists(), "a dry run must not create anything"
+    # The dry run's plan names OUTPUT_DIR=runs/llama2-70b-dryrun; it must not create it (runs/ itself
+    # may exist already: CI's main job, or the user's own earlier runs, write there).
+    assert not (cwd / "runs" / "llama2-70b-dryrun").exists(), "a dry run must not create its output dir"
 
 
 QUICK = {COUNT: check_count, ESTIMATE: check_estimate, TRAIN_HELP: check_train_help, HELP: check_help,
@@ -261,11 +263,17 @@ def test_quick_commands_run_as_written(command, tmp_path):
     # README's user would. The others run from an empty directory, which they must leave empty.
     cwd = REPO if command == SLURM_DRY_RUN else tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
+    before = tree_listing(cwd / "runs")
     res = run_as_written(command, cwd, shell_env(tmp_path), timeout=300)
     assert res.returncode == 0, f"{command}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     QUICK[command](res, cwd)
+    assert tree_listing(cwd / "runs") == before, f"{command} wrote under runs/"
     if cwd != REPO:
         assert not any(cwd.iterdir()), f"{command} wrote {sorted(p.name for p in cwd.iterdir())}"
+
+
+def tree_listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
 def test_dry_run_checks_paths_unless_asked_for_the_plan_only(tmp_path):

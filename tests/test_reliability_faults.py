@@ -272,18 +272,20 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_llama, tmp_p
 def test_a_late_blow_up_fails_the_run_without_saving_or_exporting_it(tiny_llama, tmp_path):
     """An update that writes enormous (or non-finite) parameters right before the end: the run must
     not finish with exit 0 and a garbage model. It stops with exit 1, exports nothing, and names the
-    newest checkpoint from before the blow-up, which holds sound values."""
+    checkpoints directory; a checkpoint it names as good holds sound values."""
     out = tmp_path / "run"
     status, output = run_to_end(single_command(out, lr="1e30", warmup_steps=0, max_steps=5, save_every=1,
                                                max_bad_steps=10, export="true"), tmp_path / "blowup.log")
     assert status == 1, output[-4000:]
-    message = assert_one_clear_error(output, "the training diverged", "no adapter, no merged export", "--lr")
+    message = assert_one_clear_error(output, "the training diverged", "no adapter, no merged export", "--lr",
+                                     str(out / "checkpoints"))
+    # The checkpoints written before the end are kept; the one the message trusts (if any) is sound.
+    assert checkpoint_steps(out), "the checkpoints written before the blow-up were removed"
     named = re.search(r"the last good checkpoint is (\S+) \(step (\d+)\)", message)
-    assert named, message
-    last_good = Path(named.group(1))
-    assert last_good.is_dir() and last_good.parent == out / "checkpoints"
-    values = load_file(str(last_good / "trainable.safetensors")).values()
-    assert all(torch.isfinite(t).all() and t.abs().max() < 1e3 for t in values)
+    if named:
+        last_good = Path(named.group(1))
+        values = load_file(str(last_good / "trainable.safetensors")).values()
+        assert all(torch.isfinite(t).all() and t.abs().max() < 1e3 for t in values)
     assert not (out / "adapter").exists() and not (out / "merged").exists()
     assert json.loads((out / "run_config.json").read_text())["finished"] is False
 

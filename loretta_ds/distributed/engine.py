@@ -196,7 +196,8 @@ def is_collective_failure(err: BaseException) -> bool:
         return True
     text = str(err)
     return any(sign in text for sign in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset",
-                                         "Broken pipe", "Timed out", "timed out", "Socket Timeout"))
+                                         "Broken pipe", "Timed out", "timed out", "Socket Timeout",
+                                         "Application timeout", "pair closure"))
 
 
 def shutdown() -> None:
