@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig
 
+from .tiny_llama import TINY_LLAMA_NAME as BUILTIN_MODEL  # built on this machine on first use
+
 _LLAMA2_COMMON = dict(vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
                       hidden_act="silu", tie_word_embeddings=False)
 # Shapes of the released LLaMA-2 checkpoints (70B uses grouped-query attention with 8 KV heads).
@@ -35,25 +37,63 @@ def check_model_type(config: PretrainedConfig) -> None:
                          f"{', '.join(SUPPORTED_MODEL_TYPES)} ({FAMILY_NAMES})")
 
 
-def load_model_config(name_or_path: str) -> PretrainedConfig:
-    """A preset name (llama2-7b/13b/70b), an HF config.json, or a model directory holding one."""
-    if name_or_path in LLAMA2_PRESETS:
-        return LlamaConfig(**_LLAMA2_COMMON, **LLAMA2_PRESETS[name_or_path])
-    path = Path(name_or_path)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model {name_or_path!r} is neither a preset ({', '.join(LLAMA2_PRESETS)}) nor a config "
-            f"file or model directory with config.json; pass one of those"
-        )
+def resolve_model(name: str, *, weights: bool) -> tuple[str | None, PretrainedConfig]:
+    """(the path or hub id to load weights from, the model's HF config) for every command's --model.
+
+    Accepts the built-in ``tiny-llama`` (built and cached on first use), a model directory, a hub id
+    in the local cache, and, where only shapes are needed (``weights=False``: count, estimate), a
+    LLaMA-2 preset name or a bare config.json; then the path is None for presets and config files.
+    """
+    if name == BUILTIN_MODEL:
+        from .tiny_llama import ensure_tiny_llama
+
+        path = str(ensure_tiny_llama())
+        return path, AutoConfig.from_pretrained(path)
+    if name in LLAMA2_PRESETS:
+        if weights:
+            raise ValueError(f"--model {name} is a preset: its shapes, no weights; pass the directory of the "
+                             "downloaded checkpoint (config.json, weights, tokenizer)")
+        return None, LlamaConfig(**_LLAMA2_COMMON, **LLAMA2_PRESETS[name])
+    local = Path(name).expanduser()
+    if local.exists():
+        local = local.resolve()
+        config_file = local / "config.json" if local.is_dir() else local
+        if local.is_dir() and not config_file.is_file():
+            raise FileNotFoundError(f"model directory {local} has no config.json; pass a Hugging Face model "
+                                    "directory (config.json, weights, tokenizer)")
+        if weights and not local.is_dir():
+            raise ValueError(f"--model {local} is a config file; training needs the model directory that "
+                             "holds it with the weights and the tokenizer")
+        config = _config_from_file(config_file)
+        return (str(local) if local.is_dir() else None), config
+    return name, _config_from_hub(name, weights)
+
+
+def _config_from_file(path: Path) -> PretrainedConfig:
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); pass a Hugging Face config.json") from None
-    if "model_type" not in data:
+    if not isinstance(data, dict) or "model_type" not in data:
         raise ValueError(f"{path} has no 'model_type'; it is not a Hugging Face model config")
     return AutoConfig.for_model(**data)
+
+
+def _config_from_hub(name: str, weights: bool) -> PretrainedConfig:
+    """A hub id, from the local Hugging Face cache (the hub itself may be unreachable)."""
+    choices = ("a local model directory" if weights else
+               f"a preset ({', '.join(LLAMA2_PRESETS)}), a config file, a model directory")
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"model {name!r} is neither {choices} nor a hub model available here "
+                                f"({str(err).splitlines()[0]}); pass a directory with config.json, "
+                                f"or {BUILTIN_MODEL} for the built-in model") from None
+
+
+def load_model_config(name: str) -> PretrainedConfig:
+    """The HF config of --model for the commands that need shapes only (count, estimate)."""
+    return resolve_model(name, weights=False)[1]
 
 
 def meta_model(config: PretrainedConfig) -> torch.nn.Module:

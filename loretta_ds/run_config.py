@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters.config import DEFAULT_TARGETS, INITS, TARGET_PRESETS, LorettaConfig
+from .tiny_llama import TINY_LLAMA_NAME as BUILTIN_MODEL
 
 FORMATS = ("auto", "text", "prompt_completion", "instruction", "classification")
 METHODS = ("rep", "adp", "lora")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
-BUILTIN_MODEL = "tiny-llama"
 # A config shipped with the package (loretta_ds/ds_configs/, linked from the checkout's ds_configs/):
 # the default resolves in a checkout and in a non-editable install alike.
 DEFAULT_DS_CONFIG = "zero3_offload"

@@ -129,13 +129,6 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None) -> Path:
     return final
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """Map "tiny-llama" to its cached directory (building it on first use); return others as is."""
-    if name_or_path == TINY_LLAMA_NAME:
-        return str(ensure_tiny_llama())
-    return name_or_path
-
-
 @contextlib.contextmanager
 def _exclusive_lock(path: Path):
     try:

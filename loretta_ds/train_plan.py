@@ -25,7 +25,7 @@ from .adapters.config import LorettaConfig
 from .distributed import checkpoint as ckpt
 from .distributed.ds_config import (RunFacts, is_zero3, load_ds_config, resolve_batch, resolve_ds_config,
                                     scheduled_warmup, zero_stage)
-from .run_config import (BUILTIN_MODEL, DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_GRAD_CLIP, DEFAULT_LR,
+from .run_config import (DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_GRAD_CLIP, DEFAULT_LR,
                          LENGTH_KEYS, TrainConfig, identity)
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -73,29 +73,6 @@ def resolve_attention(choice: str) -> str:
     if choice == "flash_attention_2" and not has_cuda:
         raise ValueError("--attn flash_attention_2 needs a CUDA device, and none is visible; use --attn sdpa")
     return choice
-
-
-def resolve_model(name: str) -> tuple[str, object]:
-    """(path or hub id to load, its HF config) for --model; builds the built-in model on first use."""
-    from transformers import AutoConfig
-
-    if name == BUILTIN_MODEL:
-        from .tiny_llama import ensure_tiny_llama
-
-        name = str(ensure_tiny_llama())
-    elif Path(name).expanduser().exists():
-        path = Path(name).expanduser().resolve()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model directory {path} has no config.json; pass a Hugging Face model "
-                                    "directory (config.json, weights, tokenizer)")
-        name = str(path)
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except OSError as err:
-        raise FileNotFoundError(f"model {name!r} is neither a local model directory nor a hub model available "
-                                f"here ({str(err).splitlines()[0]}); pass a directory with config.json, "
-                                f"or omit --model for the built-in {BUILTIN_MODEL}") from None
-    return name, config
 
 
 def lora_targets(cfg: TrainConfig) -> list[str]:
@@ -174,8 +151,9 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
 
     parse_dataset_specs(cfg.dataset or None)
     attn = resolve_attention(cfg.attn)
-    model_path, model_config = resolve_model(cfg.model)
-    from .models import check_model_type
+    from .models import check_model_type, resolve_model
+
+    model_path, model_config = resolve_model(cfg.model, weights=True)
 
     check_model_type(model_config)
     max_positions = getattr(model_config, "max_position_embeddings", None)

@@ -73,3 +73,21 @@ def test_count_and_train_describe_the_loretta_flags_alike():
     assert "all (attn + mlp)" in train_help["target_modules"]
     assert "rep q_proj,v_proj" in train_help["target_modules"]
     assert "base model exactly" in train_help["init"] and "Gaussian" in train_help["init"]
+
+
+def test_count_takes_what_train_takes_and_refuses_what_train_cannot_load(tmp_path, capsys):
+    """One resolver: count accepts a model directory as train does (same figures as its config.json),
+    and train refuses a preset or a bare config file (shapes, no weights) with the way that works."""
+    from loretta_ds.models import resolve_model
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    load_model_config("llama2-7b").to_json_file(model_dir / "config.json")
+    assert count_report(capsys, "--model", str(model_dir)) == count_report(capsys, "--model", "llama2-7b")
+    assert resolve_model(str(model_dir / "config.json"), weights=False)[0] is None
+    with pytest.raises(ValueError, match="is a preset: its shapes, no weights; pass the directory"):
+        resolve_model("llama2-7b", weights=True)
+    with pytest.raises(ValueError, match="is a config file; training needs the model directory"):
+        resolve_model(str(model_dir / "config.json"), weights=True)
+    with pytest.raises(FileNotFoundError, match="neither a preset .* nor a hub model available here"):
+        resolve_model(str(tmp_path / "nowhere"), weights=False)

@@ -4,6 +4,8 @@ collation, label-word accuracy and every user error, on real files in tmp_path."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +15,11 @@ from transformers import LlamaForCausalLM
 from loretta_ds.data import (BUNDLED_DIR, IGNORE_INDEX, ShardedBatches, bundled_path, classification_accuracy,
                              collate, eval_batches, label_word_scores, load_records,
                              parse_dataset_specs, prepare_data, tokenize_dataset)
-from loretta_ds.data.bundled_builder import build_all
 from loretta_ds.data.formats import INSTRUCTION_WITH_INPUT_TEMPLATE, classification_prompt
 from loretta_ds.tiny_llama import corpus_documents, hf_tokenizer_from_sentencepiece, train_sentencepiece
 from tiny_models import tiny_llama_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -480,7 +483,11 @@ def test_single_label_classification_is_rejected(tokenizer, tmp_path):
 
 
 def test_bundled_files_regenerate_identically(tmp_path):
-    written = build_all(tmp_path)
+    # The generator is a development script (scripts/), run here as a user of the checkout would.
+    subprocess.run([sys.executable, str(REPO / "scripts" / "build_bundled_data.py"), "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True)
+    written = sorted(p for p in tmp_path.iterdir() if p.is_file())
+    assert {p.name for p in written} == {p.name for p in BUNDLED_DIR.iterdir() if p.is_file()}
     for path in written:
         assert path.read_bytes() == (BUNDLED_DIR / path.name).read_bytes(), path.name
     total = sum(p.stat().st_size for p in written)

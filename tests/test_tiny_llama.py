@@ -18,7 +18,7 @@ import torch
 
 from loretta_ds import tiny_llama
 from loretta_ds.tiny_llama import (CACHE_ENV, MARKER_FILE, TINY_LLAMA_NAME, build_tiny_llama,
-                                   ensure_tiny_llama, is_complete, is_current, resolve_model_path)
+                                   ensure_tiny_llama, is_complete, is_current)
 
 SAMPLE = "On Monday, Anna went to the park with Ben. The weather was sunny, so they walked."
 
@@ -129,12 +129,20 @@ def test_second_call_is_cached(built):
     assert digests(path) == before
 
 
-def test_resolve_model_path(built, monkeypatch):
+def test_every_command_resolves_the_builtin_name_to_the_cached_model(built, monkeypatch):
+    """train (weights) and count/estimate (shapes) take --model through one resolver: the built-in
+    name is the cached directory for both, with the same config."""
+    from loretta_ds.models import load_model_config, resolve_model
+
     root, path, _ = built
     monkeypatch.setenv(CACHE_ENV, str(root))
-    assert resolve_model_path(TINY_LLAMA_NAME) == str(path)
-    for other in ("meta-llama/Llama-2-7b-hf", "/models/llama", "tiny-llama-2"):
-        assert resolve_model_path(other) == other
+    loaded, config = resolve_model(TINY_LLAMA_NAME, weights=True)
+    assert loaded == str(path)
+    def shapes(cfg):  # the config less where it was read from
+        return {k: v for k, v in cfg.to_dict().items() if k != "_name_or_path"}
+
+    assert shapes(load_model_config(TINY_LLAMA_NAME)) == shapes(config)
+    assert shapes(load_model_config(str(path))) == shapes(config)  # the directory itself: the same
 
 
 def test_cache_env_sets_the_default_location(monkeypatch, tmp_path):

@@ -32,7 +32,8 @@ def loretta_config_from_args(args: argparse.Namespace) -> LorettaConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="llama2-7b | llama2-13b | llama2-70b | an HF config.json or model dir")
+                        help="llama2-7b | llama2-13b | llama2-70b (shapes only) | tiny-llama | an HF model dir, "
+                             "config.json or cached hub id: what train --model takes")
     add_loretta_arguments(parser)
 
 

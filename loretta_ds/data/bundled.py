@@ -1,4 +1,4 @@
-"""Names and paths of the demo data shipped in loretta_ds/data/bundled/ (written by bundled_builder)."""
+"""Names and paths of the demo data shipped in loretta_ds/data/bundled/ (written by scripts/build_bundled_data.py)."""
 
 from __future__ import annotations
 
