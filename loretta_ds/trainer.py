@@ -14,7 +14,6 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import sys
 import time
@@ -31,7 +30,7 @@ from .distributed import checkpoint as ckpt
 from .distributed import engine as dist
 from .distributed.ds_config import batch_summary, zero_stage
 from .distributed.errors import LostRank, RunFailure
-from .distributed.health import SILENCE_S, Heartbeat, start_heartbeat
+from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat
 from .distributed.stop import StopRequest
 from .data.chat import CHAT_TEMPLATE_FILE
 from .data.loader import model_inputs, real_token_count, target_count
@@ -169,7 +168,10 @@ class Trainer:
             if self.world_size > 1 and dist.is_collective_failure(err):
                 lost = self._heartbeat.lost_ranks() if self._heartbeat is not None else []
                 reporter = min(r for r in range(self.world_size) if r not in lost)
-                raise LostRank(self.describe_lost_rank(err, lost), reporter=reporter) from err
+                newest = ckpt.latest_checkpoint(self.output_dir, log=lambda message: None)
+                message = describe_lost_rank(err, lost, self.world_size, self.step, self.cfg.dist_timeout,
+                                             newest.path if newest else None)
+                raise LostRank(message, reporter=reporter) from err
             raise
         finally:
             if self._heartbeat is not None:
@@ -178,26 +180,6 @@ class Trainer:
             dist.shutdown()
             if self._lock is not None:
                 self._lock.release()
-
-    def describe_lost_rank(self, err: BaseException, lost: list[int]) -> str:
-        """The message for a failed collective: who is gone (the ranks whose heartbeat stopped,
-        ``lost``), what failed, and how to continue."""
-        if lost:
-            who = f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of {self.world_size}"
-            why = (f"{'they' if len(lost) > 1 else 'it'} stopped answering (no heartbeat for {SILENCE_S:.0f} s): "
-                   "the process died or hangs, or its node is unreachable")
-        else:
-            who = "another rank"
-            why = (f"every rank still answers, so one was slower than --dist_timeout {self.cfg.dist_timeout} s "
-                   "or the network between them failed")
-        newest = ckpt.latest_checkpoint(self.output_dir, log=lambda message: None)
-        # gloo's first line: "[.../pair.cc:537] Read error [10.0.0.2]:4711: Connection reset by peer. This is..."
-        reason = re.sub(r"^\[[^\]]+:\d+\]\s*", "", (str(err).strip().splitlines() or [""])[0])
-        reason = reason.split(". ")[0][:300] or type(err).__name__
-        resume = (f"The newest complete checkpoint is {newest.path}; relaunch with --resume auto to continue from it"
-                  if newest else "No checkpoint was written yet; relaunch with --resume auto to start again")
-        return (f"lost contact with {who} at step {self.step}: {why} ({reason}). {resume} (a collective waits "
-                f"--dist_timeout {self.cfg.dist_timeout} s for a silent rank).")
 
     # --- 1. validate: user errors, before any model loads and before anything is written ----
 
@@ -458,7 +440,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Eval loss and perplexity on the eval split (sharded over ranks); accuracy by label-word
         likelihood for classification data. Every rank runs the same number of forwards."""
-        from .data.evaluation import label_word_scores
+        from .data.evaluation import sharded_label_word_hits
         from .data.loader import eval_batches
 
         plan, engine = self.plan, self.engine
@@ -478,20 +460,11 @@ class Trainer:
         correct = counted = 0
         records = self.classification_records
         if records is not None:
-            # Equal shares per rank (ZeRO-3 forwards are collective); the padding rows are not counted.
-            prompts, labels = list(records["prompt"]), list(records["label"])
-            if self.cfg.eval_batches is not None:
-                keep = self.cfg.eval_batches * plan.micro_batch_size * self.world_size
-                prompts, labels = prompts[:keep], labels[:keep]
-            own = list(range(self.rank, len(prompts), self.world_size))
-            share = -(-len(prompts) // self.world_size)
-            rows = own + [own[0] if own else 0] * (share - len(own))
-            scores = label_word_scores(engine, plan.tokenizer, [prompts[i] for i in rows], data.label_words,
-                                       plan.data.seq_len, batch_size=2 * plan.micro_batch_size)
-            predicted = scores.argmax(dim=1).tolist()
-            for slot, index in enumerate(own):
-                correct += int(data.label_words[predicted[slot]] == labels[index])
-                counted += 1
+            limit = (None if self.cfg.eval_batches is None
+                     else self.cfg.eval_batches * plan.micro_batch_size * self.world_size)
+            correct, counted = sharded_label_word_hits(engine, plan.tokenizer, records, data.label_words,
+                                                       data.seq_len, 2 * plan.micro_batch_size,
+                                                       self.rank, self.world_size, limit)
         loss_sum, token_count, correct, counted = dist.sum_over_ranks([loss_sum, token_count, correct, counted])
         engine.train()
         mean = loss_sum / max(token_count, 1)

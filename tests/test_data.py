@@ -368,6 +368,25 @@ def test_classification_accuracy_counts_argmax_matches_through_a_wrapper(tokeniz
         classification_accuracy(model, tokenizer, [{"text": "x", "label": "maybe"}], words, 128)
 
 
+def test_rank_shares_of_the_label_word_hits_add_up_to_the_whole_accuracy(tokenizer):
+    """The trainer's eval splits the prompts over ranks: every rank scores as many prompts (ZeRO-3
+    forwards are collective) and the padding repeats are not counted, so summed shares give the
+    accuracy over all records, for a count that does not divide by the world size too."""
+    from loretta_ds.data.evaluation import sharded_label_word_hits
+
+    torch.manual_seed(2)
+    model = LlamaForCausalLM(tiny_llama_config(vocab=len(tokenizer))).eval()
+    records, words = reviews(11), ["negative", "positive"]
+    whole = classification_accuracy(model, tokenizer, records, words, seq_len=128)
+    for world_size in (1, 3, 4):
+        shares = [sharded_label_word_hits(model, tokenizer, records, words, 128, 4, rank, world_size)
+                  for rank in range(world_size)]
+        assert sum(c for c, _ in shares) / sum(n for _, n in shares) == pytest.approx(whole)
+        assert [n for _, n in shares] == [len(range(r, 11, world_size)) for r in range(world_size)]
+    correct, counted = sharded_label_word_hits(model, tokenizer, records, words, 128, 4, 0, 1, limit=5)
+    assert counted == 5 and correct == round(5 * classification_accuracy(model, tokenizer, records[:5], words, 128))
+
+
 # --- user errors: raised early, naming the file / line / fix -----------------------------------------
 
 

@@ -111,3 +111,24 @@ def classification_accuracy(model, tokenizer, records, label_words: Sequence[str
     predicted = scores.argmax(dim=1)
     gold = torch.tensor([words.index(label) for label in labels])
     return float((predicted == gold).float().mean().item())
+
+
+def sharded_label_word_hits(model, tokenizer, records, label_words: Sequence[str], seq_len: int, batch_size: int,
+                            rank: int, world_size: int, limit: int | None = None) -> tuple[int, int]:
+    """(correct, counted) label-word predictions of this rank's share of ``records`` (the first
+    ``limit`` of them when given); summed over ranks they give the accuracy.
+
+    Every rank scores the same number of prompts, padding its share with a repeat that is not
+    counted: under ZeRO-3 each forward is collective, so ranks must run equally many.
+    """
+    prompts, labels = _prompts_and_labels(records)
+    if limit is not None:
+        prompts, labels = prompts[:limit], labels[:limit]
+    own = list(range(rank, len(prompts), world_size))
+    share = -(-len(prompts) // world_size)
+    rows = own + [own[0] if own else 0] * (share - len(own))
+    scores = label_word_scores(model, tokenizer, [prompts[i] for i in rows], label_words, seq_len,
+                               batch_size=batch_size)
+    predicted = scores.argmax(dim=1).tolist()
+    correct = sum(int(label_words[predicted[slot]] == labels[index]) for slot, index in enumerate(own))
+    return correct, len(own)

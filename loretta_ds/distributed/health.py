@@ -12,8 +12,10 @@ not answer, and that names rank 0.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -84,3 +86,25 @@ def start_heartbeat() -> Heartbeat | None:
         return Heartbeat()
     except (AttributeError, RuntimeError):  # a torch without the default-store accessor
         return None
+
+
+def describe_lost_rank(err: BaseException, lost: list[int], world_size: int, step: int, dist_timeout: float,
+                       newest_checkpoint: Path | None) -> str:
+    """The message for a failed collective: who is gone (the ranks whose heartbeat stopped,
+    ``lost``), what failed, and how to continue."""
+    if lost:
+        who = f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of {world_size}"
+        why = (f"{'they' if len(lost) > 1 else 'it'} stopped answering (no heartbeat for {SILENCE_S:.0f} s): "
+               "the process died or hangs, or its node is unreachable")
+    else:
+        who = "another rank"
+        why = (f"every rank still answers, so one was slower than --dist_timeout {dist_timeout} s "
+               "or the network between them failed")
+    # gloo's first line: "[.../pair.cc:537] Read error [10.0.0.2]:4711: Connection reset by peer. This is..."
+    reason = re.sub(r"^\[[^\]]+:\d+\]\s*", "", (str(err).strip().splitlines() or [""])[0])
+    reason = reason.split(". ")[0][:300] or type(err).__name__
+    resume = (f"The newest complete checkpoint is {newest_checkpoint}; relaunch with --resume auto to continue "
+              "from it" if newest_checkpoint else
+              "No checkpoint was written yet; relaunch with --resume auto to start again")
+    return (f"lost contact with {who} at step {step}: {why} ({reason}). {resume} (a collective waits "
+            f"--dist_timeout {dist_timeout} s for a silent rank).")
