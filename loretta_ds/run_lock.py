@@ -56,7 +56,7 @@ class RunLock:
         while True:
             if create:
                 output_dir.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file
             else:
                 try:
                     fd = os.open(path, os.O_RDWR)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from ..file_io import write_safetensors
 from .config import LorettaConfig
 from .injection import adapter_layers, inject, linear_shape, plan_injection, trainable_parameter_names
 
@@ -51,14 +51,15 @@ def _base_facts(model: nn.Module) -> dict:
 
 
 def _write_atomically(directory: Path, name: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-    os.close(fd)
+    # A plain new file, so its mode follows the umask like every other file of the run (mkstemp's
+    # are owner-only, which hides the adapter from colleagues on a shared cluster).
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, directory / name)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
@@ -79,7 +80,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "target_shapes": {name: list(linear_shape(layer.base_layer))
                           for name, layer in adapter_layers(model).items()},
     }
-    _write_atomically(directory, WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    _write_atomically(directory, WEIGHTS_NAME, lambda p: write_safetensors(p, state, metadata={"format": "pt"}))
     _write_atomically(directory, CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     return directory
 

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from ..file_io import write_safetensors
 from .config import LorettaConfig
 from .injection import adapter_layers, trainable_parameter_names
 from .layers import LorettaRepLinear
@@ -71,6 +71,6 @@ def export_peft_lora(model: nn.Module, directory: str | os.PathLike) -> Path:
     config = peft_lora_config(model.loretta_config, norm_names, base_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    write_safetensors(directory / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
     (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return directory

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..adapters.config import LorettaConfig
 from ..adapters.peft_export import peft_lora_config
+from ..file_io import write_safetensors
 from .updates import RepUpdate
 
 PEFT_PREFIX = "base_model.model."
@@ -41,6 +41,6 @@ def lora_tensors(updates: dict[str, RepUpdate], norms: dict[str, torch.Tensor],
 def write_lora(cfg: LorettaConfig, updates: dict[str, RepUpdate], norms: dict[str, torch.Tensor],
                base_name: str | None, dtype: torch.dtype | None, directory: Path) -> list[str]:
     """Write adapter_model.safetensors + adapter_config.json (megabytes; no streaming needed)."""
-    save_file(lora_tensors(updates, norms, dtype), str(directory / PEFT_WEIGHTS), metadata={"format": "pt"})
+    write_safetensors(directory / PEFT_WEIGHTS, lora_tensors(updates, norms, dtype), metadata={"format": "pt"})
     (directory / PEFT_CONFIG).write_text(json.dumps(peft_lora_config(cfg, list(norms), base_name), indent=2) + "\n")
     return [PEFT_CONFIG, PEFT_WEIGHTS]

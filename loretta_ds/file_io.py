@@ -1,0 +1,22 @@
+"""Writing files the way every part of a run does: with open(), so the mode follows the umask.
+
+safetensors' own ``save_file`` creates its files owner-only (0600) whatever the umask; on a shared
+cluster that hides an adapter or a PEFT export from the colleagues of the group. The small
+safetensors files of the project (adapters, checkpoints' trainable tensors, PEFT exports: megabytes)
+are therefore serialized in memory and written as ordinary files. The merged export, which is
+large, streams through its own writer (export/safetensors_stream.py), which also uses open().
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from safetensors.torch import save
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> None:
+    """``tensors`` as a safetensors file at ``path`` (replacing it), with umask-governed permissions."""
+    data = save(tensors, metadata=metadata)
+    with open(path, "wb") as handle:
+        handle.write(data)
