@@ -66,6 +66,7 @@ class TrainConfig:
     output_dir: str | None = None  # None: runs/<model>-<method>
     resume: str = "auto"
     overwrite_output_dir: bool = False  # start over in an OUTPUT_DIR that holds a run or other files
+    allow_config_change: bool = False  # --resume PATH from a run whose settings differ from this one's
     seed: int = 0
     export: bool = True
     max_bad_steps: int = 10
@@ -151,6 +152,9 @@ _HELP = {
     "overwrite_output_dir": "start the run over in OUTPUT_DIR even though it holds a run (its checkpoints, "
                             "metrics, adapter and merged export are replaced) or files that are not a run's "
                             "(never deleted); not for a job that requeues itself (true/false)",
+    "allow_config_change": "with --resume PATH: continue from a checkpoint of a run whose settings (lr, data, "
+                           "adapter, ...) differ from this run's; the differences are printed and recorded "
+                           "in run_config.json (true/false; default false: refused, naming them)",
     "seed": "seed of initialization, data order and dropout (default 0)",
     "export": "merged Hugging Face export of a rep run at the end (true/false; default true)",
     "max_bad_steps": "stop after this many consecutive steps with non-finite loss or gradients (default 10)",
@@ -316,7 +320,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"unknown {name} {getattr(cfg, name)!r}: use one of {', '.join(allowed)}")
     for name in ("bf16", "gradient_checkpointing", "export", "train_norms", "verify_frozen", "overwrite_output_dir",
-                 "debug", "packing"):
+                 "debug", "packing", "allow_config_change"):
         if name == "bf16" and cfg.bf16 is None:
             continue  # the ds_config decides
         try:  # `--bf16` alone means true (argparse const); `--bf16 false` and YAML booleans work too

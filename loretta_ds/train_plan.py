@@ -59,6 +59,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # adjustments made to the ds_config
     warnings: list[str] = field(default_factory=list)  # settings that run but are probably not meant
     packing: bool = False  # training micro batches are packed rows (data/packing.py)
+    # run_config.json's "resumed_from" when this run started from a checkpoint of a run with other
+    # settings (--resume PATH --allow_config_change): the checkpoint, its step, {key: [there, now]}.
+    resumed_from: dict | None = None
 
 
 def resolve_attention(choice: str) -> str:
@@ -229,6 +232,46 @@ def packed_row_count(data, micro_batch_size: int, world_size: int, seed: int) ->
     return len(batches.epoch_rows(0))
 
 
+def compare_with_source_run(cfg: TrainConfig, plan: Plan, checkpoint: Path, log: Callable[[str], None]) -> dict:
+    """--resume PATH to another run's checkpoint: the settings of that run that differ from this
+    one's, {key: [there, now]} ({"unknown": its run_config.json} when that cannot be read), compared
+    as --resume auto compares a run with its continuation.
+
+    Only a change of length continues a run as it was; any other (lr, data, adapter, ...) makes a
+    run that trained partly under one setting and partly under another, so it needs
+    --allow_config_change, and then it is said and recorded. A checkpoint whose run config is not
+    beside it (OTHER/run_config.json) cannot be compared: it needs the opt-in too.
+    """
+    source_run = checkpoint.resolve().parent.parent
+    run_file = source_run / RUN_CONFIG_FILE
+    try:
+        theirs = identity(json.loads(run_file.read_text()).get("train", {}))
+    except (OSError, ValueError, AttributeError):
+        theirs = None
+    if theirs is None:
+        if not cfg.allow_config_change:
+            raise ValueError(f"--resume {checkpoint}: its run's settings ({run_file}) are missing or unreadable, so "
+                             "whether this run continues it unchanged cannot be checked; pass "
+                             "--allow_config_change true to resume from it anyway")
+        log(f"resuming from {checkpoint}: its run's settings ({run_file}) are unknown (--allow_config_change)")
+        return {"unknown": str(run_file)}
+    mine = identity(train_settings(cfg, plan))
+    changes = {k: [theirs.get(k), mine[k]] for k in mine if mine[k] != theirs.get(k)}
+    listed = "; ".join(f"{k}: {there!r} there, {now!r} now" for k, (there, now) in changes.items())
+    beyond_length = set(changes) - set(LENGTH_KEYS)
+    if beyond_length and not cfg.allow_config_change:
+        raise ValueError(f"--resume {checkpoint} is a checkpoint of {source_run}, a run with other settings "
+                         f"({listed}); continuing it would train partly under those and partly under these. "
+                         "Pass the same settings to continue it, or --allow_config_change true to resume "
+                         "under the new ones (the differences are then recorded in run_config.json)")
+    if changes:
+        step = plan.resume_from.step if plan.resume_from else 0
+        log(f"resuming from {checkpoint} (step {step}) of {source_run}, whose settings differ ({listed}): steps "
+            f"1-{step} trained under that run's settings, steps {step + 1}-{plan.total_steps} train under this "
+            f"run's (the lr schedule is this run's: {plan.total_steps} steps, {plan.warmup_steps} of warmup)")
+    return changes
+
+
 def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> bool:
     """Check OUTPUT_DIR against this run and set ``plan.resume_from`` / ``plan.resume_state``.
 
@@ -269,8 +312,9 @@ def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> b
             diffs = [f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in changed]
             raise ValueError(f"{output_dir} holds another run with a different config ({'; '.join(diffs)}). "
                              "Only its length (--max_steps, --epochs, --warmup_steps) may change when it is "
-                             "continued; for other settings choose another --output_dir (and --resume PATH to "
-                             "start from one of its checkpoints), or pass --overwrite_output_dir to start over there.")
+                             "continued; for other settings choose another --output_dir (and --resume PATH "
+                             "--allow_config_change true to start from one of its checkpoints), or pass "
+                             "--overwrite_output_dir to start over there.")
         if changed:
             new_length = (theirs.get("max_steps"), plan.total_steps)
     if cfg.resume == "none":
@@ -298,6 +342,8 @@ def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> b
                              "--overwrite_output_dir to start over there, or choose another --output_dir")
         for info in torn:
             log(f"ignoring torn checkpoint {info.path}: {info.problem}")
+        if previous is not None:  # a continued run still started where it started
+            plan.resumed_from = previous.get("resumed_from")
         plan.resume_from = complete[-1] if complete else None
     else:
         path = Path(cfg.resume)
@@ -314,6 +360,12 @@ def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> b
         ckpt.refuse_pickles(path)  # first: nothing of a planted checkpoint is read beyond its names
         ckpt.check_fits(path, plan.trainable_shapes)
         ckpt.check_loadable(path)
+        if cfg.resume != "auto" and path.resolve().parent != ckpt.checkpoints_dir(output_dir).resolve():
+            # Another run's checkpoint: its tensors fit; do its settings match this run's?
+            changes = compare_with_source_run(cfg, plan, path, log)
+            if changes:
+                plan.resumed_from = {"checkpoint": str(path.resolve()), "step": plan.resume_from.step,
+                                     "changed": changes}
         plan.resume_state = ckpt.load_trainer_state(path)
         try:
             step, position = int(plan.resume_state["step"]), plan.resume_state["data"]

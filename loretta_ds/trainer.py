@@ -245,6 +245,8 @@ class Trainer:
             data["loretta"] = loretta.to_dict()
         else:
             data["lora"] = {"r": cfg.r, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": plan.targets}
+        if plan.resumed_from:
+            data["resumed_from"] = plan.resumed_from
         data.update(extra)
         _write_json_atomically(self.output_dir / RUN_CONFIG_FILE, data)
 

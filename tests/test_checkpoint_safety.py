@@ -221,3 +221,48 @@ def test_overwrite_output_dir_trains_beside_a_users_files_and_leaves_them(tmp_pa
     after = digests(out)
     assert {name: after[name] for name in before} == before
     assert ckpt.check_checkpoint(out / "checkpoints" / "step-4") is None and (out / "adapter").is_dir()
+
+
+# --- --resume PATH to another run's checkpoint: its settings are compared, not only its shapes ------
+
+
+def test_another_runs_checkpoint_with_other_settings_needs_the_opt_in(trained, tmp_path):
+    step_2 = trained / "checkpoints" / "step-2"
+    out = tmp_path / "new"
+    status, output = run_to_end(single_command(out, **RUN, resume=str(step_2), lr=0.5), tmp_path / "refused.log")
+    assert status == 2, output[-4000:]
+    errors = error_lines(output)
+    assert len(errors) == 1 and "Traceback" not in output, output[-4000:]
+    for fragment in (str(step_2), str(trained), "lr: 0.01 there, 0.5 now", "--allow_config_change true"):
+        assert fragment in errors[0], errors[0]
+    assert not out.exists()
+
+    status, output = run_to_end(single_command(out, **RUN, resume=str(step_2), lr=0.5, allow_config_change="true"),
+                                tmp_path / "allowed.log")
+    assert status == 0, output[-4000:]
+    assert "steps 1-2 trained under that run's settings, steps 3-4 train under this run's" in output
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["train"]["lr"] == 0.5
+    assert run_config["resumed_from"] == {"checkpoint": str(step_2.resolve()), "step": 2,
+                                          "changed": {"lr": [0.01, 0.5]}}
+    assert [r["step"] for r in train_records(out)] == [3, 4]
+
+
+def test_another_runs_checkpoint_continues_to_another_length_without_the_opt_in(trained, tmp_path):
+    out = tmp_path / "longer"
+    status, output = run_to_end(single_command(out, **{**RUN, "max_steps": 6},
+                                               resume=str(trained / "checkpoints" / "step-4")), tmp_path / "longer.log")
+    assert status == 0, output[-4000:]
+    assert json.loads((out / "run_config.json").read_text())["resumed_from"]["changed"] == {"max_steps": [4, 6]}
+    assert [r["step"] for r in train_records(out)] == [5, 6]
+
+
+def test_a_checkpoint_without_its_runs_settings_needs_the_opt_in(trained, tmp_path):
+    loose = tmp_path / "copied" / "step-4"
+    shutil.copytree(trained / "checkpoints" / "step-4", loose)
+    out = tmp_path / "new"
+    status, output = run_to_end(single_command(out, **RUN, resume=str(loose)), tmp_path / "loose.log")
+    assert status == 2, output[-4000:]
+    errors = error_lines(output)
+    assert len(errors) == 1 and str(loose.parent.parent / "run_config.json") in errors[0], output[-4000:]
+    assert "--allow_config_change true" in errors[0] and not out.exists()
