@@ -1,4 +1,7 @@
 """Shared fixtures."""
+import shutil
+import subprocess
+
 import pytest
 import torch
 
@@ -12,3 +15,20 @@ use_environment_extension_cache()
 @pytest.fixture
 def token_ids() -> torch.Tensor:
     return torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(123))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root); skipped with the reason where mounting is not permitted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: the full-disk test mounts a 1 MiB tmpfs")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

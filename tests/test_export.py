@@ -3,6 +3,7 @@ PEFT LoRA, the adapter format, --verify, and every user error (raised before any
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -413,3 +414,20 @@ def test_cli_and_launch_shim(tmp_path, fp32_run, capsys):
                            "--max_shard_size", "huge"], capture_output=True, text=True)
     assert shim.returncode == 2 and "max_shard_size 'huge' is not a size" in shim.stderr
     assert_nothing_written(tmp_path / "m")
+
+
+def test_the_disk_check_scales_with_the_export_and_speaks_in_its_units(tmp_path, small_disk):
+    """On a 1 MiB disk a megabyte-sized adapter export fits (the margin is a tenth of the export,
+    not a fixed quarter gigabyte); a merged export that does not fit is refused before anything
+    is written, in units that show the sizes (no "needs 0.0 GB but 0.0 GB")."""
+    base = make_base(tmp_path / "base", hidden=128, intermediate=344)  # 1.6 MB of weights: more than the disk
+    run_dir = tmp_path / "run"
+    make_run(run_dir, tmp_path / "base", base)
+    export(run_dir, small_disk / "adapter", format="adapter", log=quiet)
+    assert (small_disk / "adapter" / "adapter.safetensors").is_file()
+    with pytest.raises(ValueError) as refused:
+        export(run_dir, small_disk / "merged", log=quiet)
+    message = str(refused.value)
+    assert re.search(r"the export needs [\d.]+ (KB|MB) \(and [\d.]+ KB to spare\) but .* has [\d.]+ (KB|MB) free",
+                     message), message
+    assert not (small_disk / "merged").exists() and sorted(p.name for p in small_disk.iterdir()) == ["adapter"]

@@ -15,7 +15,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -143,6 +146,42 @@ class Workspace:
         self.full_out.mkdir()
         (self.full_out / "keep.txt").write_text("mine")
 
+        # Damaged files a reader meets: a data file that is not UTF-8; an adapter cut in half, or
+        # whose header length is absurd; base shards whose header is not what safetensors writes.
+        self.not_utf8 = root / "latin1.jsonl"
+        self.not_utf8.write_bytes(b'{"text": "fine", "label": "positive"}\n{"text": "caf\xe9", "label": "negative"}\n')
+        self.truncated_run = self.copy_run("run-truncated-adapter", lambda b: b[:len(b) // 2])
+        self.huge_header_run = self.copy_run("run-huge-header-adapter", lambda b: struct.pack("<Q", 10**15) + b[8:])
+        self.list_header_base = self.copy_base("base-header-list", lambda header: [1, 2])
+        self.entry_base = self.copy_base("base-entry-not-object", lambda header: {**header, first_tensor(header): 5})
+        self.offsets_base = self.copy_base("base-no-data-offsets", lambda header: {
+            **header, first_tensor(header): {k: v for k, v in header[first_tensor(header)].items()
+                                             if k != "data_offsets"}})
+        self.linked_out = root / "export-link"
+        (root / "export-link-target").mkdir()
+        self.linked_out.symlink_to(root / "export-link-target")
+        self.not_a_run = root / "neither-run-nor-model"
+        self.not_a_run.mkdir()
+
+    def copy_run(self, name: str, damage) -> Path:
+        run = self.root / name
+        shutil.copytree(self.run, run)
+        weights = run / "adapter" / "adapter.safetensors"
+        weights.write_bytes(damage(weights.read_bytes()))
+        return run
+
+    def copy_base(self, name: str, rewrite) -> Path:
+        """A copy of the small base whose shard header is rewritten (padded to its old length)."""
+        base = self.root / name
+        shutil.copytree(self.base, base)
+        shard = base / "model.safetensors"
+        data = shard.read_bytes()
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.dumps(rewrite(json.loads(data[8:8 + length])), separators=(",", ":")).encode()
+        assert len(header) <= length
+        shard.write_bytes(data[:8] + header.ljust(length) + data[8 + length:])
+        return base
+
     def write(self, name: str, text: str) -> Path:
         path = self.root / name
         path.write_text(text)
@@ -150,6 +189,10 @@ class Workspace:
 
     def out(self, name: str) -> Path:
         return self.root / "outputs" / name
+
+
+def first_tensor(header: dict) -> str:
+    return next(name for name in header if name != "__metadata__")
 
 
 def cli(*args) -> list[str]:
@@ -225,6 +268,12 @@ def build_cases(ws: Workspace) -> dict[str, Case]:
               "--ds_config", ws.clipped, "--grad_clip", "0.5")
     add_train("train-ds-config-warmup-conflict", ("--warmup_steps 5 contradicts scheduler.params.warmup_num_steps=50",),
               "--ds_config", ws.warm, "--warmup_steps", "5")
+    add_train("train-dataset-not-utf8", (str(ws.not_utf8), "line 2, column 14", "not UTF-8", "save the file as UTF-8"),
+              "--dataset", ws.not_utf8)
+    add_train("train-dataset-unknown-name", ("'no_such_dataset'", "not a file", "local datasets cache",
+                                             "download the dataset once"), "--dataset", "no_such_dataset")
+    add_train("train-model-is-a-preset", ("llama2-7b is a preset", "no weights", "pass the directory"),
+              model="llama2-7b")
     command = cli("train", "--model", ws.model, "--output_dir", ws.other_run)
     cases["train-output-dir-holds-another-run"] = Case(command, ("holds another run", "lr: 0.5 there",
                                                                  "another --output_dir"), ws.other_run)
@@ -243,6 +292,19 @@ def build_cases(ws: Workspace) -> dict[str, Case]:
     add_export("export-base-other-shapes", ("does not fit the adapter", "[96, 96]"), ws.run,
                "--base", ws.wide_base)
     add_export("export-out-dir-not-empty", ("not empty", "--overwrite"), ws.run, out=ws.full_out)
+    add_export("export-adapter-truncated", (str(ws.truncated_run / "adapter" / "adapter.safetensors"),
+                                            "not a readable safetensors file", "damaged or truncated"), ws.truncated_run)
+    add_export("export-adapter-huge-header", (str(ws.huge_header_run / "adapter" / "adapter.safetensors"),
+                                              "header too large", "damaged or truncated"), ws.huge_header_run)
+    add_export("export-base-header-list", (str(ws.list_header_base / "model.safetensors"), "a JSON list",
+                                           "re-download it"), ws.run, "--base", ws.list_header_base)
+    add_export("export-base-entry-not-object", (str(ws.entry_base / "model.safetensors"), "is a JSON int",
+                                                "re-download it"), ws.run, "--base", ws.entry_base)
+    add_export("export-base-no-data-offsets", (str(ws.offsets_base / "model.safetensors"),
+                                               "has no 'data_offsets'", "re-download it"), ws.run,
+               "--base", ws.offsets_base)
+    add_export("export-out-dir-symlink", (str(ws.linked_out), "is a symbolic link", "pass the directory it points to"),
+               ws.run, "--overwrite", out=ws.linked_out)
 
     # --- estimate and count: they write nothing at all, so their working directory stays empty
     def add_plain(name, fragments, *args):
@@ -257,6 +319,19 @@ def build_cases(ws: Workspace) -> dict[str, Case]:
     add_plain("count-unknown-preset", ("'llama2-8b'", "preset"), "count", "--model", "llama2-8b")
     add_plain("count-zero-tensor-rank", ("tensor_rank must be an integer >= 1", "got 0"), "count", "--model",
               "llama2-7b", "--tensor_rank", "0")
+
+    # --- generate: reads a run or a model, writes nothing
+    add_plain("generate-run-dir-missing", ("nowhere is not a directory", "OUTPUT_DIR"), "generate",
+              ws.root / "nowhere", "--prompt", "hi")
+    add_plain("generate-neither-run-nor-model", (str(ws.not_a_run), "neither config.json", "run_config.json"),
+              "generate", ws.not_a_run, "--prompt", "hi")
+    add_plain("generate-zero-new-tokens", ("--max_new_tokens must be at least 1", "got 0"), "generate", ws.model,
+              "--prompt", "hi", "--max_new_tokens", "0")
+    add_plain("generate-temperature-nan", ("--temperature must be > 0", "got nan", "drop --sample"), "generate",
+              ws.model, "--prompt", "hi", "--sample", "--temperature", "nan")
+    add_plain("generate-adapter-truncated", (str(ws.truncated_run / "adapter" / "adapter.safetensors"),
+                                             "not a readable safetensors file"), "generate", ws.truncated_run,
+              "--prompt", "hi")
 
     # --- the SLURM helper (dry run: its checks are the same, and nothing can start) ---------
     def add_slurm(name, fragments, **env):
@@ -280,11 +355,18 @@ CASE_NAMES = [
     "train-yaml-output_dir-wrong-kind", "train-output-dir-empty", "train-epochs-inf", "train-lr-inf",
     "train-alpha-nan", "train-ds-config-unknown-name", "train-ds-config-nvme-path-missing",
     "train-ds-config-zero2-nvme", "train-ds-config-clipping-conflict", "train-ds-config-warmup-conflict",
+    "train-dataset-not-utf8", "train-dataset-unknown-name", "train-model-is-a-preset",
     "export-run-dir-missing", "export-no-adapter", "export-unknown-dtype", "export-base-other-shapes",
-    "export-out-dir-not-empty", "estimate-unknown-preset", "estimate-zero-nodes", "estimate-malformed-model-config",
-    "count-unknown-preset", "count-zero-tensor-rank", "slurm-model-missing", "slurm-ds-config-malformed",
-    "slurm-zero-gpus-per-node",
+    "export-out-dir-not-empty", "export-adapter-truncated", "export-adapter-huge-header", "export-base-header-list",
+    "export-base-entry-not-object", "export-base-no-data-offsets", "export-out-dir-symlink",
+    "estimate-unknown-preset", "estimate-zero-nodes", "estimate-malformed-model-config",
+    "count-unknown-preset", "count-zero-tensor-rank",
+    "generate-run-dir-missing", "generate-neither-run-nor-model", "generate-zero-new-tokens",
+    "generate-temperature-nan", "generate-adapter-truncated",
+    "slurm-model-missing", "slurm-ds-config-malformed", "slurm-zero-gpus-per-node",
 ]
+# docs/bad_input.md lists every case with its message; LORETTA_WRITE_BAD_INPUT_DOC=1 rewrites it.
+DOC = REPO / "docs" / "bad_input.md"
 
 
 def launcher_env(case: Case) -> dict:
@@ -353,6 +435,50 @@ def test_debug_shows_the_traceback(outcomes):
     assert outcome.status != 0
     assert "Traceback" in outcome.stderr and "keep_last must be an integer >= 1" in outcome.stderr
     assert outcome.after is None
+
+
+def anonymized(text: str) -> str:
+    """Paths of the test's workspace as WORK/..., the interpreter as python, for the docs."""
+    text = re.sub(r"/\S*?/bad-input\d*/", "WORK/", text)
+    return text.replace(sys.executable, "python").replace(str(REPO) + "/", "")
+
+
+def case_input(case: Case) -> str:
+    if case.launcher_error:
+        changed = {k: v for k, v in case.env.items() if k in ("MODEL", "DS_CONFIG", "GPUS_PER_NODE")
+                   and v != ZERO3_OFFLOAD}
+        shown = " ".join(f"{k}={v}" for k, v in changed.items()) + " bash slurm/_launch.sh run (DRY_RUN=1)"
+    else:
+        shown = "loretta-ds " + " ".join(case.command[3:])
+    return anonymized(shown).replace("|", "\\|")
+
+
+def test_the_docs_list_every_case_with_its_message(outcomes):
+    """docs/bad_input.md holds one line per case (input, message); it cannot miss a case or list
+    one that is gone. LORETTA_WRITE_BAD_INPUT_DOC=1 rewrites it from this run's messages."""
+    if os.environ.get("LORETTA_WRITE_BAD_INPUT_DOC") == "1":
+        rows = []
+        for name in CASE_NAMES:
+            case, outcome = outcomes[name]
+            message = anonymized(message_of(case, outcome)).replace("|", "\\|")
+            rows.append(f"| `{name}` | `{case_input(case)}` | {message} |")
+        DOC.write_text(DOC_HEADER + "\n".join(rows) + "\n")
+    listed = re.findall(r"^\| `([a-z0-9_-]+)` \|", DOC.read_text(), re.M)
+    assert sorted(listed) == sorted(CASE_NAMES), "docs/bad_input.md is out of date: rerun with LORETTA_WRITE_BAD_INPUT_DOC=1"
+    assert len(listed) >= 45
+
+
+DOC_HEADER = """# Bad input: what each command answers
+
+Every case below is run by `tests/test_reliability_bad_input.py` as a real command line: it must
+exit 2 (the SLURM helper: 1, with its `[launch] ERROR:` line and "nothing was started"), print one
+message naming the problem and the fix, show no traceback (unless `--debug`), fail before any
+model loads, and write nothing. `WORK/` is the test's scratch directory. Regenerate this page with
+`LORETTA_WRITE_BAD_INPUT_DOC=1 python -m pytest -q tests/test_reliability_bad_input.py`.
+
+| case | input | message |
+|---|---|---|
+"""
 
 
 @pytest.mark.multiprocess

@@ -190,23 +190,6 @@ def test_kill9_while_a_checkpoint_is_written_resumes_from_the_previous_one(refer
 # --- 3. a full disk while saving -------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs (needs root); skipped with the reason where mounting is not permitted."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command: the full-disk test mounts a 1 MiB tmpfs")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-
-
 def fill(disk: Path, leave: int) -> Path:
     """Fill ``disk`` until ``leave`` bytes are free."""
     stats = os.statvfs(disk)

@@ -16,10 +16,9 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from ..file_io import write_safetensors
+from ..file_io import read_safetensors, write_safetensors
 from .config import LorettaConfig
 from .injection import adapter_layers, inject, linear_shape, plan_injection, trainable_parameter_names
 
@@ -109,7 +108,7 @@ def read_adapter_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor
     A format-1 file's per-core tensors (``<matrix>.cores.<k>``) are joined, in core order, into
     the one flat ``<matrix>.tt_cores`` each TT matrix has now (the same values, the same layout).
     """
-    stored = load_file(str(Path(directory) / WEIGHTS_NAME))
+    stored = read_safetensors(Path(directory) / WEIGHTS_NAME, what="adapter")
     tensors, per_core = {}, {}
     for key, tensor in stored.items():
         match = _PER_CORE_KEY.match(key)

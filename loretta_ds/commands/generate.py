@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 CHAT_CHOICES = ("auto", "true", "false")
@@ -34,9 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_settings(max_new_tokens: int, sample: bool, temperature: float, top_p: float) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens must be at least 1, got {max_new_tokens}")
-    if sample and temperature <= 0:
+    # NaN compares False with everything: "not (x > 0)" catches it where "x <= 0" would not.
+    if sample and not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"--temperature must be > 0 when sampling, got {temperature}; or drop --sample for greedy")
-    if sample and not 0 < top_p <= 1:
+    if sample and not (0 < top_p <= 1):
         raise ValueError(f"--top_p must be in (0, 1], got {top_p}")
 
 

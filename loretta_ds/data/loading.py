@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from datasets.naming import camelcase_to_snakecase  # how the datasets cache names a hub dataset
 
 from .bundled import BUNDLED_PREFIX, BUNDLED_TASKS, DEFAULT_DATASET, bundled_path, bundled_task_names
 from .chat import CHAT_COLUMNS, chat_column
@@ -143,6 +144,23 @@ def _quiet_datasets():
             datasets.utils.enable_progress_bars()
 
 
+def _find_encoding_error(path: Path) -> str | None:
+    """Where a text file stops being UTF-8 ("line N, column C: byte 0xE9 ..."), or None.
+
+    The readers would fail with a bare UnicodeDecodeError that names neither the file nor the
+    line; reading the bytes one line at a time finds the spot with bounded memory.
+    """
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                column = len(line[:err.start].decode("utf-8")) + 1
+                return (f"line {number}, column {column}: byte 0x{line[err.start]:02X} is not UTF-8 text "
+                        f"({err.reason})")
+    return None
+
+
 def _find_json_error(path: Path) -> str | None:
     """Where a JSON / JSON-lines file is malformed ("line N: reason"), or None if it parses as records.
 
@@ -216,6 +234,9 @@ def _read_files(paths: list[Path], label: str) -> datasets.Dataset:
     for path in paths:
         if path.stat().st_size == 0:
             raise ValueError(f"{path} is empty: it holds no records; add records or remove it")
+        problem = _find_encoding_error(path) if builder != "parquet" else None
+        if problem:
+            raise ValueError(f"{path}: {problem}; save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
         problem = _find_json_error(path) if builder == "json" else None
         if problem:
             raise ValueError(f"{path}: malformed JSON, {problem}; fix that line "
@@ -258,7 +279,26 @@ def has_split(spec: DatasetSpec, split: str) -> bool:
     return _read_hub(spec, split) is not None
 
 
+def _in_datasets_cache(name: str) -> bool:
+    """Whether ``datasets`` holds a prepared copy of hub dataset ``name`` in its local cache (the
+    layout its cache fallback reads: CACHE/<namespace>___<snake_case name>/<config>/<version>/<hash>)."""
+    parts = name.split("/")
+    if len(parts) > 2 or not all(parts):
+        return False
+    parts[-1] = camelcase_to_snakecase(parts[-1])
+    root = Path(datasets.config.HF_DATASETS_CACHE).expanduser() / "___".join(parts)
+    return any(p.is_dir() for p in root.glob("*/*/*"))
+
+
 def _read_hub(spec: DatasetSpec, split: str) -> datasets.Dataset | None:
+    if not _in_datasets_cache(spec.source):
+        # Checked first: asking the hub about a mistyped name costs a minute of retries on a
+        # machine without internet, and a compute node of a cluster often has none.
+        raise FileNotFoundError(
+            f"{spec.source!r} is not a file, a directory, a bundled dataset "
+            f"({', '.join(bundled_task_names())}) or a dataset in the local datasets cache "
+            f"({datasets.config.HF_DATASETS_CACHE}); check the path, or download the dataset once where the "
+            f"hub is reachable (python -c \"import datasets; datasets.load_dataset('{spec.source}')\")")
     try:
         with _quiet_datasets():
             return datasets.load_dataset(spec.source, split=split)

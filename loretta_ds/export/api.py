@@ -29,8 +29,23 @@ from .verify import VerifyReport, verify_export
 FORMATS = ("merged", "peft-lora", "adapter")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-# Room left on the disk beyond the export itself (config, tokenizer, filesystem slack).
-DISK_MARGIN_BYTES = 256 * 1024 * 1024
+# Room left on the disk beyond the export itself (config, tokenizer, filesystem slack): a tenth of
+# the export, at least 64 KiB and at most 256 MiB, so a 14 KB adapter does not need a quarter GB.
+DISK_MARGIN_MIN_BYTES = 64 << 10
+DISK_MARGIN_MAX_BYTES = 256 << 20
+
+
+def disk_margin(nbytes: int) -> int:
+    return min(DISK_MARGIN_MAX_BYTES, max(DISK_MARGIN_MIN_BYTES, nbytes // 10))
+
+
+def human_bytes(n: float) -> str:
+    """1.5 GB, 14.0 KB, ...: decimal units, as df -H and the messages of pip print them."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 @dataclass
@@ -56,10 +71,11 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def _check_disk(staged: StagedOutput, nbytes: int) -> None:
-    free = staged.free_bytes()
-    if free < nbytes + DISK_MARGIN_BYTES:
-        raise ValueError(f"the export needs {nbytes / 1e9:.1f} GB but {staged.out_dir.parent} has "
-                         f"{free / 1e9:.1f} GB free; free some space or choose another OUT_DIR")
+    free, margin = staged.free_bytes(), disk_margin(nbytes)
+    if free < nbytes + margin:
+        raise ValueError(f"the export needs {human_bytes(nbytes)} (and {human_bytes(margin)} to spare) but "
+                         f"{staged.out_dir.parent} has {human_bytes(free)} free; free some space or choose "
+                         "another OUT_DIR")
 
 
 def _provenance(source: ExportSource, fmt: str, dtype: torch.dtype | None, base_dir: Path | None) -> dict:

@@ -64,13 +64,19 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} has a corrupt safetensors header ({err}); re-download it") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} has a corrupt safetensors header (a JSON {type(header).__name__}, not an "
+                         "object of tensors); re-download it")
     data_start = 8 + header_len
     tensors: dict[str, dict] = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        if entry.get("dtype") not in NAME_TO_DTYPE:
-            raise ValueError(f"{path}: tensor {name} has dtype {entry.get('dtype')!r}, which the "
+        problem = _entry_problem(entry)
+        if problem:
+            raise ValueError(f"{path} has a corrupt safetensors header: tensor {name} {problem}; re-download it")
+        if entry["dtype"] not in NAME_TO_DTYPE:
+            raise ValueError(f"{path}: tensor {name} has dtype {entry['dtype']!r}, which the "
                              f"export does not handle (supported: {', '.join(NAME_TO_DTYPE)})")
         begin, end = entry["data_offsets"]
         if data_start + end > size:
@@ -79,6 +85,25 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
         tensors[name] = {"dtype": NAME_TO_DTYPE[entry["dtype"]], "shape": tuple(entry["shape"]),
                          "begin": data_start + begin, "nbytes": end - begin}
     return tensors, size
+
+
+def _entry_problem(entry) -> str | None:
+    """What is wrong with one tensor's header entry, or None: {"dtype": str, "shape": [int, ...],
+    "data_offsets": [begin, end]} with 0 <= begin <= end."""
+    if not isinstance(entry, dict):
+        return f"is a JSON {type(entry).__name__}, not an object"
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in entry:
+            return f"has no {key!r}"
+    offsets, shape = entry["data_offsets"], entry["shape"]
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        return f"has data_offsets {offsets!r}, not [begin, end]"
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        return f"has shape {shape!r}, not a list of sizes"
+    if not isinstance(entry["dtype"], str):
+        return f"has dtype {entry['dtype']!r}, not a name"
+    return None
 
 
 def read_exact(f, begin: int, nbytes: int) -> torch.Tensor:

@@ -108,6 +108,11 @@ class StagedOutput:
         if (out_real / "checkpoints").is_dir() and _training_checkpoints(out_real / "checkpoints"):
             raise ValueError(f"OUT_DIR {self.out_dir} holds a training run ({out_real / 'checkpoints'}); "
                              "--overwrite would delete it: choose another OUT_DIR")
+        if self.out_dir.is_symlink():
+            # The export replaces OUT_DIR as a whole by renaming it, which would replace the link
+            # itself (or fail), not what it points to.
+            raise ValueError(f"OUT_DIR {self.out_dir} is a symbolic link (to {out_real}); pass the directory it "
+                             f"points to ({out_real}) or another OUT_DIR")
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ValueError(f"OUT_DIR {self.out_dir} exists and is not a directory; choose another path")
         if self.out_dir.is_dir() and any(self.out_dir.iterdir()) and not self.overwrite:
