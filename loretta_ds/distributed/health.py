@@ -7,12 +7,21 @@ counter in the rendezvous store (the TCP store on MASTER_ADDR that the process g
 uses) once a second from a daemon thread; after a failed collective, a survivor reads all
 counters twice a few seconds apart, and the ranks whose counters stood still are the lost ones.
 A rank blocked inside a collective still beats (the wait releases the GIL), so only dead, frozen
-or cut-off ranks are named. Rank 0 hosts the store: when rank 0 is dead or frozen, the store does
-not answer, and that names rank 0.
+or cut-off ranks are named. A survivor marks itself in the store before it checks: it ends after
+its check, and a survivor whose collective failed only because that one's sockets closed must not
+count it among the lost. Rank 0 hosts the store: when rank 0 is dead or frozen, the store does not
+answer, and that names rank 0.
+
+Each rank also publishes its node's name in the store at start, and every rank keeps the table, so
+a lost rank is named with its node even when the store went down with rank 0; ranks lost together
+with every other rank of their node point at the node (down, unreachable, or all its processes
+killed) rather than at one process.
 """
 from __future__ import annotations
 
+import os
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -20,12 +29,31 @@ from pathlib import Path
 import torch.distributed as dist
 
 PREFIX = "loretta_ds/heartbeat/"
+HOST_PREFIX = "loretta_ds/host/"
+# Set by a rank that saw a collective fail and is checking who is gone: it is not lost itself. It
+# ends right after its check, so its heartbeat stops; a rank whose collective fails later (because
+# that rank's sockets closed when it ended) would otherwise count it among the lost.
+SURVIVOR_PREFIX = "loretta_ds/survivor/"
 INTERVAL_S = 1.0
 # A rank counts as lost when its counter does not move for this long (several beats, so a
 # healthy rank starved of CPU for a moment is not taken for a lost one).
 SILENCE_S = 5.0
 # The store answers in milliseconds; one that has not answered after this long is not there.
 STORE_PATIENCE_S = 10.0
+
+
+def node_name() -> str:
+    """The name of this rank's node: SLURM's node name inside a SLURM step (what scontrol and
+    squeue call it), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+class LostRanks(list):
+    """The lost ranks (a list of rank numbers) and ``hosts``: the node of every rank known."""
+
+    def __init__(self, ranks=(), hosts: dict[int, str] | None = None):
+        super().__init__(ranks)
+        self.hosts = dict(hosts or {})
 
 
 class Heartbeat:
@@ -36,9 +64,18 @@ class Heartbeat:
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.interval_s = interval_s
         self._store = dist.distributed_c10d._get_default_store()  # the process group's own store
+        self._store.set(f"{HOST_PREFIX}{self.rank}", node_name())
+        self.hosts: dict[int, str] = {self.rank: node_name()}  # filled by the beating thread
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="loretta-heartbeat", daemon=True)
         self._thread.start()
+
+    def _collect_hosts(self) -> None:
+        # check() does not block: a rank that has not published yet is asked again next beat.
+        for rank in range(self.world_size):
+            key = f"{HOST_PREFIX}{rank}"
+            if rank not in self.hosts and self._store.check([key]):
+                self.hosts[rank] = self._store.get(key).decode(errors="replace")
 
     def _beat(self) -> None:
         key = f"{PREFIX}{self.rank}"
@@ -47,32 +84,42 @@ class Heartbeat:
                 self._store.add(key, 1)
             except Exception:  # noqa: BLE001 - the store is gone with rank 0; lost_ranks() reports it
                 return
+            if len(self.hosts) < self.world_size:
+                try:
+                    self._collect_hosts()
+                except Exception:  # noqa: BLE001 - only the message's node names; the beat goes on
+                    pass
             self._stopped.wait(self.interval_s)
 
     def _counters(self) -> list[int]:
         return [self._store.add(f"{PREFIX}{rank}", 0) for rank in range(self.world_size)]
 
-    def lost_ranks(self, silence_s: float = SILENCE_S) -> list[int]:
-        """Ranks other than this one whose heartbeat stood still for ``silence_s``; blocks about that
-        long. A store that does not answer within STORE_PATIENCE_S more (rank 0's process is dead or
-        frozen: a frozen store can hold a request forever) names rank 0."""
+    def lost_ranks(self, silence_s: float = SILENCE_S) -> LostRanks:
+        """Ranks other than this one whose heartbeat stood still for ``silence_s`` and that did not
+        check for lost ranks themselves (those saw the failure: they are survivors that ended), with
+        the nodes of the ranks (``.hosts``); blocks about that long. A store that does not answer within
+        STORE_PATIENCE_S more (rank 0's process is dead or frozen: a frozen store can hold a request
+        forever) names rank 0."""
         found: list[list[int]] = []
 
         def compare() -> None:
             try:
+                self._store.set(f"{SURVIVOR_PREFIX}{self.rank}", "1")
                 before = self._counters()
                 time.sleep(silence_s)
                 after = self._counters()
+                survivors = {r for r in range(self.world_size) if self._store.check([f"{SURVIVOR_PREFIX}{r}"])}
             except Exception:  # noqa: BLE001 - the store's host is gone: reported below
                 return
-            found.append([r for r in range(self.world_size) if r != self.rank and after[r] == before[r]])
+            found.append([r for r in range(self.world_size)
+                          if r != self.rank and after[r] == before[r] and r not in survivors])
 
         reader = threading.Thread(target=compare, name="loretta-heartbeat-check", daemon=True)
         reader.start()
         reader.join(silence_s + STORE_PATIENCE_S)
         if found:
-            return found[0]
-        return [0] if self.rank != 0 else []
+            return LostRanks(found[0], self.hosts)
+        return LostRanks([0] if self.rank != 0 else [], self.hosts)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -88,14 +135,47 @@ def start_heartbeat() -> Heartbeat | None:
         return None
 
 
+def _ranks(ranks: list[int]) -> str:
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+
+
+def _nodes_lost_whole(lost: list[int], hosts: dict[int, str], world_size: int) -> set[str]:
+    """Nodes all of whose ranks (two or more) are lost; only known when the table holds every rank."""
+    if len(hosts) != world_size:
+        return set()
+    return {host for host in {hosts[r] for r in lost if r in hosts}
+            if sum(name == host for name in hosts.values()) > 1
+            and all(r in lost for r, name in hosts.items() if name == host)}
+
+
+def _where(lost: list[int], hosts: dict[int, str], whole: set[str]) -> str:
+    """' on node2 (all of its ranks)', or per node when the lost ranks span several; '' when the
+    node of a lost rank is unknown."""
+    if any(rank not in hosts for rank in lost):
+        return ""
+    by_host: dict[str, list[int]] = {}
+    for rank in lost:
+        by_host.setdefault(hosts[rank], []).append(rank)
+    if len(by_host) == 1:
+        (host,) = by_host
+        return f" on {host}" + (" (all of its ranks)" if host in whole else "")
+    return " (" + "; ".join(f"{_ranks(ranks)} on {host}" + (", all of its ranks" if host in whole else "")
+                            for host, ranks in by_host.items()) + ")"
+
+
 def describe_lost_rank(err: BaseException, lost: list[int], world_size: int, step: int, dist_timeout: float,
-                       newest_checkpoint: Path | None) -> str:
+                       newest_checkpoint: Path | None, hosts: dict[int, str] | None = None) -> str:
     """The message for a failed collective: who is gone (the ranks whose heartbeat stopped,
-    ``lost``), what failed, and how to continue."""
+    ``lost``) and on which node (``hosts``: rank -> node; by default the table that came with
+    ``lost`` from Heartbeat.lost_ranks), what failed, and how to continue."""
+    if hosts is None:
+        hosts = getattr(lost, "hosts", {})
     if lost:
-        who = f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of {world_size}"
-        why = (f"{'they' if len(lost) > 1 else 'it'} stopped answering (no heartbeat for {SILENCE_S:.0f} s): "
-               "the process died or hangs, or its node is unreachable")
+        whole = _nodes_lost_whole(lost, hosts, world_size)
+        who = f"{_ranks(lost)} of {world_size}{_where(lost, hosts, whole)}"
+        cause = ("the node is down or unreachable, or every process on it died" if whole else
+                 "the process died or hangs, or its node is unreachable")
+        why = f"{'they' if len(lost) > 1 else 'it'} stopped answering (no heartbeat for {SILENCE_S:.0f} s): {cause}"
     else:
         who = "another rank"
         why = (f"every rank still answers, so one was slower than --dist_timeout {dist_timeout} s "
