@@ -4,6 +4,10 @@
 # a runtime dependency that only the test install pulls in fails here.
 #
 # Passes only if the command exits 0 and the run printed its final eval accuracy.
+#
+#   bash .ci/main_job.sh            a temporary venv, removed at the end
+#   bash .ci/main_job.sh VENV_DIR   the venv is created in VENV_DIR and kept (.ci/run then runs the
+#                                   test install in it: nothing of CI touches the machine's Python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,9 +18,14 @@ if [[ -z $command ]]; then
     exit 1
 fi
 
-venv=$(mktemp -d /tmp/loretta-runtime-venv.XXXXXX)
 log=$(mktemp /tmp/loretta-main-job.XXXXXX.log)
-trap 'rm -rf "$venv"' EXIT
+if [[ -n ${1:-} ]]; then
+    venv=$1
+    [[ ! -e $venv ]] || { echo "main job: $venv exists; give a new directory for the venv" >&2; exit 1; }
+else
+    venv=$(mktemp -d /tmp/loretta-runtime-venv.XXXXXX)
+    trap 'rm -rf "$venv"' EXIT
+fi
 python3 -m venv "$venv"
 # shellcheck disable=SC1091
 source "$venv/bin/activate"

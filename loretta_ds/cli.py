@@ -15,10 +15,11 @@ import sys
 # name -> (module under loretta_ds.commands, one-line help)
 COMMANDS = {
     "train": ("train", "fine-tune with LoRETTA (or a LoRA baseline) under DeepSpeed; the run behind launch/train.py"),
+    "plan": ("plan", "what a training run would do (batch split, steps, ds_config, targets, resume point), "
+                     "checked as train checks it, without loading weights"),
     "count": ("count", "trainable and total parameters of a LoRETTA model (meta device, no weights)"),
     "export": ("export", "merged HF checkpoint, PEFT LoRA or LoRETTA adapter from a run (streams, no GPU)"),
     "generate": ("generate", "text from a run (base + adapter) or a model directory: greedy or sampled, chat template"),
-    "bench": ("bench", "time / memory / size of LoRETTA vs LoRA, adapters, the reference and a frozen floor"),
     "estimate": ("estimate", "per-GPU and host memory plan of a LoRETTA run under ZeRO-3 (meta device)"),
 }
 

@@ -1,12 +1,12 @@
 """Model configs by name: LLaMA-2 presets with their real shapes, HF config files, meta-device models."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig
 
+from .file_io import read_json
 from .tiny_llama import TINY_LLAMA_NAME as BUILTIN_MODEL  # built on this machine on first use
 
 _LLAMA2_COMMON = dict(vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
@@ -70,10 +70,7 @@ def resolve_model(name: str, *, weights: bool) -> tuple[str | None, PretrainedCo
 
 
 def _config_from_file(path: Path) -> PretrainedConfig:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); pass a Hugging Face config.json") from None
+    data = read_json(path, "model config", "pass a Hugging Face config.json")
     if not isinstance(data, dict) or "model_type" not in data:
         raise ValueError(f"{path} has no 'model_type'; it is not a Hugging Face model config")
     return AutoConfig.for_model(**data)

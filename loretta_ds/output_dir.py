@@ -9,6 +9,7 @@ The base model's directory is never an output directory.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +18,11 @@ from typing import Callable
 from .distributed import checkpoint as ckpt
 from .export.provenance import foreign_files as export_foreign_files
 from .export.staging import MARKER_NAME as EXPORT_MARKER
-from .run_lock import LOCK_FILE
-from .train_metrics import METRICS_FILE, PLOT_FILE
+from .run_dir import ADAPTER, CHECKPOINTS, LOCK, MERGED, METRICS, PARAM_REPORT, PLOT, RUN_CONFIG, TENSORBOARD
 
-# The trainer's names (trainer.py, train_plan.py); written out here to keep imports one-way.
-RUN_CONFIG = "run_config.json"
-PARAM_REPORT = "param_report.json"
-ADAPTER = "adapter"
-MERGED = "merged"
-TENSORBOARD = "tensorboard"
-RUN_FILES = {RUN_CONFIG, PARAM_REPORT, METRICS_FILE, PLOT_FILE, LOCK_FILE,
-             f".{RUN_CONFIG}.tmp", f".{PARAM_REPORT}.tmp"}
+RUN_FILES = {RUN_CONFIG, PARAM_REPORT, METRICS, PLOT, LOCK}
+# What an interrupted atomic replacement of a run file leaves (file_io.replace_atomically).
+_RUN_FILE_TEMP = re.compile(r"^\.(%s)\.\d+\.tmp$" % "|".join(re.escape(name) for name in (RUN_CONFIG, PARAM_REPORT)))
 ADAPTER_FILES = {"adapter_config.json", "adapter.safetensors",  # LoRETTA (save_adapter)
                  "adapter_model.safetensors", "README.md"}  # the PEFT LoRA baseline
 STAGING = (f"{MERGED}.export-incomplete", f"{MERGED}.export-replaced")
@@ -65,7 +60,7 @@ def survey(output_dir: str | Path) -> Survey:
         return result
     for entry in sorted(root.iterdir()):
         name = entry.name
-        if name in RUN_FILES and entry.is_file() and not entry.is_symlink():
+        if (name in RUN_FILES or _RUN_FILE_TEMP.match(name)) and entry.is_file() and not entry.is_symlink():
             result.own.append(entry)
         elif name == ADAPTER and entry.is_dir() and not entry.is_symlink():
             _sort_files(entry, root, result, lambda p: p.name in ADAPTER_FILES or p.name.startswith(".adapter"))
@@ -87,7 +82,7 @@ def survey(output_dir: str | Path) -> Survey:
                 result.own.append(entry)
         elif name == TENSORBOARD and entry.is_dir() and not entry.is_symlink():
             _sort_files(entry, root, result, lambda p: p.name.startswith("events.out.tfevents."))
-        elif name == ckpt.CHECKPOINTS and entry.is_dir() and not entry.is_symlink():
+        elif name == CHECKPOINTS and entry.is_dir() and not entry.is_symlink():
             for sub in sorted(entry.iterdir()):
                 checkpoint_like = sub.name.startswith((ckpt.TMP_PREFIX, "step-"))
                 if checkpoint_like and sub.is_dir() and not sub.is_symlink():
@@ -100,7 +95,7 @@ def survey(output_dir: str | Path) -> Survey:
                     result.collisions.append(f"{name}/{sub.name}")
                 else:
                     result.foreign.append(f"{name}/{sub.name}" + ("/" if sub.is_dir() else ""))
-        elif name in RUN_FILES | {ADAPTER, MERGED, TENSORBOARD, ckpt.CHECKPOINTS}:
+        elif name in RUN_FILES | {ADAPTER, MERGED, TENSORBOARD, CHECKPOINTS}:
             result.collisions.append(name)  # one of the run's names, of the wrong kind (or a link)
         else:
             result.foreign.append(name + ("/" if entry.is_dir() else ""))
@@ -152,7 +147,7 @@ def clear_previous_run(output_dir: str | Path, found: Survey, log: Callable[[str
     """Start over: remove the project's own files of an earlier run (``found.own``), nothing else."""
     root, removed = Path(output_dir), []
     for path in found.own:
-        if path.name == LOCK_FILE or not path.exists():
+        if path.name == LOCK or not path.exists():
             continue  # the lock is this run's now
         if path.is_dir():
             shutil.rmtree(path)

@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-LOCK_FILE = ".loretta-run.lock"
+from .run_dir import LOCK as LOCK_FILE
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
 

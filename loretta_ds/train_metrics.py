@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
+from .run_dir import METRICS as METRICS_FILE
+from .run_dir import PLOT as PLOT_FILE
+from .run_dir import TENSORBOARD
 
 
 def memory_stats() -> dict:
@@ -52,7 +53,7 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=resume_step + 1)
+            self._tb = SummaryWriter(log_dir=str(Path(output_dir) / TENSORBOARD), purge_step=resume_step + 1)
         except ImportError:  # tensorboard is optional
             self._tb = None
 

@@ -5,13 +5,14 @@ any model weight loads and before anything is written.
 copy of the model with the adapter (for target names and tensor sizes), the tokenizer and the
 data; it fills the config's "auto" values and fixes the number of steps. ``choose_resume`` then
 checks the output directory against the run (loretta_ds.output_dir: whose files are there) and
-picks the checkpoint to continue from.
+picks the checkpoint to continue from. The run config is only read: what is resolved lives in the
+``Plan`` (and ``Plan.settings`` is what run_config.json records as "train").
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,49 +20,125 @@ from typing import Callable
 
 import torch
 
-from . import output_dir as run_dir
+from . import output_dir as guards
 from .adapters import inject, trainable_parameter_names
-from .adapters.config import LorettaConfig
+from .adapters.config import AdapterSettings, LorettaConfig
 from .distributed import checkpoint as ckpt
-from .distributed.ds_config import (RunFacts, is_zero3, load_ds_config, resolve_batch, resolve_ds_config,
-                                    scheduled_warmup, zero_stage)
-from .run_config import (DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_GRAD_CLIP, DEFAULT_LR,
-                         LENGTH_KEYS, TrainConfig, identity)
-
-RUN_CONFIG_FILE = "run_config.json"
-ADAPTER_DIR = "adapter"
+from .distributed.ds_config import (RunFacts, load_ds_config, resolve_ds_config, scheduled_warmup,
+                                    zero_stage)
+from .run_config import (DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_GRAD_CLIP, DEFAULT_LR, LENGTH_KEYS,
+                         TrainConfig, identity)
+from .run_dir import RunDir, RunRecord, read_run_record
 
 
-@dataclass
+@dataclass(frozen=True)
+class LoraBaseline:
+    """The LoRA baseline (--method lora): stock PEFT LoRA on the targets rep would adapt."""
+
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+
+    @classmethod
+    def from_settings(cls, settings: AdapterSettings) -> "LoraBaseline":
+        return cls(settings.r, settings.alpha, settings.dropout, settings.lora_targets())
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), task_type="CAUSAL_LM")
+
+
+def adapter_of(cfg: TrainConfig) -> LorettaConfig | LoraBaseline:
+    """What the run injects: a LorettaConfig (rep, adp) or the LoRA baseline."""
+    if cfg.method == "lora":
+        return LoraBaseline.from_settings(cfg.adapter)
+    return cfg.adapter.loretta(cfg.method)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where the run starts, decided by ``choose_resume`` from OUTPUT_DIR (read only)."""
+
+    checkpoint: ckpt.CheckpointInfo | None = None  # continue from it; None: from step 0
+    state: dict | None = None  # its trainer_state.json (step, data position, ...)
+    start_over: guards.Survey | None = None  # --overwrite_output_dir: the earlier run's files to remove
+    # run_config.json's "resumed_from" when this run started from a checkpoint of a run with other
+    # settings (--resume PATH --allow_config_change): the checkpoint, its step, {key: [there, now]}.
+    resumed_from: dict | None = None
+    finished: bool = False  # this exact run already finished there: nothing to do
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"]) if self.state is not None else 0
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything resolved before the model loads; the training stages only read it."""
 
+    cfg: TrainConfig  # what the user asked for (read only)
     model_path: str  # local directory or hub id, as loaded
     model_config: object
     tokenizer: object
     data: object  # loretta_ds.data.prepare.PreparedData
-    ds_config: dict  # every "auto" filled
-    zero3: bool
+    adapter: LorettaConfig | LoraBaseline
+    ds_config: dict  # every "auto" filled: the DeepSpeed config as it runs
+    zero_stage: int
     micro_batch_size: int
     grad_accum: int
     global_batch: int
     total_steps: int
     warmup_steps: int
     lr: float
+    grad_clip: float
+    bf16: bool
     attn: str
-    dtype: torch.dtype
-    targets: list[str]
     trainable_shapes: dict[str, tuple[int, ...]]
     world_size: int
-    resume_from: ckpt.CheckpointInfo | None = None
-    resume_state: dict | None = None
-    start_over: run_dir.Survey | None = None  # --overwrite_output_dir: the earlier run's files to remove
     notes: list[str] = field(default_factory=list)  # adjustments made to the ds_config
     warnings: list[str] = field(default_factory=list)  # settings that run but are probably not meant
-    packing: bool = False  # training micro batches are packed rows (data/packing.py)
-    # run_config.json's "resumed_from" when this run started from a checkpoint of a run with other
-    # settings (--resume PATH --allow_config_change): the checkpoint, its step, {key: [there, now]}.
-    resumed_from: dict | None = None
+    resume: ResumePoint = field(default_factory=ResumePoint)
+
+    @property
+    def zero3(self) -> bool:
+        return self.zero_stage == 3
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+    @property
+    def packing(self) -> bool:
+        return self.cfg.packing
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.adapter.target_modules)
+
+    @property
+    def settings(self) -> dict:
+        """run_config.json's "train": every setting as it runs (the flags, with the values the plan
+        resolved in place of their defaults), plus the global batch."""
+        return {**self.cfg.flat(), "lr": self.lr, "micro_batch_size": self.micro_batch_size,
+                "grad_accum": self.grad_accum, "bf16": self.bf16, "warmup_steps": self.warmup_steps,
+                "max_steps": self.total_steps, "grad_clip": self.grad_clip, "global_batch": self.global_batch}
+
+    def record(self, finished: bool = False, **final) -> RunRecord:
+        """run_config.json of this run (``final``: final_step, bad_steps, final_eval, wall_time_s)."""
+        adapter = self.adapter.to_dict()
+        return RunRecord(method=self.cfg.method, model=self.model_path, model_name=self.cfg.model,
+                         loretta=adapter if isinstance(self.adapter, LorettaConfig) else None,
+                         lora=adapter if isinstance(self.adapter, LoraBaseline) else None,
+                         dtype="bfloat16" if self.bf16 else "float32", train=self.settings,
+                         world_size=self.world_size, global_batch=self.global_batch, zero_stage=self.zero_stage,
+                         attn=self.attn, ds_config=self.ds_config, finished=finished,
+                         resumed_from=self.resume.resumed_from, **final)
 
 
 def resolve_attention(choice: str) -> str:
@@ -78,25 +155,18 @@ def resolve_attention(choice: str) -> str:
     return choice
 
 
-def lora_targets(cfg: TrainConfig) -> list[str]:
-    """The LoRA baseline adapts the modules LoRETTA_rep would (same presets, same default)."""
-    return LorettaConfig(method="rep", target_modules=cfg.target_modules).target_modules
-
-
-def attach_adapter(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.nn.Module, list[str]]:
+def attach_adapter(model: torch.nn.Module, adapter: LorettaConfig | LoraBaseline) -> tuple[torch.nn.Module, list[str]]:
     """(adapted model, its trainable parameter names): LoRETTA injected in place, or PEFT LoRA."""
-    if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
+    if isinstance(adapter, LoraBaseline):
+        from peft import get_peft_model
 
-        lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=lora_targets(cfg), task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, adapter.peft_config())
         return model, [n for n, p in model.named_parameters() if p.requires_grad]
-    inject(model, cfg.loretta_config())
+    inject(model, adapter)
     return model, trainable_parameter_names(model)
 
 
-def parameter_shapes(model_config, cfg: TrainConfig) -> tuple[dict[str, tuple[int, ...]], list[int]]:
+def parameter_shapes(model_config, adapter: LorettaConfig | LoraBaseline) -> tuple[dict[str, tuple[int, ...]], list[int]]:
     """Name -> shape of every trainable tensor, and the numel of every frozen one, from a
     meta-device model with the adapter.
 
@@ -105,7 +175,7 @@ def parameter_shapes(model_config, cfg: TrainConfig) -> tuple[dict[str, tuple[in
     """
     from .models import meta_model
 
-    model, names = attach_adapter(meta_model(model_config), cfg)
+    model, names = attach_adapter(meta_model(model_config), adapter)
     params = dict(model.named_parameters())
     trainable = set(names)
     frozen = [param.numel() for name, param in params.items() if name not in trainable]
@@ -126,8 +196,9 @@ def adapter_size_warnings(cfg: TrainConfig, hidden_size: int, trainable: int, fr
         knob = {"rep": "--tensor_rank or --r", "adp": "--tensor_rank or --bottleneck", "lora": "--r"}[cfg.method]
         found.append(f"{share:.0%} of the model's parameters are trainable ({trainable:,} of {trainable + frozen:,}); "
                      f"a parameter-efficient adapter trains a small fraction: lower {knob}")
-    if cfg.method in ("rep", "lora") and cfg.r > hidden_size:
-        found.append(f"--r {cfg.r} is above the model's hidden size {hidden_size}: a rank beyond the layer width "
+    r = cfg.adapter.r
+    if cfg.method in ("rep", "lora") and r > hidden_size:
+        found.append(f"--r {r} is above the model's hidden size {hidden_size}: a rank beyond the layer width "
                      f"adds parameters but no capacity; use --r {hidden_size} or less")
     return found
 
@@ -144,15 +215,14 @@ def load_tokenizer(model_path: str):
 
 
 def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
-    """Check and resolve everything about the run; updates ``cfg`` with the resolved values
-    (lr, batch split, bf16, warmup, steps), which is what run_config.json records."""
+    """Check and resolve everything about the run (``cfg`` is only read)."""
     raw_ds_config = load_ds_config(cfg.ds_config)
-    zero_stage(raw_ds_config)
+    stage = zero_stage(raw_ds_config)
     # A mistyped data path or name is the commonest error: reported in seconds, before the model's
-    # config and classes are read.
+    # config and classes are read. The parsed specs are what the data preparation reads.
     from .data.loading import parse_dataset_specs
 
-    parse_dataset_specs(cfg.dataset or None)
+    specs = parse_dataset_specs(list(cfg.dataset) or None)
     attn = resolve_attention(cfg.attn)
     from .models import check_model_type, resolve_model
 
@@ -163,18 +233,18 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     if max_positions is not None and cfg.seq_len > max_positions:
         raise ValueError(f"--seq_len {cfg.seq_len} is longer than the model's maximum of {max_positions} "
                          "positions (max_position_embeddings); lower --seq_len")
-    shapes, frozen_numels = parameter_shapes(model_config, cfg)
+    adapter = adapter_of(cfg)
+    shapes, frozen_numels = parameter_shapes(model_config, adapter)
     numels = [math.prod(shape) for shape in shapes.values()]
-    targets = lora_targets(cfg) if cfg.method == "lora" else cfg.loretta_config().target_modules
 
     from .data.prepare import prepare_data
 
     tokenizer = load_tokenizer(model_path)
-    data = prepare_data(tokenizer, cfg.dataset or None, cfg.format, cfg.seq_len, cfg.seed,
+    data = prepare_data(tokenizer, specs, cfg.format, cfg.seq_len, cfg.seed,
                         chat_template=cfg.chat_template, packing=cfg.packing)
 
-    # The batch split comes from the ds_config and the flags; the steps of --epochs from it and
-    # the data size; then the schedule's "auto" values can be filled.
+    # The ds_config's "auto" values come from the flags, the model and the data. The number of
+    # steps of --epochs depends on the batch split, which the config resolves first.
     facts = RunFacts(world_size=world_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=0,
                      grad_clip=cfg.grad_clip, bf16=cfg.bf16, hidden_size=model_config.hidden_size,
                      max_trainable_numel=max(numels), total_trainable_numel=sum(numels),
@@ -182,40 +252,38 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
                      grad_accum=cfg.grad_accum, cuda_available=torch.cuda.is_available(),
                      default_lr=DEFAULT_LR, default_global_batch=DEFAULT_GLOBAL_BATCH,
                      default_grad_clip=DEFAULT_GRAD_CLIP)
-    micro, accum, _ = resolve_batch(raw_ds_config, facts)
-    per_step = micro * world_size
-    if len(data.train) < per_step:
-        raise ValueError(f"the training set has {len(data.train)} examples, fewer than one micro batch on "
-                         f"every process needs ({micro} x {world_size}); add data or lower --micro_batch_size")
-    # Packed, a micro batch holds rows: an epoch is as many steps as epoch 0's rows fill.
-    units = packed_row_count(data, micro, world_size, cfg.seed) if cfg.packing else len(data.train)
-    steps_per_epoch = max(1, units // per_step // accum)
-    total_steps = cfg.max_steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
-    ds_config, notes = resolve_ds_config(raw_ds_config, dataclasses.replace(facts, total_steps=total_steps))
-    # What runs is the resolved config: run_config.json records its values, not the flags'.
-    lr = float(ds_config["optimizer"]["params"]["lr"])
-    bf16 = bool(ds_config["bf16"]["enabled"])
-    warmup = scheduled_warmup(ds_config)
-    cfg.lr, cfg.micro_batch_size, cfg.grad_accum, cfg.bf16 = lr, micro, accum, bf16
-    cfg.warmup_steps, cfg.max_steps, cfg.grad_clip = warmup, total_steps, float(ds_config["gradient_clipping"])
-    return Plan(model_path=model_path, model_config=model_config, tokenizer=tokenizer, data=data,
-                ds_config=ds_config, zero3=is_zero3(ds_config), micro_batch_size=micro, grad_accum=accum,
-                global_batch=ds_config["train_batch_size"], total_steps=total_steps, warmup_steps=warmup,
-                lr=lr, attn=attn, dtype=torch.bfloat16 if bf16 else torch.float32, targets=list(targets),
-                trainable_shapes=shapes, world_size=world_size, notes=notes, packing=cfg.packing,
+
+    @functools.cache
+    def steps_for_batch(micro: int, accum: int) -> int:
+        per_step = micro * world_size
+        if len(data.train) < per_step:
+            raise ValueError(f"the training set has {len(data.train)} examples, fewer than one micro batch on "
+                             f"every process needs ({micro} x {world_size}); add data or lower --micro_batch_size")
+        if cfg.max_steps:
+            return cfg.max_steps
+        # Packed, a micro batch holds rows: an epoch is as many steps as epoch 0's rows fill.
+        units = packed_row_count(data, micro, world_size, cfg.seed) if cfg.packing else len(data.train)
+        steps_per_epoch = max(1, units // per_step // accum)
+        return max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
+
+    ds_config, notes = resolve_ds_config(raw_ds_config, facts, steps_for_batch=steps_for_batch)
+    # What runs is the resolved config: the plan (and run_config.json) take its values, not the flags'.
+    micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    return Plan(cfg=cfg, model_path=model_path, model_config=model_config, tokenizer=tokenizer, data=data,
+                adapter=adapter, ds_config=ds_config, zero_stage=stage, micro_batch_size=micro, grad_accum=accum,
+                global_batch=ds_config["train_batch_size"], total_steps=steps_for_batch(micro, accum),
+                warmup_steps=scheduled_warmup(ds_config), lr=float(ds_config["optimizer"]["params"]["lr"]),
+                grad_clip=float(ds_config["gradient_clipping"]), bf16=bool(ds_config["bf16"]["enabled"]),
+                attn=attn, trainable_shapes=shapes, world_size=world_size, notes=notes,
                 warnings=adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels)))
 
 
-def train_settings(cfg: TrainConfig, plan: Plan) -> dict:
-    """run_config.json's "train": every resolved setting, plus the global batch."""
-    return {**cfg.to_dict(), "global_batch": plan.global_batch}
-
-
-def make_batches(plan: Plan, seed: int, rank: int):
+def make_batches(plan: Plan, rank: int):
     """This rank's training batches (loretta_ds.data's sharded, seeded, resumable order)."""
     from .data.loader import ShardedBatches
     from .data.packing import PackedBatches
 
+    seed = plan.cfg.seed
     if plan.packing:
         return PackedBatches(plan.data.train, plan.micro_batch_size, rank, plan.world_size, seed=seed,
                              pad_id=plan.data.pad_id, seq_len=plan.data.seq_len)
@@ -232,7 +300,7 @@ def packed_row_count(data, micro_batch_size: int, world_size: int, seed: int) ->
     return len(batches.epoch_rows(0))
 
 
-def compare_with_source_run(cfg: TrainConfig, plan: Plan, checkpoint: Path, log: Callable[[str], None]) -> dict:
+def compare_with_source_run(plan: Plan, checkpoint: ckpt.CheckpointInfo, log: Callable[[str], None]) -> dict:
     """--resume PATH to another run's checkpoint: the settings of that run that differ from this
     one's, {key: [there, now]} ({"unknown": its run_config.json} when that cannot be read), compared
     as --resume auto compares a run with its continuation.
@@ -242,71 +310,77 @@ def compare_with_source_run(cfg: TrainConfig, plan: Plan, checkpoint: Path, log:
     --allow_config_change, and then it is said and recorded. A checkpoint whose run config is not
     beside it (OTHER/run_config.json) cannot be compared: it needs the opt-in too.
     """
-    source_run = checkpoint.resolve().parent.parent
-    run_file = source_run / RUN_CONFIG_FILE
+    cfg = plan.cfg
+    source_run = checkpoint.path.resolve().parent.parent
+    run_file = RunDir(source_run).run_config
     try:
-        theirs = identity(json.loads(run_file.read_text()).get("train", {}))
-    except (OSError, ValueError, AttributeError):
+        record = read_run_record(source_run)
+        theirs = identity(record.train) if record is not None else None
+    except (OSError, ValueError):
         theirs = None
     if theirs is None:
         if not cfg.allow_config_change:
-            raise ValueError(f"--resume {checkpoint}: its run's settings ({run_file}) are missing or unreadable, so "
-                             "whether this run continues it unchanged cannot be checked; pass "
+            raise ValueError(f"--resume {checkpoint.path}: its run's settings ({run_file}) are missing or unreadable, "
+                             "so whether this run continues it unchanged cannot be checked; pass "
                              "--allow_config_change true to resume from it anyway")
-        log(f"resuming from {checkpoint}: its run's settings ({run_file}) are unknown (--allow_config_change)")
+        log(f"resuming from {checkpoint.path}: its run's settings ({run_file}) are unknown (--allow_config_change)")
         return {"unknown": str(run_file)}
-    mine = identity(train_settings(cfg, plan))
+    mine = identity(plan.settings)
     changes = {k: [theirs.get(k), mine[k]] for k in mine if mine[k] != theirs.get(k)}
     listed = "; ".join(f"{k}: {there!r} there, {now!r} now" for k, (there, now) in changes.items())
     beyond_length = set(changes) - set(LENGTH_KEYS)
     if beyond_length and not cfg.allow_config_change:
-        raise ValueError(f"--resume {checkpoint} is a checkpoint of {source_run}, a run with other settings "
+        raise ValueError(f"--resume {checkpoint.path} is a checkpoint of {source_run}, a run with other settings "
                          f"({listed}); continuing it would train partly under those and partly under these. "
                          "Pass the same settings to continue it, or --allow_config_change true to resume "
                          "under the new ones (the differences are then recorded in run_config.json)")
     if changes:
-        step = plan.resume_from.step if plan.resume_from else 0
-        log(f"resuming from {checkpoint} (step {step}) of {source_run}, whose settings differ ({listed}): steps "
-            f"1-{step} trained under that run's settings, steps {step + 1}-{plan.total_steps} train under this "
-            f"run's (the lr schedule is this run's: {plan.total_steps} steps, {plan.warmup_steps} of warmup)")
+        log(f"resuming from {checkpoint.path} (step {checkpoint.step}) of {source_run}, whose settings differ "
+            f"({listed}): steps 1-{checkpoint.step} trained under that run's settings, steps "
+            f"{checkpoint.step + 1}-{plan.total_steps} train under this run's (the lr schedule is this run's: "
+            f"{plan.total_steps} steps, {plan.warmup_steps} of warmup)")
     return changes
 
 
-def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> bool:
-    """Check OUTPUT_DIR against this run and set ``plan.resume_from`` / ``plan.resume_state``.
+def _previous_run(cfg: TrainConfig) -> RunRecord | None:
+    """The record of the run OUTPUT_DIR already holds, if any."""
+    try:
+        return read_run_record(cfg.output_dir)
+    except ValueError:
+        if cfg.overwrite_output_dir:
+            return None  # a damaged record of a run that is being started over
+        raise ValueError(f"{RunDir(cfg.output_dir).run_config} is not a valid run record (not JSON, or not "
+                         "written by this trainer); this directory holds a damaged run: choose another "
+                         "--output_dir, or pass --overwrite_output_dir to start over there") from None
+
+
+def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
+    """Check OUTPUT_DIR against this run and decide where it starts.
 
     Refuses the base model's directory; a directory with files of a user's where the run
     replaces files; a new run in a directory holding files that are not a run's; a directory
     holding a run with a different config; --resume none over an existing run; and every
     checkpoint damaged. --overwrite_output_dir starts over instead of the last three (what to
-    clear goes into ``plan.start_over``). Returns True when this exact run already finished
-    there (nothing to do). Reads only; nothing is written.
+    clear goes into ``start_over``). ``finished`` when this exact run already finished there
+    (nothing to do). Reads only; nothing is written.
     """
+    cfg = plan.cfg
     output_dir = Path(cfg.output_dir)
-    run_dir.check_not_model_dir(output_dir, plan.model_path)
-    found = run_dir.survey(output_dir)
-    run_dir.check_collisions(output_dir, found)
-    run_file = output_dir / RUN_CONFIG_FILE
-    previous = None
-    if run_file.is_file():
-        try:
-            previous = json.loads(run_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            if not cfg.overwrite_output_dir:
-                raise ValueError(f"{run_file} is not valid JSON; this directory holds a damaged run: choose "
-                                 "another --output_dir, or pass --overwrite_output_dir to start over there") from None
+    guards.check_not_model_dir(output_dir, plan.model_path)
+    found = guards.survey(output_dir)
+    guards.check_collisions(output_dir, found)
+    previous = _previous_run(cfg)
     complete, torn = ckpt.list_checkpoints(output_dir)
     if cfg.overwrite_output_dir:
         if cfg.resume not in ("auto", "none"):
             raise ValueError(f"--overwrite_output_dir starts the run over in {output_dir}, so it cannot also "
                              f"--resume {cfg.resume}; drop one of the two")
-        plan.start_over = found
-        return False
+        return ResumePoint(start_over=found)
     if previous is None and not complete and not torn:
-        run_dir.check_new_run_dir(output_dir, found, overwrite_output_dir=False)
+        guards.check_new_run_dir(output_dir, found, overwrite_output_dir=False)
     new_length = None  # (steps there, steps now) when this run continues that one to another length
     if previous is not None:
-        mine, theirs = identity(train_settings(cfg, plan)), identity(previous.get("train", {}))
+        mine, theirs = identity(plan.settings), identity(previous.train)
         changed = [k for k in mine if mine[k] != theirs.get(k)]
         if set(changed) - set(LENGTH_KEYS):
             diffs = [f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in changed]
@@ -322,13 +396,14 @@ def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> b
             raise ValueError(f"{output_dir} already holds a run and --resume none would overwrite it; "
                              "pass --resume auto to continue it, --overwrite_output_dir to start over, "
                              "or choose another --output_dir")
-        return False
+        return ResumePoint()
+    resumed_from = None
     if cfg.resume == "auto":
-        finished = previous is not None and previous.get("finished") and (output_dir / ADAPTER_DIR).is_dir()
+        finished = previous is not None and previous.finished and RunDir(output_dir).adapter.is_dir()
         if finished and new_length is None:
-            log(f"{output_dir} holds this run, finished at step {previous.get('final_step')}: nothing to do "
-                f"(the adapter is in {output_dir / ADAPTER_DIR})")
-            return True
+            log(f"{output_dir} holds this run, finished at step {previous.final_step}: nothing to do "
+                f"(the adapter is in {RunDir(output_dir).adapter})")
+            return ResumePoint(finished=True)
         if new_length is not None:
             log(f"continuing {output_dir}, a {new_length[0]}-step run, to {new_length[1]} steps: the lr schedule "
                 f"is recomputed for {new_length[1]} steps ({plan.warmup_steps} of warmup)")
@@ -343,8 +418,8 @@ def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> b
         for info in torn:
             log(f"ignoring torn checkpoint {info.path}: {info.problem}")
         if previous is not None:  # a continued run still started where it started
-            plan.resumed_from = previous.get("resumed_from")
-        plan.resume_from = complete[-1] if complete else None
+            resumed_from = previous.resumed_from
+        checkpoint = complete[-1] if complete else None
     else:
         path = Path(cfg.resume)
         if not path.is_dir():
@@ -354,26 +429,26 @@ def choose_resume(cfg: TrainConfig, plan: Plan, log: Callable[[str], None]) -> b
         if problem:
             raise ValueError(f"--resume {path} is not a complete checkpoint: {problem}")
         ckpt.refuse_pickles(path)
-        plan.resume_from = ckpt.CheckpointInfo(path, int(ckpt.load_trainer_state(path)["step"]))
-    if plan.resume_from is not None:
-        path = plan.resume_from.path
-        ckpt.refuse_pickles(path)  # first: nothing of a planted checkpoint is read beyond its names
-        ckpt.check_fits(path, plan.trainable_shapes)
-        ckpt.check_loadable(path)
-        if cfg.resume != "auto" and path.resolve().parent != ckpt.checkpoints_dir(output_dir).resolve():
-            # Another run's checkpoint: its tensors fit; do its settings match this run's?
-            changes = compare_with_source_run(cfg, plan, path, log)
-            if changes:
-                plan.resumed_from = {"checkpoint": str(path.resolve()), "step": plan.resume_from.step,
-                                     "changed": changes}
-        plan.resume_state = ckpt.load_trainer_state(path)
-        try:
-            step, position = int(plan.resume_state["step"]), plan.resume_state["data"]
-            # The data position must fit this world size and batch: checked now, not after loading.
-            make_batches(plan, cfg.seed, rank=0).load_state_dict(position)
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"checkpoint {path} has an incomplete trainer_state.json (no {err}); it was not "
-                             "written by this trainer: resume from another checkpoint or --resume none") from None
-        if step > plan.total_steps:
-            raise ValueError(f"checkpoint {path} is at step {step}, beyond this run's {plan.total_steps} steps")
-    return False
+        checkpoint = ckpt.CheckpointInfo(path, int(ckpt.load_trainer_state(path)["step"]))
+    if checkpoint is None:
+        return ResumePoint(resumed_from=resumed_from)
+    path = checkpoint.path
+    ckpt.refuse_pickles(path)  # first: nothing of a planted checkpoint is read beyond its names
+    ckpt.check_fits(path, plan.trainable_shapes)
+    ckpt.check_loadable(path)
+    if cfg.resume != "auto" and path.resolve().parent != ckpt.checkpoints_dir(output_dir).resolve():
+        # Another run's checkpoint: its tensors fit; do its settings match this run's?
+        changes = compare_with_source_run(plan, checkpoint, log)
+        if changes:
+            resumed_from = {"checkpoint": str(path.resolve()), "step": checkpoint.step, "changed": changes}
+    state = ckpt.load_trainer_state(path)
+    try:
+        step, position = int(state["step"]), state["data"]
+        # The data position must fit this world size and batch: checked now, not after loading.
+        make_batches(plan, rank=0).load_state_dict(position)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {path} has an incomplete trainer_state.json (no {err}); it was not "
+                         "written by this trainer: resume from another checkpoint or --resume none") from None
+    if step > plan.total_steps:
+        raise ValueError(f"checkpoint {path} is at step {step}, beyond this run's {plan.total_steps} steps")
+    return ResumePoint(checkpoint=checkpoint, state=state, resumed_from=resumed_from)

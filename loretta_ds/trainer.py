@@ -7,12 +7,15 @@ base (partitioned from the first byte under ZeRO-3) and injects the adapter; ``s
 hands only the trainable parameters to DeepSpeed and proves that they are whole on every rank;
 ``train`` runs the loop (progress, metrics, eval, checkpoints, preemption, non-finite steps);
 ``save`` writes the adapter, the plot, the finished run config and the merged export.
+
+What the run resolved (batch split, steps, lr, resume point) is in ``self.plan`` (train_plan.py);
+the config is only read. Code that observes a run (the benchmarks' probes) passes ``callbacks``:
+objects with any of ``on_engine_ready(trainer)`` and ``on_step_end(trainer, record)``.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import os
 import random
 import signal
 import sys
@@ -26,24 +29,23 @@ import torch.nn.functional as F
 
 from . import PREEMPTED_EXIT_CODE
 from .adapters import save_adapter
+from .adapters.config import MERGEABLE_METHODS
 from .distributed import checkpoint as ckpt
 from .distributed import engine as dist
-from .distributed.ds_config import batch_summary, zero_stage
+from .distributed.ds_config import batch_summary
 from .distributed.errors import LostRank, RunFailure
 from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat
 from .distributed.stop import StopRequest
 from .data.chat import CHAT_TEMPLATE_FILE
 from .data.loader import model_inputs, real_token_count, target_count
-from .export.provenance import foreign_files as export_foreign_files
+from .file_io import write_json_atomically
 from .output_dir import clear_previous_run
 from .run_config import TrainConfig
+from .run_dir import RunDir, write_run_record
 from .run_lock import OutputDirBusy, RunLock
-from .train_metrics import METRICS_FILE, MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
-from .train_plan import (ADAPTER_DIR, RUN_CONFIG_FILE, Plan, attach_adapter, build_plan, choose_resume,
-                         make_batches, train_settings)
+from .train_metrics import MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
+from .train_plan import Plan, attach_adapter, build_plan, choose_resume, make_batches
 
-PARAM_REPORT_FILE = "param_report.json"
-MERGED_DIR = "merged"
 IGNORE_INDEX = -100
 
 
@@ -77,12 +79,6 @@ class TrainingDiverged(RunFailure):
     many consecutive steps with a non-finite loss or gradients."""
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -108,10 +104,12 @@ def _quiet_libraries(debug: bool) -> None:
 class Trainer:
     """One training run of ``cfg``; ``run()`` returns the process exit status."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, callbacks: tuple = ()):
         self.cfg = cfg
+        self.callbacks = tuple(callbacks)
         self.rank, self.local_rank, self.world_size = dist.world_from_environment()
         self.output_dir = Path(cfg.output_dir)
+        self.run_dir = RunDir(self.output_dir)
         self.plan: Plan | None = None
         self.model = None
         self.engine = None
@@ -133,6 +131,12 @@ class Trainer:
     def log(self, message: str) -> None:
         if self.rank == 0:
             print(message, flush=True)
+
+    def _notify(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            handler = getattr(callback, event, None)
+            if handler is not None:
+                handler(self, *args)
 
     # --- orchestration ---------------------------------------------------------------------
 
@@ -191,13 +195,14 @@ class Trainer:
         nothing). The other ranks only read: they must not wait on their own rank 0's lock.
         """
         plan = build_plan(self.cfg, self.world_size)
-        self.plan = plan
         if self.rank == 0:
             self._lock = self._try_lock(create=False)
         if self._lock_refusal is not None and self.world_size == 1:
             raise self._lock_refusal  # (with more ranks, they are told after the rendezvous)
-        if choose_resume(self.cfg, plan, self.log):
+        resume = choose_resume(plan, self.log)
+        if resume.finished:
             return None
+        plan = dataclasses.replace(plan, resume=resume)
         if self.rank == 0 and self._lock is None and self._lock_refusal is None:
             self._lock = self._try_lock(create=True)
         if self._lock is not None:
@@ -218,37 +223,15 @@ class Trainer:
         with rank 0's message); then a start-over clears the earlier run's own files."""
         if self.world_size > 1 and dist.any_rank(self._lock_refusal is not None):
             raise self._lock_refusal or OutputDirBusy(f"{self.output_dir} is in use by another run (see rank 0)")
-        if self.rank == 0 and self.plan.start_over is not None:
-            clear_previous_run(self.output_dir, self.plan.start_over, self.log)
+        if self.rank == 0 and self.plan.resume.start_over is not None:
+            clear_previous_run(self.output_dir, self.plan.resume.start_over, self.log)
 
-    def write_run_config(self, finished: bool, **extra) -> None:
-        """OUTPUT_DIR/run_config.json: what was trained on what (the export reads model + loretta)."""
+    def write_run_config(self, finished: bool, **final) -> None:
+        """OUTPUT_DIR/run_config.json: what was trained on what (export and generate read it)."""
         if self.rank != 0:
             return
-        plan, cfg = self.plan, self.cfg
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        data = {
-            "model": plan.model_path,
-            "model_name": cfg.model,
-            "method": cfg.method,
-            "dtype": "bfloat16" if plan.dtype == torch.bfloat16 else "float32",
-            "train": train_settings(cfg, plan),
-            "world_size": self.world_size,
-            "global_batch": plan.global_batch,
-            "zero_stage": zero_stage(plan.ds_config),
-            "attn": plan.attn,
-            "ds_config": plan.ds_config,
-            "finished": finished,
-        }
-        loretta = cfg.loretta_config()
-        if loretta is not None:
-            data["loretta"] = loretta.to_dict()
-        else:
-            data["lora"] = {"r": cfg.r, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": plan.targets}
-        if plan.resumed_from:
-            data["resumed_from"] = plan.resumed_from
-        data.update(extra)
-        _write_json_atomically(self.output_dir / RUN_CONFIG_FILE, data)
+        write_run_record(self.output_dir, self.plan.record(finished, **final))
 
     # --- 2. model: partitioned as it loads, adapter injected into the partitioned model -----
 
@@ -262,20 +245,20 @@ class Trainer:
         for warning in plan.warnings:
             self.log(f"warning: {warning}")
         self.log(f"model {plan.model_path} ({plan.dtype}, attention {plan.attn}); ZeRO stage "
-                 f"{zero_stage(plan.ds_config)}, {self.world_size} process(es); {batch_summary(plan.ds_config)}")
+                 f"{plan.zero_stage}, {self.world_size} process(es); {batch_summary(plan.ds_config)}")
         # Must stay alive until the end: transformers checks it through a weak reference.
         self._load_context = dist.Zero3LoadContext(plan.ds_config, plan.zero3)
         model = AutoModelForCausalLM.from_pretrained(plan.model_path, dtype=plan.dtype,
                                                      attn_implementation=plan.attn)
         model.config.use_cache = False
-        model, self.trainable_names = attach_adapter(model, cfg)
+        model, self.trainable_names = attach_adapter(model, plan.adapter)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             # The frozen embedding output has no grad; checkpointed blocks still need one to
             # backpropagate into the adapters inside them.
             model.enable_input_require_grads()
-        if plan.resume_from is not None:
-            ckpt.load_trainable_into_model(plan.resume_from.path, model, self.trainable_names)
+        if plan.resume.checkpoint is not None:
+            ckpt.load_trainable_into_model(plan.resume.checkpoint.path, model, self.trainable_names)
         self.model = model
 
     # --- 3. engine: optimizer over trainable parameters only; prove they are whole ----------
@@ -292,7 +275,7 @@ class Trainer:
         if not whole_everywhere:
             raise RuntimeError("some trainable parameters are partitioned by ZeRO-3 on some rank "
                                f"({report['trainable_not_whole']}); raise stage3_param_persistence_threshold")
-        report.update(zero_stage=zero_stage(plan.ds_config), world_size=self.world_size,
+        report.update(zero_stage=plan.zero_stage, world_size=self.world_size,
                       trainable_whole_on_every_rank=whole_everywhere,
                       stage3_param_persistence_threshold=plan.ds_config["zero_optimization"].get(
                           "stage3_param_persistence_threshold"),
@@ -300,31 +283,33 @@ class Trainer:
         self.param_report = report
         self.log(dist.describe_report(report))
         if self.rank == 0:
-            _write_json_atomically(self.output_dir / PARAM_REPORT_FILE, report)
-        if plan.resume_from is None:
+            write_json_atomically(self.run_dir.param_report, report)
+        resume = plan.resume
+        if resume.checkpoint is None:
             dist.begin_lr_schedule(self.engine.lr_scheduler)
         else:
-            ckpt.restore_optimizer(plan.resume_from.path, self.engine, self.model)
-            if not ckpt.restore_rng(plan.resume_from.path, self.rank):
-                _seed_everything(self.cfg.seed + 1000 * plan.resume_state["step"] + self.rank)
-            self.step = int(plan.resume_state["step"])
-            self.bad_streak = int(plan.resume_state.get("bad_streak", 0))
-            self.bad_total = int(plan.resume_state.get("bad_total", 0))
-            self.log(f"resumed from {plan.resume_from.path} at step {self.step}")
+            ckpt.restore_optimizer(resume.checkpoint.path, self.engine, self.model)
+            if not ckpt.restore_rng(resume.checkpoint.path, self.rank):
+                _seed_everything(self.cfg.seed + 1000 * resume.step + self.rank)
+            self.step = resume.step
+            self.bad_streak = int(resume.state.get("bad_streak", 0))
+            self.bad_total = int(resume.state.get("bad_total", 0))
+            self.log(f"resumed from {resume.checkpoint.path} at step {self.step}")
+        self._notify("on_engine_ready")
 
     # --- 4. data: this rank's shard, at the resumed position --------------------------------
 
     def setup_data(self) -> None:
         plan = self.plan
         self.log(plan.data.summary())
-        self.batches = make_batches(plan, self.cfg.seed, self.rank)
+        self.batches = make_batches(plan, self.rank)
         if plan.packing:
             self.log(f"  packing: {len(plan.data.train)} examples into {len(self.batches.epoch_rows(0))} rows "
                      f"of {plan.data.seq_len} tokens, efficiency {self.batches.efficiency(0):.1%} "
                      f"(real tokens / slots, epoch 0)")
         self.classification_records = plan.data.classification_eval_records
-        if plan.resume_state is not None:
-            self.batches.load_state_dict(plan.resume_state["data"])
+        if plan.resume.state is not None:
+            self.batches.load_state_dict(plan.resume.state["data"])
 
     # --- 5. the loop ------------------------------------------------------------------------
 
@@ -334,7 +319,7 @@ class Trainer:
         if metrics.tensorboard:
             self.log(f"TensorBoard logs in {self.output_dir / 'tensorboard'}")
         if self.step == 0 and plan.data.eval is not None:
-            metrics.log(self.evaluate())
+            self.evaluate_and_log(metrics)
         progress = Progress(self.rank == 0, plan.total_steps, self.step)
         stream = self.batches.forever()
         device = dist.device()
@@ -381,6 +366,7 @@ class Trainer:
                           "tokens_per_s": total_tokens / step_time, "step_time_s": step_time,
                           "skipped": bad, **memory_stats()}
                 metrics.log(record)
+                self._notify("on_step_end", record)
                 progress.update(mean_loss, lr, total_tokens / step_time)
                 if bad:
                     progress.write(f"step {self.step}: non-finite loss or gradients, update skipped "
@@ -391,7 +377,7 @@ class Trainer:
                             f"step {self.step})"))
                 last = self.step == plan.total_steps
                 if plan.data.eval is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
-                    metrics.log(self.evaluate())
+                    self.evaluate_and_log(metrics)
                     progress.write(self.describe_eval(self.history[-1]))
                     if not math.isfinite(self.history[-1]["loss"]):
                         raise TrainingDiverged(self.divergence_message(
@@ -437,6 +423,37 @@ class Trainer:
                  "world_size": self.world_size, "global_batch": self.plan.global_batch}
         ckpt.save_checkpoint(self.output_dir, self.step, self.engine, self.model, self.trainable_names, state,
                              self.cfg.keep_last, self.rank, log=self.log)
+
+    def evaluate_and_log(self, metrics: MetricsLog) -> None:
+        metrics.log(self.evaluate())
+        if self.cfg.eval_generate:
+            metrics.log(self.sample_generations())
+
+    @torch.no_grad()
+    def sample_generations(self) -> dict:
+        """Greedy completions of the first --eval_generate eval prompts, beside their references (the
+        way a fine-tune is checked by eye). Every rank generates the same ones: under ZeRO-3 each
+        forward is a collective, so all ranks step together (synced_gpus)."""
+        from .data.evaluation import generation_prompts
+        from .generation import generation_config
+
+        plan, tokenizer = self.plan, self.plan.tokenizer
+        device = dist.device()
+        model = self.engine.module
+        model.eval()
+        samples = []
+        for prompt, reference in generation_prompts(plan.data.eval, self.cfg.eval_generate):
+            ids = torch.tensor([prompt], device=device)
+            config = generation_config(model, tokenizer, max_new_tokens=min(64, len(reference) + 16))
+            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                                    synced_gpus=plan.zero3 and self.world_size > 1,
+                                    use_cache=not self.cfg.gradient_checkpointing)
+            samples.append({"prompt": tokenizer.decode(prompt, skip_special_tokens=True),
+                            "prompt_ids": prompt, "max_new_tokens": config.max_new_tokens,
+                            "reference": tokenizer.decode(reference, skip_special_tokens=True),
+                            "output": tokenizer.decode(output[0, len(prompt):].tolist(), skip_special_tokens=True)})
+        self.engine.train()
+        return {"kind": "generation", "step": self.step, "samples": samples}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -499,7 +516,7 @@ class Trainer:
                      f"{'all identical' if ok else str(len(frozen['mismatched'])) + ' DIFFER'}")
             self.param_report["frozen_verify"] = frozen
         if self.rank == 0:
-            adapter_dir = self.output_dir / ADAPTER_DIR
+            adapter_dir = self.run_dir.adapter
             if cfg.method == "lora":
                 self.model.save_pretrained(adapter_dir)
             else:
@@ -509,7 +526,7 @@ class Trainer:
                 # the merged export), so generation uses the same turns as training.
                 (adapter_dir / CHAT_TEMPLATE_FILE).write_text(plan.data.chat_template, encoding="utf-8")
             if frozen is not None:
-                _write_json_atomically(self.output_dir / PARAM_REPORT_FILE, self.param_report)
+                write_json_atomically(self.run_dir.param_report, self.param_report)
             plot = plot_losses(self.output_dir)
             elapsed = time.perf_counter() - self.started
             summary = self.summary()
@@ -528,7 +545,7 @@ class Trainer:
 
     def summary(self) -> str:
         """First and last eval of the whole run (a resumed run reads its earlier evals back)."""
-        evals = [r for r in read_metrics(self.output_dir / METRICS_FILE) if r.get("kind") == "eval"]
+        evals = [r for r in read_metrics(self.run_dir.metrics) if r.get("kind") == "eval"]
         if not evals:
             return f"finished {self.step} steps"
         first, last = evals[0], evals[-1]
@@ -539,28 +556,15 @@ class Trainer:
         return text
 
     def export_merged(self) -> int:
-        if self.cfg.method != "rep":
+        if self.cfg.method not in MERGEABLE_METHODS:
             self.log(f"merged export skipped: only LoRETTA_rep updates can be merged (method {self.cfg.method})")
             return 0
+        from .export import export_run_merged
+
         try:
-            from .export import export_merged
-        except ImportError:
-            self.log("merged export skipped: loretta_ds.export is not available in this installation")
-            return 0
-        out = self.output_dir / MERGED_DIR
-        if out.is_dir() and any(out.iterdir()) and export_foreign_files(out) != []:
-            # Checked before the run too; a file put there since must not be deleted either.
-            print(f"error: the merged export was not written: {out} holds files that no export of this trainer "
-                  f"wrote, and replacing it would delete them; move them out, then run: loretta-ds export "
-                  f"{self.output_dir} {out} --overwrite", file=sys.stderr, flush=True)
-            return 1
-        try:
-            export_merged(self.output_dir, out, overwrite=True, log=lambda message: None)
-        except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
-            # Training is done and saved; only the export is missing, and it can be redone alone.
-            print(f"error: the merged export failed ({err}); the trained adapter is in "
-                  f"{self.output_dir / ADAPTER_DIR}. Retry with: loretta-ds export {self.output_dir} {out}",
-                  file=sys.stderr, flush=True)
+            out = export_run_merged(self.output_dir)
+        except (ValueError, FileNotFoundError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
             return 1
         self.log(f"merged model exported to {out}")
         return 0

@@ -203,74 +203,15 @@ quote_cmd() {  # quote_cmd WORD...: one line that a shell reads back as the same
     printf '%s' "${out% }"
 }
 
-# batch_check CONFIG WORLD NODES PER_NODE: train_batch_size vs. micro batch x accumulation x
-# world size, for the values that are numbers ("auto" is filled in by the trainer).
+# batch_check WORLD EXTRA_ARG...: the batch split of DS_CONFIG over WORLD processes, by the
+# trainer's own rule (`loretta-ds plan --check batch`: the config's numbers and the batch flags,
+# no model or data needed). Prints the split, or the trainer's message and fails.
 batch_check() {
-    "$PYTHON" - "$@" <<'PY'
-import json
-import sys
-
-path, world, nodes, per_node = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-try:
-    with open(path) as f:
-        cfg = json.load(f)
-except json.JSONDecodeError as e:
-    print(f"DS_CONFIG={path} is not valid JSON ({e}). Fix the file, or point DS_CONFIG at "
-          "one of ds_configs/*.json.")
-    sys.exit(1)
-if not isinstance(cfg, dict):
-    print(f"DS_CONFIG={path} is not a JSON object; it is not a DeepSpeed config.")
-    sys.exit(1)
-
-
-def number(key):
-    v = cfg.get(key)
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
-
-
-tbs = number("train_batch_size")
-mb = number("train_micro_batch_size_per_gpu")
-ga = number("gradient_accumulation_steps")
-procs = f"{world} processes ({nodes} nodes x GPUS_PER_NODE={per_node})"
-fix = ("Fix: submit with fewer nodes (sbatch --nodes=N) or set GPUS_PER_NODE so that "
-       "nodes x GPUS_PER_NODE = {need}; or set train_batch_size to {want} (or \"auto\") "
-       f"in {path}.")
-problem = None
-if tbs is not None and mb is not None and ga is not None:
-    per_step = mb * ga
-    if tbs != per_step * world:
-        if tbs % per_step == 0:
-            need = tbs // per_step
-            what = "more processes than" if world > need else "fewer processes than"
-            problem = (f"{what} the DeepSpeed batch allows: train_batch_size={tbs} / "
-                       f"(train_micro_batch_size_per_gpu={mb} x gradient_accumulation_steps={ga})"
-                       f" = {need} processes, but the job starts {procs}. "
-                       + fix.format(need=need, want=per_step * world))
-        else:
-            problem = (f"train_batch_size={tbs} is not a multiple of "
-                       f"train_micro_batch_size_per_gpu={mb} x gradient_accumulation_steps={ga}"
-                       f" = {per_step}; with {procs} it must be {per_step * world}. "
-                       f"Set train_batch_size to {per_step * world} (or \"auto\") in {path}.")
-elif tbs is not None and (mb is not None or ga is not None):
-    known, name = (mb, "train_micro_batch_size_per_gpu") if mb else (ga, "gradient_accumulation_steps")
-    if tbs % (known * world):
-        need = tbs // known
-        problem = (f"train_batch_size={tbs} cannot be split over {procs} with {name}={known}: "
-                   f"{tbs} / ({known} x {world}) is not a whole number"
-                   + (f"; at most {need} processes fit" if world > need else "") + ". "
-                   + fix.format(need=need, want=known * world))
-elif tbs is not None:
-    if tbs % world:
-        problem = (f"train_batch_size={tbs} is not divisible by the {procs}"
-                   + (f"; more processes than the batch allows" if world > tbs else "") + ". "
-                   + fix.format(need=tbs, want=world))
-if problem:
-    print(problem)
-    sys.exit(1)
-parts = [f"{k}={cfg.get(k, '-')}" for k in
-         ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")]
-print(" ".join(parts) + f" for world size {world}: ok")
-PY
+    local world=$1
+    shift
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m loretta_ds.cli plan --check batch \
+        --world_size "$world" --ds_config "$DS_CONFIG" "$@" 2>&1 | sed 's/^error: //'
+    return "${PIPESTATUS[0]}"
 }
 
 # --- run mode -------------------------------------------------------------------------------
@@ -380,12 +321,13 @@ run_main() {
         errors+=("GPUS_PER_NODE=$GPUS_PER_NODE but the job has only --ntasks-per-node=$SLURM_NTASKS_PER_NODE. Submit with --ntasks-per-node=$GPUS_PER_NODE (and --gpus-per-node) or lower GPUS_PER_NODE.")
     fi
 
-    local world=0 batch_msg=""
+    local world=0 batch_msg="" extra=()
+    read -r -a extra <<<"$EXTRA_ARGS"
     if ((nodes > 0)) && [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]]; then
         world=$((nodes * GPUS_PER_NODE))
         if [[ -n ${DS_CONFIG:-} ]]; then
-            if ! batch_msg="$(batch_check "$DS_CONFIG" "$world" "$nodes" "$GPUS_PER_NODE")"; then
-                errors+=("$batch_msg")
+            if ! batch_msg="$(batch_check "$world" "${extra[@]}")"; then
+                errors+=("$batch_msg. This job starts $world processes ($nodes nodes x GPUS_PER_NODE=$GPUS_PER_NODE): submit with another --nodes or GPUS_PER_NODE, or change the batch in $DS_CONFIG.")
                 batch_msg=""
             fi
         fi
@@ -417,8 +359,6 @@ run_main() {
         fi
     fi
 
-    local extra=()
-    read -r -a extra <<<"$EXTRA_ARGS"
     local cmd=("$PYTHON" "$trainer" --ds_config "$DS_CONFIG" --model "$MODEL" --dataset "${DATA_SPECS[@]}"
         --method "$METHOD" --output_dir "$OUTPUT_DIR" --resume auto "${extra[@]}")
     local srun_cmd=(srun --nodes="$nodes" --ntasks="$world" --ntasks-per-node="$GPUS_PER_NODE"

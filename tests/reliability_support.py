@@ -6,7 +6,6 @@ real output directory.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -145,20 +144,16 @@ def run_to_end(command: list[str], log: Path, timeout: float = 300, **env: str) 
         run.close()
 
 
+def metric_records(output_dir: Path, kind: str = "train") -> list[dict]:
+    """OUTPUT_DIR/metrics.jsonl records of one kind (train, eval, generation), read as the trainer
+    reads them back (a line being written is ignored): every test reads metrics through here."""
+    from loretta_ds.train_metrics import read_metrics
+
+    return [r for r in read_metrics(Path(output_dir) / "metrics.jsonl") if r.get("kind") == kind]
+
+
 def train_records(output_dir: Path) -> list[dict]:
-    """metrics.jsonl train records (a line being written is ignored)."""
-    path = Path(output_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("kind") == "train":
-            records.append(record)
-    return records
+    return metric_records(output_dir, "train")
 
 
 def wait_until(condition, run: Run, timeout: float = 240, what: str = "the condition") -> None:

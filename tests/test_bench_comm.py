@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loretta_ds.bench.comm import _difference, comm_table, with_comms_logger
+from benchmarks.harness.comm import _difference, comm_table, with_comms_logger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_two_process_zero3_run_reports_gradient_bytes_in_proportion(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, WORK=str(tmp_path), HIDDEN="64", LAYERS="2",
                INTERMEDIATE="172", HEADS="4", MICRO_BATCH="2", SEQ_LEN="32", WARMUP="1", MEASURE="2",
                METHODS="rep lora", OUT=str(tmp_path / "comm.md"))
-    done = subprocess.run(["bash", str(REPO / "bench" / "comm.sh")], env=env, cwd=REPO, capture_output=True,
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "comm.sh")], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     results = {m: json.loads((tmp_path / f"{m}-1" / "comm_rank0.json").read_text()) for m in ("rep", "lora")}

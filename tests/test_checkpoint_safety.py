@@ -73,6 +73,7 @@ def test_the_planted_payload_runs_code_when_unpickled(tmp_path):
     assert proof.exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_files_are_safetensors_and_json_only(trained):
     step = trained / "checkpoints" / "step-4"
     names = {str(p.relative_to(step)) for p in step.rglob("*") if p.is_file()}
@@ -128,6 +129,7 @@ def plant(source: Path, target: Path, sentinel: Path, names: str) -> Path:
     return target
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("names", ["format 1", "format 2"])
 def test_a_planted_checkpoint_runs_no_code_with_resume_path_or_auto(trained, tmp_path, names):
     sentinel = tmp_path / "SENTINEL"
@@ -158,6 +160,7 @@ def flip_last_byte(path: Path) -> None:
         handle.write(bytes([last[0] ^ 0xFF]))
 
 
+@pytest.mark.slow
 def test_all_damaged_checkpoints_are_refused_then_overwrite_output_dir_starts_over(trained, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(trained, out)
@@ -207,6 +210,7 @@ def test_rotation_and_cleanup_never_delete_a_directory_with_a_users_files(tmp_pa
     assert (users / "mine.txt").read_text() == "keep me too"
 
 
+@pytest.mark.slow
 def test_overwrite_output_dir_trains_beside_a_users_files_and_leaves_them(tmp_path):
     out = tmp_path / "mine"
     (out / "data").mkdir(parents=True)
@@ -226,6 +230,7 @@ def test_overwrite_output_dir_trains_beside_a_users_files_and_leaves_them(tmp_pa
 # --- --resume PATH to another run's checkpoint: its settings are compared, not only its shapes ------
 
 
+@pytest.mark.slow
 def test_another_runs_checkpoint_with_other_settings_needs_the_opt_in(trained, tmp_path):
     step_2 = trained / "checkpoints" / "step-2"
     out = tmp_path / "new"
@@ -248,6 +253,7 @@ def test_another_runs_checkpoint_with_other_settings_needs_the_opt_in(trained, t
     assert [r["step"] for r in train_records(out)] == [3, 4]
 
 
+@pytest.mark.slow
 def test_another_runs_checkpoint_continues_to_another_length_without_the_opt_in(trained, tmp_path):
     out = tmp_path / "longer"
     status, output = run_to_end(single_command(out, **{**RUN, "max_steps": 6},
@@ -257,6 +263,7 @@ def test_another_runs_checkpoint_continues_to_another_length_without_the_opt_in(
     assert [r["step"] for r in train_records(out)] == [5, 6]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_its_runs_settings_needs_the_opt_in(trained, tmp_path):
     loose = tmp_path / "copied" / "step-4"
     shutil.copytree(trained / "checkpoints" / "step-4", loose)

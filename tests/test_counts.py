@@ -65,13 +65,14 @@ def test_count_and_train_describe_the_loretta_flags_alike():
         add(parser)
         helps.append({a.dest: a.help for a in parser._actions})
     count_help, train_help = helps
-    for flag in ("r", "tensor_rank", "alpha", "dropout", "bottleneck", "target_modules", "init", "train_norms"):
+    for flag in ("r", "tensor_rank", "alpha", "dropout", "bottleneck", "activation", "adapter_scaling",
+                 "target_modules", "init", "train_norms", "tt_shapes"):
         assert count_help[flag] == train_help[flag]
         assert not train_help[flag].startswith("LoRETTA "), train_help[flag]
     assert "attn (q_proj,k_proj,v_proj,o_proj)" in train_help["target_modules"]
     assert "mlp (gate_proj,up_proj,down_proj)" in train_help["target_modules"]
     assert "all (attn + mlp)" in train_help["target_modules"]
-    assert "rep q_proj,v_proj" in train_help["target_modules"]
+    assert "rep and lora q_proj,v_proj" in train_help["target_modules"]
     assert "base model exactly" in train_help["init"] and "Gaussian" in train_help["init"]
 
 

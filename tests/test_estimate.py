@@ -130,7 +130,7 @@ def test_activation_formula_matches_saved_tensors(method, dtype):
 def test_model_states_match_a_real_training_run(method):
     """Train a small LLaMA on CPU (plain torch, AdamW, fp32) and compare the model states with the
     plan for one device without offload: summed tensors, and the process's resident-memory growth."""
-    from loretta_ds.bench.memory import ProcPeakMeter, _status_kib
+    from benchmarks.harness.memory import ProcPeakMeter, _status_kib
 
     config = tiny_llama_config(hidden=512, layers=4, intermediate=1376, heads=8, vocab=4096)
     plan = estimate_memory(config, LorettaConfig(method=method), Setup(bf16=False, micro_batch_size=2, seq_len=32))

@@ -13,6 +13,8 @@ import pytest
 
 from reliability_support import clean_env, single_command
 
+pytestmark = pytest.mark.slow  # a real training run and its exports
+
 
 def run_under_umask(command: list[str], umask: int, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600,

@@ -14,6 +14,8 @@ from loretta_ds.export import export
 
 from tiny_models import save_family_checkpoint
 
+pytestmark = pytest.mark.slow  # a model export and generation in fresh processes
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["the film was", "a story about the sea"]
 
@@ -71,3 +73,42 @@ def test_generate_user_errors_exit_2_with_the_fix(run_and_merged, tmp_path):
     assert result.returncode == 2 and "OUTPUT_DIR or a model directory" in result.stderr
     result = cli(str(run_and_merged / "merged"), "--prompt", "hi", "--max_new_tokens", "0")
     assert result.returncode == 2 and "--max_new_tokens must be at least 1" in result.stderr
+
+
+def test_eval_generate_logs_the_trained_models_greedy_completions(tmp_path):
+    """--eval_generate N: at each evaluation the first N eval prompts are completed greedily by the
+    model being trained, beside their references, into metrics.jsonl; the completions are what
+    `generate` gives on the same model (the base at step 0, base + the saved adapter at the end)."""
+    from loretta_ds import load_adapter
+    from loretta_ds.generation import generation_config
+    from loretta_ds.tiny_llama import ensure_tiny_llama
+    from reliability_support import clean_env, metric_records
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), "--dataset", "bundled:instruct",
+                           "--seq_len", "64", "--max_steps", "2", "--eval_every", "2", "--eval_batches", "1",
+                           "--eval_generate", "2", "--save_every", "0", "--export", "false", "--lr", "0.05",
+                           "--output_dir", str(out)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = metric_records(out, "generation")
+    assert [r["step"] for r in records] == [0, 2]
+    assert all(len(r["samples"]) == 2 and all(s["prompt"] and s["reference"] for s in r["samples"])
+               for r in records)
+
+    base_dir = ensure_tiny_llama()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+
+    def greedy(model, sample) -> str:
+        ids = torch.tensor([sample["prompt_ids"]])
+        config = generation_config(model, tokenizer, sample["max_new_tokens"])
+        with torch.no_grad():
+            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        return tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
+
+    # Two steps at this lr change what the model says: the second check is not the first one again.
+    assert [s["output"] for s in records[0]["samples"]] != [s["output"] for s in records[1]["samples"]]
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    assert [s["output"] for s in records[0]["samples"]] == [greedy(model, s) for s in records[0]["samples"]]
+    load_adapter(model, out / "adapter")
+    assert [s["output"] for s in records[1]["samples"]] == [greedy(model, s) for s in records[1]["samples"]]

@@ -68,6 +68,7 @@ def test_every_family_is_supported_and_others_are_refused():
         check_model_type(GPT2Config())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["rep", "adp"])
 def test_family_trains_exports_and_reloads(family_dir, method, tmp_path):
     family, base_dir, base = family_dir
@@ -213,6 +214,7 @@ def test_a_tied_lm_head_cannot_be_a_target(tmp_path):
     inject(untied, LorettaConfig(target_modules="q_proj,lm_head"))  # an untied lm_head is an ordinary target
 
 
+@pytest.mark.slow
 def test_an_unsupported_model_type_is_a_user_error_before_anything_loads(tmp_path):
     from transformers import GPT2Config
 

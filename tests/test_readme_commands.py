@@ -13,6 +13,7 @@ README stays true.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -42,6 +43,7 @@ EXPORTS = ["loretta-ds export runs/7b runs/7b-merged",
            "loretta-ds export runs/7b runs/7b-adapter --format adapter"]
 GENERATES = ['loretta-ds generate runs/7b --prompt "Summarize: ..."',
              'loretta-ds generate runs/7b-merged --prompt "..." --sample --seed 1']
+PLAN = "loretta-ds plan --world_size 16 --config run.yaml"
 
 # Commands a test below runs as written: command -> the test that runs it.
 RUNS_HERE = {
@@ -51,6 +53,7 @@ RUNS_HERE = {
     HELP: "test_quick_commands_run_as_written",
     SLURM_DRY_RUN: "test_quick_commands_run_as_written",
     **{command: "test_export_and_generate_on_a_trained_run" for command in EXPORTS + GENERATES},
+    PLAN: "test_plan_of_the_readme_run_yaml",
 }
 
 # Commands this machine (2 CPU cores, no GPU, no model hub, shared) cannot run, and why.
@@ -74,26 +77,26 @@ CANNOT_RUN_HERE = {
                                   "test_export_and_generate_on_a_trained_run runs launch/train.py",
     "MODEL=/models/Llama-2-70b-hf DATA=data.jsonl sbatch slurm/llama2_70b.sh":
         "needs a SLURM cluster with 4 x 8 GPUs and the 70B checkpoint; tests/test_slurm_cluster.py "
-        "submits the same launcher (slurm/tiny_cpu.sh) to a real one-node cluster (-m slurm)",
+        "submits the same launcher (slurm/tiny_cpu.sh, slurm/tiny_cpu_2node.sh) to a real two-node cluster (-m slurm)",
     "bash .ci/slurm_tests.sh": "starts SLURM daemons as root (and installs them): CI's job, not a test's",
     ".ci/run": "CI itself (the main job, the SLURM cluster, the whole test suite)",
     ".ci/main_job.sh": "CI stage 1: the main job in a fresh venv (minutes of both cores)",
-    "python -m loretta_ds.bench --clock cpu --steps 20 --warmup 2 --train_norms false "
-    "--contenders floor,rep,adp,lora,adapter,ref_rep,ref_adp --out_dir bench/results/cpu_like_for_like":
+    "python -m benchmarks.bench --clock cpu --steps 20 --warmup 2 --train_norms false "
+    "--contenders floor,rep,adp,lora,adapter,ref_rep,ref_adp --out_dir benchmarks/results/cpu_like_for_like":
         "a benchmark: minutes of both cores, and its figures mean something only on an idle machine; "
         "tests/test_bench.py runs the same entry point at tiny sizes",
-    "python -m loretta_ds.bench --layer --steps 300 --out_dir bench/results/cpu_layer --stem bench":
+    "python -m benchmarks.bench --layer --steps 300 --out_dir benchmarks/results/cpu_layer --stem bench":
         "a benchmark (as above); tests/test_bench.py runs --layer at tiny sizes",
-    "TRAIN_NORMS=false OUT=docs/gpu_bench_h200_no_norms.md bash bench/gpu.sh": "needs a CUDA GPU",
-    "OUT=docs/gpu_bench_h200.md bash bench/gpu.sh": "needs a CUDA GPU",
+    "TRAIN_NORMS=false OUT=docs/gpu_bench_h200_no_norms.md bash benchmarks/gpu.sh": "needs a CUDA GPU",
+    "OUT=docs/gpu_bench_h200.md bash benchmarks/gpu.sh": "needs a CUDA GPU",
     "python launch/train.py": "named as the one-process form (it picks a free rendezvous port itself); "
                               "test_export_and_generate_on_a_trained_run runs launch/train.py",
-    "REPEATS=2 WARMUP=2 MEASURE=6 MICRO_BATCH=4 bash bench/packing.sh":
+    "REPEATS=2 WARMUP=2 MEASURE=6 MICRO_BATCH=4 bash benchmarks/packing.sh":
         "a benchmark: alternating two-process ZeRO-3 runs, tens of minutes; tests/test_packing.py "
         "trains packed and padded runs through the same trainer",
-    'TRAIN_NORMS=false METHODS="rep lora" MEASURE=10 REPEATS=6 bash bench/comm.sh':
+    'TRAIN_NORMS=false METHODS="rep lora" MEASURE=10 REPEATS=6 bash benchmarks/comm.sh':
         "a benchmark: 12 two-process ZeRO-3 runs, tens of minutes; tests/test_bench_comm.py runs "
-        "bench/comm.sh small (-m multiprocess)",
+        "benchmarks/comm.sh small (-m multiprocess)",
 }
 
 
@@ -257,6 +260,7 @@ QUICK = {COUNT: check_count, ESTIMATE: check_estimate, TRAIN_HELP: check_train_h
          SLURM_DRY_RUN: check_slurm_dry_run}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(QUICK))
 def test_quick_commands_run_as_written(command, tmp_path):
     # The SLURM line names a script of the checkout: it runs from the checkout's root, as the
@@ -276,6 +280,7 @@ def tree_listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
+@pytest.mark.slow
 def test_dry_run_checks_paths_unless_asked_for_the_plan_only(tmp_path):
     """DRY_RUN=1 (the check before sbatch) refuses the README's missing MODEL and names DRY_RUN=plan;
     DRY_RUN=plan still refuses what is wrong anywhere, such as a DeepSpeed config that is not there."""
@@ -317,3 +322,52 @@ def test_export_and_generate_on_a_trained_run(tmp_path):
         prompt = shlex.split(command)[shlex.split(command).index("--prompt") + 1]
         assert f">>> {prompt}\n" in res.stdout, res.stdout
         assert res.stdout.split(f">>> {prompt}\n", 1)[1].strip(), f"{command}: no completion"
+
+
+def readme_yaml_block() -> str:
+    blocks = re.findall(r"^```yaml\n(.*?)^```", README.read_text(), re.S | re.M)
+    assert len(blocks) == 1, "README.md should show one run.yaml"
+    return blocks[0]
+
+
+def stand_in_hub_cache(root: Path, repo_id: str) -> Path:
+    """A Hugging Face cache holding ``repo_id`` as LLaMA-2-7B's config.json (its real shapes) with the
+    built-in tokenizer: all `plan` reads of a model (it never loads weights)."""
+    from loretta_ds.models import load_model_config
+    from loretta_ds.tiny_llama import ensure_tiny_llama
+
+    snapshot = root / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (root / "hub" / f"models--{repo_id.replace('/', '--')}" / "refs").mkdir()
+    (root / "hub" / f"models--{repo_id.replace('/', '--')}" / "refs" / "main").write_text("0" * 40)
+    load_model_config("llama2-7b").save_pretrained(snapshot)
+    tiny = ensure_tiny_llama()
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
+        (snapshot / name).write_bytes((tiny / name).read_bytes())
+    return root
+
+
+@pytest.mark.slow  # a 7B model on the meta device and the data's tokenization: seconds, in a subprocess
+def test_plan_of_the_readme_run_yaml(tmp_path):
+    """The README's run.yaml (adapter: block, tt_shapes for LLaMA-2-7B's shapes) and its plan line, as
+    written: the model id resolves to a stand-in with LLaMA-2-7B's config, data.jsonl is written here."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    (cwd / "run.yaml").write_text(readme_yaml_block())
+    (cwd / "data.jsonl").write_text("".join(
+        json.dumps({"prompt": f"Question {i}: what is {i} plus {i}?", "completion": f" {2 * i}"}) + "\n"
+        for i in range(40)))
+    env = shell_env(tmp_path)
+    env.update(HF_HOME=str(stand_in_hub_cache(tmp_path / "hf", "meta-llama/Llama-2-7b-hf")), HF_HUB_OFFLINE="1")
+    res = run_as_written(PLAN, cwd, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "adp on gate_proj,up_proj,down_proj" in res.stdout, res.stdout
+    assert "world size 16: global batch 16 = micro batch 1 x grad accum 1 x 16 process(es)" in res.stdout
+    assert "lr 0.001" in res.stdout  # YAML's 1e-3, which PyYAML reads as text, is the number meant
+    # The adapter block's tt_shapes took effect: the plan counts what count counts with the same flags.
+    counted = run_as_written("loretta-ds count --model llama2-7b --method adp --bottleneck 32 --activation gelu "
+                             "--adapter_scaling 0.5 --target_modules mlp --tt_shapes gate_proj.down=8x8x8x8x8x4",
+                             cwd, env)
+    trainable = re.search(r"^  trainable\s+([\d,]+)", counted.stdout, re.M).group(1)
+    assert f", {trainable} trainable parameters" in res.stdout, (trainable, res.stdout)
+    assert not (cwd / "runs").exists(), "plan wrote an output directory"

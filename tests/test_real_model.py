@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from reliability_support import metric_records
 from test_multiprocess_training import ROOT, TRAIN, ZERO3_OFFLOAD, check, env, free_port, run
 
 pytestmark = pytest.mark.multiprocess
@@ -61,7 +62,7 @@ def test_real_model_trains_and_reloads_without_loretta_ds(smollm2_dir, trained, 
 
     from loretta_ds.adapters import load_adapter
 
-    train = [r for r in map(json.loads, (trained / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    train = metric_records(trained)
     # DeepSpeed's warmup schedules take at least 2 steps (ds_config.py), so the first updates are small.
     assert len(train) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in train)
     assert train[-1]["lr"] > 0

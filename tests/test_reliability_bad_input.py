@@ -33,6 +33,8 @@ from safetensors.torch import save_file
 from reliability_support import REPO, TRAIN, ZERO3_OFFLOAD, clean_env, free_port
 from tiny_models import randomize_adapter, tiny_llama
 
+pytestmark = pytest.mark.slow  # about 60 command lines, each a fresh Python process
+
 # A case may take this long on a loaded machine; alone on two idle cores each takes a few seconds.
 CASE_TIME_LIMIT_S = 60
 
@@ -340,7 +342,7 @@ def build_cases(ws: Workspace) -> dict[str, Case]:
                            launcher_error=True)
 
     add_slurm("slurm-model-missing", ("MODEL=", "does not exist", "Set MODEL"), MODEL=str(ws.root / "nowhere"))
-    add_slurm("slurm-ds-config-malformed", ("not valid JSON", "Fix the file"), DS_CONFIG=str(ws.bad_ds_config))
+    add_slurm("slurm-ds-config-malformed", ("not valid JSON", "fix the file"), DS_CONFIG=str(ws.bad_ds_config))
     add_slurm("slurm-zero-gpus-per-node", ("GPUS_PER_NODE='0'", "positive whole number"), GPUS_PER_NODE="0")
     return cases
 

@@ -32,6 +32,8 @@ from reliability_support import (FAST, SAVE_DELAY_ENV, Run, adapter, checkpoint_
                                  error_lines, max_difference, run_to_end, single_command, train_records,
                                  wait_for_step, wait_until)
 
+pytestmark = pytest.mark.slow  # each test trains (or kills) a real trainer process
+
 STEPS = FAST["max_steps"]
 SAVE_EVERY = FAST["save_every"]
 

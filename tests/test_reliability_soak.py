@@ -7,14 +7,13 @@ show); about a minute on two cores.
 """
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from reliability_support import (ZERO3_OFFLOAD, adapter, checkpoint_steps, run_to_end, single_command,
+from reliability_support import (ZERO3_OFFLOAD, metric_records, adapter, checkpoint_steps, run_to_end, single_command,
                                  train_records)
 
-pytestmark = pytest.mark.soak
+pytestmark = pytest.mark.slow  # 500 training steps: about 1.5 minutes on 2 cores
 
 STEPS, EVERY, KEEP = 500, 50, 3
 WARMUP_STEPS = 100  # two evals and two checkpoints: every kind of work has run, caches are filled
@@ -37,8 +36,7 @@ def test_soak_memory_is_flat_and_checkpoints_rotate(tmp_path):
           f"({100 * (peak / settled - 1):+.1f}%), at the end {rss[STEPS]:.0f} MiB")
     assert peak <= 1.10 * settled
 
-    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in evals if r["kind"] == "eval"] == list(range(0, STEPS + 1, EVERY))
+    assert [r["step"] for r in metric_records(out, "eval")] == list(range(0, STEPS + 1, EVERY))
     # Rotation: only the newest KEEP checkpoints are left, complete, and nothing else.
     newest = list(range(STEPS - (KEEP - 1) * EVERY, STEPS + 1, EVERY))
     assert checkpoint_steps(out) == newest

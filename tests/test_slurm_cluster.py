@@ -6,7 +6,6 @@ same slurm/_launch.sh as the LLaMA-2 scripts.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -15,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from reliability_support import metric_records
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SLURM_CONF = "/tmp/loretta_slurm/etc/slurm.conf"
@@ -97,18 +98,7 @@ def sbatch(script: str, log: Path, **env: str) -> str:
 
 def trained_steps(out_dir: Path) -> int:
     """Optimizer steps done so far, from the trainer's per-step log OUTPUT_DIR/metrics.jsonl."""
-    path = out_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    steps = [0]
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line being written
-            continue
-        if record.get("kind") == "train":
-            steps.append(int(record["step"]))
-    return max(steps)
+    return max([0] + [int(r["step"]) for r in metric_records(out_dir)])
 
 
 def completed(info: dict[str, str]) -> bool:
@@ -166,10 +156,25 @@ def test_bad_input_fails_the_job_with_a_message(tmp_path):
 
 
 def test_tiny_job_completes_with_adapter_and_merged_export(uninterrupted_run):
-    assert (uninterrupted_run / "adapter").is_dir()
-    assert (uninterrupted_run / "merged").is_dir()
-    assert any((uninterrupted_run / "merged").iterdir())
+    """The job's merged export is the trained model: it loads with stock transformers and gives the
+    logits of the base model with the job's adapter, which moved them away from the base's."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from loretta_ds import load_adapter as attach
+
     assert load_adapter(uninterrupted_run)
+    base_dir = json.loads((uninterrupted_run / "run_config.json").read_text())["model"]
+    ids = torch.tensor([[1, 15, 27, 300, 42, 7, 99]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(uninterrupted_run / "merged", dtype=torch.float32)(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+        before = base(ids).logits
+        adapted = attach(base, uninterrupted_run / "adapter")(ids).logits
+    assert (adapted - before).abs().max() > 1e-3  # the job trained something
+    assert torch.allclose(merged, adapted, atol=1e-4), (merged - adapted).abs().max()
 
 
 def test_preempted_job_requeues_resumes_and_matches(uninterrupted_run, tmp_path):

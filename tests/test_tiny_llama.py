@@ -41,6 +41,13 @@ def built(tmp_path_factory):
     return root, path, seconds
 
 
+@pytest.fixture(scope="module")
+def cached():
+    """The built-in model as every command gets it (the per-user cache; built once per machine)."""
+    return ensure_tiny_llama()
+
+
+@pytest.mark.slow
 def test_build_writes_a_complete_llama_model_dir(built):
     root, path, _ = built
     assert path == root / "tiny-llama-v1" and is_current(path)
@@ -54,6 +61,7 @@ def test_build_writes_a_complete_llama_model_dir(built):
     assert not [p for p in root.iterdir() if ".tmp-" in p.name]  # staging dir renamed away
 
 
+@pytest.mark.slow
 def test_loads_with_plain_transformers_in_a_clean_process(built, tmp_path):
     _, path, _ = built
     script = textwrap.dedent(f"""
@@ -96,8 +104,8 @@ def test_loads_with_plain_transformers_in_a_clean_process(built, tmp_path):
     SAMPLE, "Review: the hotel was  awful!\nAnswer: negative", "Double  spaces and a tab\t",
     "Numbers 12345 and 3.14", "Unicode: café, naïve, 日本語, emoji 🙂", "### Instruction:\nAdd.\n\n",
 ])
-def test_tokenizer_round_trip_matches_sentencepiece(built, text):
-    _, path, _ = built
+def test_tokenizer_round_trip_matches_sentencepiece(cached, text):
+    path = cached
     from transformers import AutoTokenizer
     import sentencepiece as spm
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -109,8 +117,8 @@ def test_tokenizer_round_trip_matches_sentencepiece(built, text):
     assert with_specials[0] == tokenizer.bos_token_id and with_specials[1:] == ids
 
 
-def test_label_words_are_single_tokens(built):
-    _, path, _ = built
+def test_label_words_are_single_tokens(cached):
+    path = cached
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(path)
     for word in ("positive", "negative"):
@@ -119,6 +127,7 @@ def test_label_words_are_single_tokens(built):
         assert full[:len(prompt)] == prompt and len(full) == len(prompt) + 1
 
 
+@pytest.mark.slow
 def test_second_call_is_cached(built):
     root, path, build_seconds = built
     before = digests(path)
@@ -129,12 +138,13 @@ def test_second_call_is_cached(built):
     assert digests(path) == before
 
 
-def test_every_command_resolves_the_builtin_name_to_the_cached_model(built, monkeypatch):
+def test_every_command_resolves_the_builtin_name_to_the_cached_model(cached, monkeypatch):
     """train (weights) and count/estimate (shapes) take --model through one resolver: the built-in
     name is the cached directory for both, with the same config."""
     from loretta_ds.models import load_model_config, resolve_model
 
-    root, path, _ = built
+    path = cached
+    root = path.parent
     monkeypatch.setenv(CACHE_ENV, str(root))
     loaded, config = resolve_model(TINY_LLAMA_NAME, weights=True)
     assert loaded == str(path)
@@ -152,6 +162,7 @@ def test_cache_env_sets_the_default_location(monkeypatch, tmp_path):
     assert tiny_llama.tiny_llama_dir() == Path.home() / ".cache" / "loretta_ds" / "tiny-llama-v1"
 
 
+@pytest.mark.slow
 def test_build_is_deterministic(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
@@ -166,6 +177,7 @@ def test_build_is_deterministic(tmp_path):
     assert (other / "model.safetensors").read_bytes() != (first / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_concurrent_creation_builds_once(tmp_path):
     # Two processes (like two ranks) ask for the model at the same moment on an empty cache.
     script = textwrap.dedent(f"""
@@ -194,11 +206,11 @@ def test_partial_directory_is_rebuilt(tmp_path, monkeypatch):
     assert json.loads((path / "config.json").read_text())["model_type"] == "llama"
 
 
-def test_build_from_another_recipe_is_replaced(built, tmp_path, monkeypatch):
+def test_build_from_another_recipe_is_replaced(cached, tmp_path, monkeypatch):
     # A cache written by an older checkout (here: the full build, while this "version" pretrains
     # 3 steps) is complete but not current, so it is rebuilt rather than silently reused.
     import shutil
-    _, path, _ = built
+    path = cached
     stale = tmp_path / "tiny-llama-v1"
     shutil.copytree(path, stale)
     monkeypatch.setitem(tiny_llama.PRETRAIN, "steps", 3)
@@ -207,9 +219,9 @@ def test_build_from_another_recipe_is_replaced(built, tmp_path, monkeypatch):
     assert json.loads((stale / MARKER_FILE).read_text())["pretrain_steps"] == 3
 
 
-def test_untuned_model_is_near_chance_on_the_bundled_task(built):
+def test_untuned_model_is_near_chance_on_the_bundled_task(cached):
     # The demo's starting point: pretraining taught language, not the classification task.
-    _, path, _ = built
+    path = cached
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from loretta_ds.data import classification_accuracy, load_records
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..file_io import read_safetensors, write_safetensors
+from ..file_io import read_json_object, read_safetensors, replace_atomically, write_safetensors
 from .config import LorettaConfig
 from .injection import adapter_layers, inject, linear_shape, plan_injection, trainable_parameter_names
 
@@ -49,18 +49,6 @@ def _base_facts(model: nn.Module) -> dict:
     return {k: getattr(config, k) for k in keys if config is not None and hasattr(config, k)}
 
 
-def _write_atomically(directory: Path, name: str, write) -> None:
-    # A plain new file, so its mode follows the umask like every other file of the run (mkstemp's
-    # are owner-only, which hides the adapter from colleagues on a shared cluster).
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
-    try:
-        write(str(tmp))
-        os.replace(tmp, directory / name)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write ``adapter_config.json`` and ``adapter.safetensors`` (trainable tensors only).
 
@@ -79,8 +67,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "target_shapes": {name: list(linear_shape(layer.base_layer))
                           for name, layer in adapter_layers(model).items()},
     }
-    _write_atomically(directory, WEIGHTS_NAME, lambda p: write_safetensors(p, state, metadata={"format": "pt"}))
-    _write_atomically(directory, CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    replace_atomically(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata={"format": "pt"}))
+    replace_atomically(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return directory
 
 
@@ -93,11 +81,8 @@ def read_adapter_config(directory: str | os.PathLike) -> tuple[LorettaConfig, di
             f"{directory} is not a LoRETTA adapter: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
             f"(written by save_adapter or a training run's OUTPUT_DIR/adapter)"
         )
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); re-save the adapter") from None
-    if not isinstance(meta, dict) or "loretta" not in meta:
+    meta = read_json_object(path, "adapter config", "save the adapter again")
+    if "loretta" not in meta:
         raise ValueError(f"{path} has no 'loretta' section; it was not written by save_adapter")
     return LorettaConfig.from_dict(meta["loretta"]), meta
 

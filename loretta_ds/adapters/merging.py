@@ -3,14 +3,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from .config import NOT_MERGEABLE
 from .injection import _set_submodule, adapter_layers
 from .layers import LorettaAdpLinear, LorettaRepLinear
-
-_ADP_NOT_MERGEABLE = (
-    "LoRETTA_adp adapters cannot be merged: they apply a nonlinear bottleneck (act(down(h))) that "
-    "no change of the base weights reproduces. Keep the adapter (save_adapter / export format "
-    "'adapter'), or train with method 'rep' to get a mergeable update."
-)
 
 
 def _rep_layers(model: nn.Module) -> dict[str, LorettaRepLinear]:
@@ -18,7 +13,7 @@ def _rep_layers(model: nn.Module) -> dict[str, LorettaRepLinear]:
     if not layers:
         raise ValueError("this model has no LoRETTA layers to merge; call inject or load_adapter first")
     if any(isinstance(layer, LorettaAdpLinear) for layer in layers.values()):
-        raise ValueError(_ADP_NOT_MERGEABLE)
+        raise ValueError(NOT_MERGEABLE)
     return layers
 
 

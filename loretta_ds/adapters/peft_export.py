@@ -14,29 +14,31 @@ import torch
 from torch import nn
 
 from ..file_io import write_safetensors
-from .config import LorettaConfig
+from .config import LorettaConfig, check_mergeable
 from .injection import adapter_layers, trainable_parameter_names
 from .layers import LorettaRepLinear
 
-_PEFT_PREFIX = "base_model.model."
+# PEFT wraps the base model twice (PeftModel.base_model is a LoraModel, whose .model is the base),
+# so every parameter of a PEFT checkpoint is named with this prefix.
+PEFT_PREFIX = "base_model.model."
 
 
 def peft_lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """PEFT-named LoRA tensors (and trained norm weights) of an adapted rep model."""
     cfg: LorettaConfig | None = getattr(model, "loretta_config", None)
-    if cfg is None or cfg.method != "rep":
-        raise ValueError("PEFT LoRA export needs a LoRETTA_rep model: LoRETTA_adp is a nonlinear "
-                         "adapter with no LoRA equivalent (save it with save_adapter instead)")
+    if cfg is None:
+        raise ValueError("this model has no LoRETTA adapter; call inject(model, cfg) or load_adapter first")
+    check_mergeable(cfg.method)
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, layer in adapter_layers(model).items():
             assert isinstance(layer, LorettaRepLinear)
-            tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = layer.loretta_A().T.contiguous().cpu()
-            tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = layer.loretta_B().T.contiguous().cpu()
+            tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.loretta_A().T.contiguous().cpu()
+            tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.loretta_B().T.contiguous().cpu()
         params = dict(model.named_parameters())
         for name in trainable_parameter_names(model):
             if "loretta_" not in name:
-                tensors[_PEFT_PREFIX + name] = params[name].detach().contiguous().cpu()
+                tensors[PEFT_PREFIX + name] = params[name].detach().contiguous().cpu()
     return tensors
 
 

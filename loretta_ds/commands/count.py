@@ -4,30 +4,19 @@ from __future__ import annotations
 import argparse
 
 from ..adapters.config import METHODS, LorettaConfig
-from ..run_config import _HELP, parse_bool
+from ..run_config import add_adapter_arguments, adapter_settings_from_args
 
 
 def add_loretta_arguments(parser: argparse.ArgumentParser) -> None:
-    """The LorettaConfig options under their config names (shared by count, train, estimate);
-    their help is train's, so the three commands describe each value the same way."""
-    defaults = LorettaConfig()
-    group = parser.add_argument_group("LoRETTA")
-    group.add_argument("--method", default="rep", choices=METHODS,
-                       help="rep (TT-factored LoRA update, mergeable) | adp (TT bottleneck adapters) (default rep)")
-    group.add_argument("--r", type=int, default=defaults.r, help=_HELP["r"])
-    group.add_argument("--tensor_rank", type=int, default=defaults.tensor_rank, help=_HELP["tensor_rank"])
-    group.add_argument("--alpha", type=float, default=defaults.alpha, help=_HELP["alpha"])
-    group.add_argument("--dropout", type=float, default=defaults.dropout, help=_HELP["dropout"])
-    group.add_argument("--bottleneck", type=int, default=defaults.bottleneck, help=_HELP["bottleneck"])
-    group.add_argument("--target_modules", default=None, help=_HELP["target_modules"])
-    group.add_argument("--init", default=defaults.init, help=_HELP["init"])
-    group.add_argument("--train_norms", type=parse_bool, default=True, help=_HELP["train_norms"])
+    """--method (rep | adp) and the adapter's settings, as train declares them (one help text each),
+    for count and estimate."""
+    parser.add_argument("--method", default="rep", choices=METHODS,
+                        help="rep (TT-factored LoRA update, mergeable) | adp (TT bottleneck adapters) (default rep)")
+    add_adapter_arguments(parser, suppress_defaults=False)
 
 
 def loretta_config_from_args(args: argparse.Namespace) -> LorettaConfig:
-    return LorettaConfig(method=args.method, r=args.r, tensor_rank=args.tensor_rank, alpha=args.alpha,
-                         dropout=args.dropout, bottleneck=args.bottleneck,
-                         target_modules=args.target_modules, init=args.init, train_norms=args.train_norms)
+    return adapter_settings_from_args(args).loretta(args.method)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

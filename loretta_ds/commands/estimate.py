@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..run_config import parse_bool
+from ..settings import parse_bool
 from .count import add_loretta_arguments, loretta_config_from_args
 
 DEFAULT_GPU_MEMORY_GIB = 80  # H100 80GB, A100 80GB

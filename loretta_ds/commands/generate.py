@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+from ..run_dir import RUN_CONFIG, RunDir, read_run_record
+
 CHAT_CHOICES = ("auto", "true", "false")
 
 
@@ -50,24 +52,26 @@ def load_for_generation(path: str | Path, base: str | None = None):
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory; pass a training OUTPUT_DIR or a model directory")
-    run_config = path / "run_config.json"
-    if (path / "config.json").is_file() and not run_config.is_file():
+    run = RunDir(path)
+    if (path / "config.json").is_file() and not run.run_config.is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         return model.eval(), tokenizer, f"model {path}"
-    if not run_config.is_file():
-        raise FileNotFoundError(f"{path} has neither config.json (a model) nor run_config.json (a run); "
+    record = read_run_record(path)
+    if record is None:
+        raise FileNotFoundError(f"{path} has neither config.json (a model) nor {RUN_CONFIG} (a run); "
                                 "pass a training OUTPUT_DIR or a Hugging Face model directory")
     from ..export.sources import resolve_base
 
-    method = json.loads(run_config.read_text()).get("method")
-    if method == "lora":
+    if record.method == "lora":
         from peft import PeftModel
 
-        base_dir = resolve_base(base or json.loads(run_config.read_text())["model"], path)
+        if not (base or record.model):
+            raise ValueError(f"{run.run_config} names no base model; pass --base MODEL")
+        base_dir = resolve_base(base or record.model, path)
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
-                                          path / "adapter")
-        return model.eval(), AutoTokenizer.from_pretrained(base_dir), f"{base_dir} + LoRA {path / 'adapter'}"
+                                          run.adapter)
+        return model.eval(), AutoTokenizer.from_pretrained(base_dir), f"{base_dir} + LoRA {run.adapter}"
     from ..adapters import load_adapter
     from ..export.sources import resolve_source
 
@@ -97,23 +101,12 @@ def prompt_ids(tokenizer, prompt: str, chat: str = "auto") -> list[int]:
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, sample: bool = False,
              temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, chat: str = "auto") -> list[str]:
     """The completion of each prompt (one at a time: no padding, so nothing depends on batching)."""
-    import copy
-
     import torch
 
-    from ..data.tokenization import pad_id_of
+    from ..generation import generation_config
 
     check_settings(max_new_tokens, sample, temperature, top_p)
-    config = copy.deepcopy(model.generation_config)
-    config.max_new_tokens, config.do_sample = max_new_tokens, sample
-    config.pad_token_id = pad_id_of(tokenizer)
-    eos = {tokenizer.eos_token_id} | set(
-        config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
-    config.eos_token_id = sorted(e for e in eos if e is not None) or None
-    if sample:
-        config.temperature, config.top_p, config.top_k = temperature, top_p, None
-    else:  # a checkpoint's sampling defaults would only trigger warnings under greedy decoding
-        config.temperature = config.top_p = config.top_k = None
+    config = generation_config(model, tokenizer, max_new_tokens, sample, temperature, top_p)
     texts = []
     for index, prompt in enumerate(prompts):
         torch.manual_seed(seed + index)

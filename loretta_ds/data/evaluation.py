@@ -132,3 +132,21 @@ def sharded_label_word_hits(model, tokenizer, records, label_words: Sequence[str
     predicted = scores.argmax(dim=1).tolist()
     correct = sum(int(label_words[predicted[slot]] == labels[index]) for slot, index in enumerate(own))
     return correct, len(own)
+
+
+def generation_prompts(examples, count: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, reference ids) of the first ``count`` tokenized examples that have both: the
+    prompt is every token before the first trained one, the reference the run of trained tokens
+    that follows (a chat example's first assistant turn). For sample generations at eval time."""
+    found = []
+    if examples is None:
+        return found
+    for ids, labels in zip(examples["input_ids"], examples["labels"]):
+        if len(found) >= count:
+            break
+        first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+        if not first:  # no trained token, or no prompt before it
+            continue
+        end = next((i for i in range(first, len(labels)) if labels[i] == IGNORE_INDEX), len(labels))
+        found.append((list(ids[:first]), list(ids[first:end])))
+    return found

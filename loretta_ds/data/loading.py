@@ -459,7 +459,7 @@ def load_records(specs: list[str] | list[DatasetSpec] | None, fmt: str = "auto",
     different formats. Every spec must have `split` (see has_split); weights apply to train only.
     """
     check_format_name(fmt)
-    parsed = _as_specs(specs)
+    parsed = as_specs(specs)
     parts, formats = [], []
     for spec in parsed:
         raw, label = read_raw(spec, split)
@@ -475,7 +475,8 @@ def combined_format(formats: list[str]) -> str:
     return formats[0] if len(set(formats)) == 1 else "mixed"
 
 
-def _as_specs(specs) -> list[DatasetSpec]:
+def as_specs(specs) -> list[DatasetSpec]:
+    """Specs parsed once: DatasetSpec objects pass through, strings are parsed."""
     if specs and all(isinstance(s, DatasetSpec) for s in specs):
         return list(specs)
     return parse_dataset_specs(specs)

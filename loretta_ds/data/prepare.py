@@ -12,7 +12,7 @@ import datasets
 
 from .chat import resolve_chat_template
 from .formats import check_format_name
-from .loading import (DatasetSpec, canonicalize, combined_format, has_split, mix, mix_counts,
+from .loading import (DatasetSpec, as_specs, canonicalize, combined_format, has_split, mix, mix_counts,
                       parse_dataset_specs, read_raw)
 from .tokenization import TruncationStats, pad_id_of, tokenize_dataset
 
@@ -107,13 +107,14 @@ def _label_set(parts: list[datasets.Dataset], label_words: list[str] | None) -> 
     return seen
 
 
-def prepare_data(tokenizer, specs: list[str] | None = None, fmt: str = "auto", seq_len: int = 512,
+def prepare_data(tokenizer, specs: list[str] | list[DatasetSpec] | None = None, fmt: str = "auto", seq_len: int = 512,
                  seed: int = 0, eval_specs: list[str] | None = None, eval_fraction: float = 0.05,
                  label_words: list[str] | None = None, chat_template: str | None = None,
                  packing: bool = False) -> PreparedData:
     """Load, check, split, mix and tokenize the training (and eval) data.
 
-    specs: `SOURCE[:WEIGHT]` strings (see parse_dataset_specs); None = the bundled sentiment task.
+    specs: `SOURCE[:WEIGHT]` strings (see parse_dataset_specs) or the DatasetSpecs it made; None = the
+        bundled sentiment task.
     eval_specs: eval data; without it each spec's own validation split is used, or, for a spec
         that has none (a single file), a seeded eval_fraction of its records is held out.
     label_words: the classification label set (and the words for integer labels); default: the
@@ -129,7 +130,7 @@ def prepare_data(tokenizer, specs: list[str] | None = None, fmt: str = "auto", s
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
-    parsed = parse_dataset_specs(specs)
+    parsed = as_specs(specs)
     parsed_eval = parse_dataset_specs(eval_specs) if eval_specs else None
 
     # Train parts first: the label set comes from them and the eval labels are checked against it.

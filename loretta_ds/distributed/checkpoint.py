@@ -42,12 +42,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ..export.staging import fsync_dir
+from ..file_io import fsync_dir
+from ..run_dir import CHECKPOINTS
 from . import engine as dist_engine
 from . import rng_state as rng
 from .errors import CheckpointError
 
-CHECKPOINTS = "checkpoints"
 MARKER = "COMPLETE"
 TMP_PREFIX = ".tmp-step-"
 TRAINABLE = "trainable.safetensors"

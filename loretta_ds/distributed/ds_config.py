@@ -11,11 +11,14 @@ Nothing here imports deepspeed or torch, so every rule is testable without proce
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from ..file_io import read_json_object
 
 AUTO = "auto"
 SUPPORTED_STAGES = (1, 2, 3)
@@ -77,15 +80,7 @@ def find_ds_config(value: str | Path) -> Path:
 def load_ds_config(path: str | Path) -> dict:
     """The JSON object in ``path`` (a file or a shipped config's name, see ``find_ds_config``);
     FileNotFoundError / ValueError (with line and column) otherwise."""
-    path = find_ds_config(path)
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"DeepSpeed config {path} is not valid JSON: {err.msg} at line {err.lineno}, "
-                         f"column {err.colno}; fix the file (ds_configs/ has working examples)") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"DeepSpeed config {path} must hold a JSON object, not {type(config).__name__}")
-    return config
+    return read_json_object(find_ds_config(path), "DeepSpeed config", "fix the file (ds_configs/ has working examples)")
 
 
 def zero_stage(config: dict) -> int:
@@ -141,6 +136,7 @@ def resolve_batch(config: dict, facts: RunFacts) -> tuple[int, int, int]:
     micro = facts.micro_batch_size or cfg_micro
     accum = facts.grad_accum or cfg_accum
     if cfg_global is not None:
+        chosen = (micro or 1) * (accum or 1)  # the per-process share that was given (the rest is derived)
         # Derive the missing factor from the global batch, as DeepSpeed would.
         if micro is None and accum is None:
             accum = 1
@@ -149,10 +145,14 @@ def resolve_batch(config: dict, facts: RunFacts) -> tuple[int, int, int]:
         elif accum is None:
             accum = cfg_global // (micro * world)
         if micro < 1 or accum < 1 or micro * accum * world != cfg_global:
+            fits = cfg_global // chosen if cfg_global % chosen == 0 else None
             raise ValueError(
                 f"train_batch_size={cfg_global} in the DeepSpeed config does not divide into "
-                f"{world} process(es) x micro batch {micro} x gradient accumulation {accum}; set "
-                f"train_batch_size to \"auto\" or to a multiple of the world size that fits")
+                f"{world} process(es) x micro batch {micro} x gradient accumulation {accum}"
+                + (f" (it fits {fits} process(es){', fewer than ' if fits < world else ', more than '}"
+                   f"the {world} of this run)" if fits and fits != world else "")
+                + f"; set train_batch_size to \"auto\" (or to {chosen * world} for {world} process(es)), or run on "
+                  "a process count that fits")
     if micro is None:
         # Nothing chose a batch: keep the default global batch whatever the process count, so
         # the same command gives the same training on 1 or N processes (when N divides it).
@@ -340,8 +340,13 @@ def _find_auto(value, path: str = "") -> list[str]:
     return []
 
 
-def resolve_ds_config(config: dict, facts: RunFacts) -> tuple[dict, list[str]]:
+def resolve_ds_config(config: dict, facts: RunFacts,
+                      steps_for_batch: Callable[[int, int], int] | None = None) -> tuple[dict, list[str]]:
     """A copy of ``config`` with every "auto" filled from ``facts``, validated; plus notes to log.
+
+    ``steps_for_batch(micro batch, accumulation)``, when given, is the run's number of steps once
+    the batch split is known (a run of N epochs takes as many steps as its batches fill); else
+    ``facts.total_steps``.
 
     Raises ValueError for what would fail (or silently misbehave) later: unknown ZeRO stage, no
     optimizer, batch sizes that do not fit the world size, numbers contradicting flags, "auto"
@@ -352,6 +357,8 @@ def resolve_ds_config(config: dict, facts: RunFacts) -> tuple[dict, list[str]]:
     config = copy.deepcopy(config)
     stage = zero_stage(config)
     micro, accum, global_batch = resolve_batch(config, facts)
+    if steps_for_batch is not None:
+        facts = dataclasses.replace(facts, total_steps=steps_for_batch(micro, accum))
     config["train_micro_batch_size_per_gpu"] = micro
     config["gradient_accumulation_steps"] = accum
     config["train_batch_size"] = global_batch

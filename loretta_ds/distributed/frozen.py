@@ -12,17 +12,17 @@ from pathlib import Path
 
 import torch
 
+from ..adapters.peft_export import PEFT_PREFIX
 from .engine import gathered, is_zero3_param
 
 # Names the adapters add around a base parameter: LoRETTA and PEFT keep the original layer as
 # `base_layer`; PEFT also wraps the whole model in `base_model.model.`.
 _WRAPPER_PARTS = (".base_layer", )
-_PEFT_PREFIX = "base_model.model."
 
 
 def checkpoint_name(param_name: str) -> str:
     """The base checkpoint's name of an (adapted) model's parameter."""
-    name = param_name[len(_PEFT_PREFIX):] if param_name.startswith(_PEFT_PREFIX) else param_name
+    name = param_name.removeprefix(PEFT_PREFIX)
     for part in _WRAPPER_PARTS:
         name = name.replace(part, "")
     return name

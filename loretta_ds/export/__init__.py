@@ -16,13 +16,12 @@ safetensors_stream (header-first streaming writer), updates (TT cores -> dense f
 merged / lora (the formats), staging (temporary dir, publish), verify (logit comparison), api.
 """
 from .api import (FORMATS, ExportResult, export, export_adapter, export_lora, export_merged,
-                  parse_dtype)
+                  export_run_merged, parse_dtype)
 from .merged import parse_size
 from .sources import resolve_base, resolve_source
 from .staging import TEMP_SUFFIX
-from .updates import ADP_NOT_MERGEABLE
 from .verify import VerifyReport
 
-__all__ = ["export", "export_merged", "export_lora", "export_adapter", "ExportResult", "FORMATS",
+__all__ = ["export", "export_merged", "export_run_merged", "export_lora", "export_adapter", "ExportResult", "FORMATS",
            "parse_dtype", "parse_size", "resolve_base", "resolve_source", "TEMP_SUFFIX",
-           "ADP_NOT_MERGEABLE", "VerifyReport"]
+           "VerifyReport"]

@@ -6,7 +6,6 @@ anything behind. Nothing here imports deepspeed or needs a GPU.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -20,10 +19,12 @@ from .checkpoint import BaseCheckpoint, open_base_checkpoint
 from .lora import write_lora
 from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_config, write_merged,
                      write_model_files)
-from .provenance import PROVENANCE_NAME, write_provenance
-from .sources import RUN_CONFIG_NAME, ExportSource, resolve_source
+from ..run_dir import RUN_CONFIG, RunDir, RunRecord, write_run_record
+from .provenance import PROVENANCE_NAME, foreign_files, write_provenance
+from .sources import ExportSource, resolve_source
 from .staging import StagedOutput
-from .updates import ADP_NOT_MERGEABLE, norm_tensors, rep_updates
+from ..adapters.config import check_mergeable
+from .updates import norm_tensors, rep_updates
 from .verify import VerifyReport, verify_export
 
 FORMATS = ("merged", "peft-lora", "adapter")
@@ -89,10 +90,6 @@ def _provenance(source: ExportSource, fmt: str, dtype: torch.dtype | None, base_
             "loretta": source.config.to_dict(), "loretta_ds_version": __version__}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def export(run_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None, *,
            format: str = "merged", adapter: str | os.PathLike | None = None, base: str | None = None,
            dtype: str | torch.dtype | None = None, max_shard_size: str | int | None = None,
@@ -121,12 +118,12 @@ def export(run_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike 
     if lora_norms not in ("keep", "drop") or (format != "peft-lora" and lora_norms != "keep"):
         raise ValueError("--lora_norms is 'keep' or 'drop', and applies to the peft-lora format only")
     source = resolve_source(run_dir, adapter, base)
-    if format in ("merged", "peft-lora") and source.config.method != "rep":
-        raise ValueError(ADP_NOT_MERGEABLE)
+    if format in ("merged", "peft-lora"):
+        check_mergeable(source.config.method)
     if verify:
         source.base_dir()  # --verify needs the base model: fail now, not after writing
-    if source.run_config is not None and source.run_config.get("finished") is False:
-        log(f"warning: {source.run_dir}/{RUN_CONFIG_NAME} says the run has not finished; exporting the "
+    if source.run is not None and source.run.finished is False:
+        log(f"warning: {source.run_dir}/{RUN_CONFIG} says the run has not finished; exporting the "
             f"adapter last saved in {source.adapter_dir}")
 
     writers = {"merged": _export_merged, "peft-lora": _export_lora, "adapter": _export_adapter}
@@ -236,18 +233,18 @@ def _export_adapter(source: ExportSource, out_dir: Path, _dtype, _shards, overwr
     tensors = read_adapter_tensors(source.adapter_dir)
     if source.config.method == "rep":
         rep_updates(source.config, source.meta, tensors)  # refuse a damaged adapter before copying it
-    run_config = source.run_config or {"method": source.config.method, "loretta": source.config.to_dict()}
-    if source.base_name and not run_config.get("model"):
-        run_config = {"model": source.base_name, **run_config}
+    record = source.run or RunRecord(method=source.config.method, loretta=source.config.to_dict())
+    if source.base_name and not record.model:
+        record = record.replace(model=source.base_name)
     _check_disk(staged, (source.adapter_dir / WEIGHTS_NAME).stat().st_size)
     with staged:
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             shutil.copyfile(source.adapter_dir / name, staged.path / name)
-        _write_json(staged.path / RUN_CONFIG_NAME, run_config)
+        write_run_record(staged.path, record)
         staged.publish()
-    log(f"wrote {out_dir}: LoRETTA_{source.config.method} adapter + {RUN_CONFIG_NAME} "
+    log(f"wrote {out_dir}: LoRETTA_{source.config.method} adapter + {RUN_CONFIG} "
         "(load with loretta_ds.load_adapter, or export it again: it is a valid RUN_DIR)")
-    return ExportResult(staged.out_dir, "adapter", [CONFIG_NAME, WEIGHTS_NAME, RUN_CONFIG_NAME])
+    return ExportResult(staged.out_dir, "adapter", [CONFIG_NAME, WEIGHTS_NAME, RUN_CONFIG])
 
 
 def export_merged(run_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
@@ -266,3 +263,24 @@ def export_adapter(run_dir: str | os.PathLike | None = None, out_dir: str | os.P
                    **options) -> ExportResult:
     """The LoRETTA adapter and its run config, as a self-contained RUN_DIR (rep and adp)."""
     return export(run_dir, out_dir, format="adapter", **options)
+
+
+def export_run_merged(run_dir: str | os.PathLike) -> Path:
+    """The merged export a finished rep run writes into RUN_DIR/merged at its end, replacing an
+    earlier export of this project there but never a folder holding files of a user's. Returns
+    the directory; ValueError / FileNotFoundError / OSError saying what went wrong and how to redo
+    it (training is done and saved by then: only the export is missing, and it can be rerun alone).
+    """
+    run = RunDir(run_dir)
+    out = run.merged
+    retry = f"loretta-ds export {run.root} {out}"
+    if out.is_dir() and any(out.iterdir()) and foreign_files(out) != []:
+        # Checked before the run too; a file put there since must not be deleted either.
+        raise ValueError(f"the merged export was not written: {out} holds files that no export of this trainer "
+                         f"wrote, and replacing it would delete them; move them out, then run: {retry} --overwrite")
+    try:
+        export_merged(run.root, out, overwrite=True, log=lambda message: None)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+        raise ValueError(f"the merged export failed ({err}); the trained adapter is in {run.adapter}. "
+                         f"Retry with: {retry}") from None
+    return out

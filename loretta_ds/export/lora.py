@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 
 from ..adapters.config import LorettaConfig
-from ..adapters.peft_export import peft_lora_config
+from ..adapters.peft_export import PEFT_PREFIX, peft_lora_config
 from ..file_io import write_safetensors
 from .updates import RepUpdate
 
-PEFT_PREFIX = "base_model.model."
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 

@@ -1,13 +1,12 @@
 """What an export reads: the trained adapter, the run's config, and where the base model lives.
 
-A training OUTPUT_DIR holds ``run_config.json`` (``model``: base path or hub id, ``method``,
-``loretta``: LorettaConfig, ``dtype``) and ``adapter/`` (save_adapter output), so nothing is typed
-twice. ``--adapter DIR --base MODEL`` names the two directly. An ``adapter``-format export is
+A training OUTPUT_DIR holds ``run_config.json`` (a RunRecord, loretta_ds.run_dir: ``model``, the
+base path or hub id, ``method``, ``loretta``, the LorettaConfig) and ``adapter/`` (save_adapter's
+output), so nothing is typed twice. ``--adapter DIR --base MODEL`` names the two directly. An ``adapter``-format export is
 itself a valid RUN_DIR (adapter files and run_config.json side by side).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -15,8 +14,7 @@ from pathlib import Path
 
 from ..adapters.config import LorettaConfig
 from ..adapters.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
-
-RUN_CONFIG_NAME = "run_config.json"
+from ..run_dir import RUN_CONFIG, RunDir, RunRecord, read_run_record
 # A Hugging Face repo id: "name" or "owner/name" made of letters, digits, '-', '_' and '.'.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -29,7 +27,7 @@ class ExportSource:
     config / meta: its LorettaConfig and full adapter metadata (meta["target_shapes"]:
         {module: [out, in]}).
     base_name: the base model as the user or the run named it (path or hub id); None if unknown.
-    run_config: run_config.json's content, or None when the adapter was given directly.
+    run: the run's record (run_config.json), or None when the adapter was given directly.
     """
 
     adapter_dir: Path
@@ -37,7 +35,7 @@ class ExportSource:
     meta: dict
     base_name: str | None
     run_dir: Path | None = None
-    run_config: dict | None = None
+    run: RunRecord | None = None
     _base_dir: Path | None = field(default=None, repr=False)
 
     def base_dir(self) -> Path:
@@ -50,20 +48,9 @@ class ExportSource:
         return self._base_dir
 
 
-def _read_run_config(run_dir: Path) -> dict:
-    path = run_dir / RUN_CONFIG_NAME
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); fix it or pass --adapter and --base") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object with 'model' and 'loretta'")
-    return data
-
-
 def _adapter_dir_of(run_dir: Path) -> Path:
     """A training run keeps the adapter in adapter/; an adapter-format export keeps it at the top."""
-    for candidate in (run_dir / "adapter", run_dir):
+    for candidate in (RunDir(run_dir).adapter, run_dir):
         if (candidate / CONFIG_NAME).is_file():
             return candidate
     raise FileNotFoundError(
@@ -83,43 +70,45 @@ def resolve_source(run_dir: str | os.PathLike | None = None, adapter: str | os.P
     if (run_dir is None) == (adapter is None):
         raise ValueError("give either RUN_DIR (a training output dir) or --adapter DIR (with --base MODEL), "
                          "not both and not neither")
-    run_config = None
+    run = None
     if run_dir is not None:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run directory {run_dir} does not exist; pass a training OUTPUT_DIR")
         adapter_dir = _adapter_dir_of(run_dir)
-        if (run_dir / RUN_CONFIG_NAME).is_file():
-            run_config = _read_run_config(run_dir)
-        elif base is None:
-            raise FileNotFoundError(f"{run_dir} has no {RUN_CONFIG_NAME}, so the base model is unknown; "
+        try:
+            run = read_run_record(run_dir)
+        except ValueError as err:
+            raise ValueError(f"{err}; or pass --adapter and --base") from None
+        if run is None and base is None:
+            raise FileNotFoundError(f"{run_dir} has no {RUN_CONFIG}, so the base model is unknown; "
                                     "pass --base MODEL")
     else:
         adapter_dir = Path(adapter)
     cfg, meta = read_adapter_config(adapter_dir)
 
-    if run_config is not None:
-        method = run_config.get("method", cfg.method)
+    if run is not None:
+        method = run.method
         if method == "lora":
             raise ValueError(
                 f"{run_dir} is a plain LoRA run, not a LoRETTA one: this command exports LoRETTA "
                 "adapters. Merge a PEFT LoRA adapter with peft (PeftModel.from_pretrained(base, "
                 "adapter).merge_and_unload()).")
         if method != cfg.method:
-            raise ValueError(f"{run_dir}/{RUN_CONFIG_NAME} says method {method!r} but the adapter in "
+            raise ValueError(f"{run_dir}/{RUN_CONFIG} says method {method!r} but the adapter in "
                              f"{adapter_dir} is LoRETTA_{cfg.method}; the run directory is inconsistent")
-        if "loretta" in run_config:
-            recorded = LorettaConfig.from_dict(run_config["loretta"]).to_dict()
+        if run.loretta is not None:
+            recorded = LorettaConfig.from_dict(run.loretta).to_dict()
             diffs = [k for k, v in cfg.to_dict().items() if recorded.get(k) != v]
             if diffs:
-                raise ValueError(f"{run_dir}/{RUN_CONFIG_NAME} and {adapter_dir}/{CONFIG_NAME} disagree on "
+                raise ValueError(f"{run_dir}/{RUN_CONFIG} and {adapter_dir}/{CONFIG_NAME} disagree on "
                                  f"{', '.join(diffs)}; the adapter file is the one the tensors fit, "
                                  "export with --adapter and --base to use it alone")
-    base_name = base if base is not None else (run_config or {}).get("model")
+    base_name = base if base is not None else (run.model if run is not None else None)
     if base_name is None:
         base_name = (meta.get("base") or {}).get("_name_or_path") or None
     return ExportSource(adapter_dir=adapter_dir, config=cfg, meta=meta, base_name=base_name,
-                        run_dir=run_dir, run_config=run_config)
+                        run_dir=run_dir, run=run)
 
 
 def resolve_base(name: str, run_dir: Path | None = None) -> Path:

@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..file_io import fsync_dir
+from ..run_dir import CHECKPOINTS, RUN_CONFIG
+
 TEMP_SUFFIX = ".export-incomplete"
 REPLACED_SUFFIX = ".export-replaced"
 MARKER_NAME = "EXPORT_INCOMPLETE"
@@ -64,7 +67,7 @@ def _owner_alive(marker: Path) -> tuple[bool, str]:
 def _training_checkpoints(path: Path) -> Path | None:
     """The training run's checkpoints/ folder that ``path`` is or lies in, if any."""
     for folder in (path, *path.parents):
-        if folder.name == "checkpoints" and ((folder.parent / "run_config.json").is_file() or (
+        if folder.name == CHECKPOINTS and ((folder.parent / RUN_CONFIG).is_file() or (
                 folder.is_dir() and any(p.name.startswith(("step-", ".tmp-step-")) for p in folder.iterdir()))):
             return folder
     return None
@@ -105,8 +108,8 @@ class StagedOutput:
             raise ValueError(f"OUT_DIR {self.out_dir} is inside {checkpoints}, a training run's checkpoints "
                              "(an export there could replace them, and a resume would take it for a "
                              "checkpoint): choose an OUT_DIR outside checkpoints/, e.g. the run's merged/")
-        if (out_real / "checkpoints").is_dir() and _training_checkpoints(out_real / "checkpoints"):
-            raise ValueError(f"OUT_DIR {self.out_dir} holds a training run ({out_real / 'checkpoints'}); "
+        if (out_real / CHECKPOINTS).is_dir() and _training_checkpoints(out_real / CHECKPOINTS):
+            raise ValueError(f"OUT_DIR {self.out_dir} holds a training run ({out_real / CHECKPOINTS}); "
                              "--overwrite would delete it: choose another OUT_DIR")
         if self.out_dir.is_symlink():
             # The export replaces OUT_DIR as a whole by renaming it, which would replace the link
@@ -187,12 +190,3 @@ class StagedOutput:
             # process leaves the temporary directory, which the next export removes.
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         self._release()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (new files, renames) durable; the checkpoint writer uses it too."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -11,23 +11,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ..adapters.config import LorettaConfig
+from ..adapters.config import LorettaConfig, check_mergeable
 from ..adapters.injection import factor_modes
-from ..adapters.io import read_adapter_tensors
 from ..tt import core_shapes, split_cores, tt_to_dense
 
 _FACTOR_KEY = re.compile(r"^(?P<module>.+)\.loretta_(?P<factor>A|B)\.tt_cores$")
-
-ADP_NOT_MERGEABLE = (
-    "LoRETTA_adp adapters cannot be merged into the base weights or written as LoRA: they add a "
-    "nonlinear bottleneck h + s * up(act(down(h))) that no change of the linear weights reproduces. "
-    "Export this run with --format adapter (loaded with loretta_ds.load_adapter on the base model); "
-    "the merged and peft-lora formats need a LoRETTA_rep run (method 'rep')."
-)
 
 
 @dataclass
@@ -78,8 +69,7 @@ def rep_updates(cfg: LorettaConfig, meta: dict, tensors: dict[str, torch.Tensor]
 
     Raises ValueError (before anything is written) for an adp adapter or a damaged adapter file.
     """
-    if cfg.method != "rep":
-        raise ValueError(ADP_NOT_MERGEABLE)
+    check_mergeable(cfg.method)
     shapes = meta.get("target_shapes")
     if not isinstance(shapes, dict) or not shapes:
         raise ValueError("adapter_config.json has no target_shapes; re-save the adapter with save_adapter")

@@ -6,7 +6,7 @@ pin its cost down. Each repetition is forward + backward (to the input and the a
 parameters) of a frozen d x d projection with one adapter, on ``tokens`` rows. Reported: the
 median time, and the overhead over the plain frozen layer as the median of per-round differences.
 
-`loretta-ds bench --layer` runs it; the full-model table says how much of that shows up end to end.
+`python -m benchmarks.bench --layer` runs it; the full-model table says how much of that shows up end to end.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .baselines import DenseAdapterLinear
 
 
 def _loretta(kind: str, base: nn.Linear) -> nn.Module:
-    from ..adapters import LorettaAdpLinear, LorettaRepLinear
+    from loretta_ds.adapters import LorettaAdpLinear, LorettaRepLinear
 
     if kind.startswith("rep"):
         layer = LorettaRepLinear(base, 8, 16.0, 5)

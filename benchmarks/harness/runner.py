@@ -39,7 +39,7 @@ class BenchReport:
     rows: list[dict]
     skipped: dict[str, str] = field(default_factory=dict)
     command: str = ""
-    llama2_checkpoints: list[dict] = field(default_factory=list)  # see bench/checkpoints.py
+    llama2_checkpoints: list[dict] = field(default_factory=list)  # see harness/checkpoints.py
 
 
 def _sync(device: torch.device) -> None:

@@ -5,7 +5,7 @@
 # tokens), so both runs see about the same number of token slots per step.
 # Reports the medians of real (non-pad) tokens/s and step time over the measured steps, and their
 # ratios, alternating padded / packed REPEATS times. Model: a random LLaMA of hidden HIDDEN (768),
-# LAYERS (2) layers with the tiny-llama tokenizer (bench/comm.sh's), or MODEL=... (e.g. tiny-llama).
+# LAYERS (2) layers with the tiny-llama tokenizer (benchmarks/comm.sh's), or MODEL=... (e.g. tiny-llama).
 #
 # Knobs (env): NPROC=2 HIDDEN=768 LAYERS=2 INTERMEDIATE=2048 HEADS=12 MICRO_BATCH=8 SEQ_LEN=256
 #              WARMUP=3 MEASURE=10 REPEATS=3 METHOD=rep MODEL=<dir> WORK=<dir> OUT=<file> PYTHON=python
@@ -20,7 +20,7 @@ mkdir -p "$WORK"
 model=${MODEL:-}
 if [[ -z $model ]]; then
     model="$WORK/model"
-    "$PY" -m loretta_ds.bench.comm make-model "$model" --hidden "${HIDDEN:-768}" --layers "${LAYERS:-2}" \
+    "$PY" -m benchmarks.harness.comm make-model "$model" --hidden "${HIDDEN:-768}" --layers "${LAYERS:-2}" \
         --intermediate "${INTERMEDIATE:-2048}" --heads "${HEADS:-12}"
 fi
 

@@ -1,4 +1,4 @@
-"""`python -m loretta_ds.bench.gpu`: the accelerator benchmark that bench/gpu.sh runs.
+"""`python -m benchmarks.harness.gpu`: the accelerator benchmark that benchmarks/gpu.sh runs.
 
 A LLaMA-2-7B-shaped model (hidden 4096, intermediate 11008, 32 heads, vocab 32000, random
 weights, fewer layers so it fits a few minutes), bf16: tokens/s and peak memory of the floor,
@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..run_config import parse_bool
+from loretta_ds.settings import parse_bool
 from .config import BenchConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loretta_ds.bench.gpu", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.harness.gpu", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--hidden", type=int, default=4096)
@@ -42,9 +42,9 @@ def _estimated_activations(cfg: BenchConfig, method: str) -> int:
     """loretta_ds.estimate's activation bytes for this shape, batch and dtype on one device."""
     from transformers import LlamaConfig
 
-    from ..adapters import LorettaConfig, inject
-    from ..estimate import Setup, activation_terms
-    from ..models import meta_model
+    from loretta_ds.adapters import LorettaConfig, inject
+    from loretta_ds.estimate import Setup, activation_terms
+    from loretta_ds.models import meta_model
 
     config = LlamaConfig(hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
                          num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                       contenders=[c for c in args.contenders.split(",") if c],
                       train_norms=args.train_norms)
     report = run_bench(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    report.command = "python -m loretta_ds.bench.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
+    report.command = "python -m benchmarks.harness.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     estimates = {method: _estimated_activations(cfg, method) for method in ("rep", "adp")
                  if method in cfg.contenders}
     table = format_table(report, estimates)

@@ -4,7 +4,7 @@ contraction of A and B alone, with the bf16 cores contracted in bf16 and in fp32
 TTFactorMatrix.forward does for half-precision cores); then the GPU kernels of the rep layer with
 each (torch.profiler). Run on a GPU machine:
 
-    PYTHONPATH=. python bench/gpu_tt_profile.py
+    PYTHONPATH=. python benchmarks/gpu_tt_profile.py
 """
 import time
 

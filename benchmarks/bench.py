@@ -1,4 +1,8 @@
-"""`loretta-ds bench`: LoRETTA vs LoRA, a dense adapter, the reference package and the frozen floor."""
+"""`python -m benchmarks.bench [options]` (from the checkout's root): LoRETTA vs LoRA, a dense adapter,
+the reference package and the frozen floor, every contender in one process, alternating.
+
+The benchmarks are not part of the installed package: they import loretta_ds (and deepspeed,
+peft, the reference ``loretta``) like any user code would, from a checkout."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +10,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..bench.config import ALL_CONTENDERS, BenchConfig
-from ..run_config import parse_bool
+from benchmarks.harness.config import ALL_CONTENDERS, BenchConfig
+from loretta_ds.settings import parse_bool
 
 
 def _list(text: str) -> list[str]:
@@ -67,15 +71,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The command that made a result, for the report (``loretta-ds bench ...`` or ``python -m ...``)."""
-    argv = getattr(args, "argv", None)
-    argv = sys.argv[sys.argv.index("bench") + 1:] if argv is None and "bench" in sys.argv else argv or []
-    return getattr(args, "prog", "loretta-ds bench") + " " + shlex.join(argv)
+    return "python -m benchmarks.bench " + shlex.join(args.argv)
 
 
 def _run_layer(args: argparse.Namespace, cfg: BenchConfig) -> int:
     import time
 
-    from ..bench.layer import layer_bench, layer_table
+    from benchmarks.harness.layer import layer_bench, layer_table
 
     repeats = args.steps if args.steps != BenchConfig().steps else 200
     rows = layer_bench(cfg.hidden, cfg.tokens, repeats, max(cfg.warmup, 1), cfg.threads,
@@ -90,8 +92,8 @@ def _run_layer(args: argparse.Namespace, cfg: BenchConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.report import to_markdown, write_all
-    from ..bench.runner import run_bench
+    from benchmarks.harness.report import to_markdown, write_all
+    from benchmarks.harness.runner import run_bench
 
     cfg = config_from_args(args)
     if args.layer:
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
                        (lambda msg: print(msg, file=sys.stderr, flush=True)))
     report.command = _command_line(args)
     if args.llama2_checkpoints:
-        from ..bench.checkpoints import checkpoint_rows
+        from benchmarks.harness.checkpoints import checkpoint_rows
         report.llama2_checkpoints = checkpoint_rows()
     print(to_markdown(report))
     if args.out_dir == "-":
@@ -109,3 +111,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -52,4 +52,4 @@ args=(--device "$DEVICE" --dtype "${DTYPE:-bf16}"
 if [[ -n ${OUT:-} ]]; then
     args+=(--out "$OUT" --json "${OUT%.*}.json")
 fi
-exec "$PY" -m loretta_ds.bench.gpu "${args[@]}"
+exec "$PY" -m benchmarks.harness.gpu "${args[@]}"

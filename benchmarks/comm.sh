@@ -19,9 +19,9 @@ WARMUP=${WARMUP:-3}
 MEASURE=${MEASURE:-10}
 mkdir -p "$WORK"
 
-"$PY" -m loretta_ds.bench.comm make-model "$WORK/model" --hidden "${HIDDEN:-768}" --layers "${LAYERS:-2}" \
+"$PY" -m benchmarks.harness.comm make-model "$WORK/model" --hidden "${HIDDEN:-768}" --layers "${LAYERS:-2}" \
     --intermediate "${INTERMEDIATE:-2048}" --heads "${HEADS:-12}"
-"$PY" -m loretta_ds.bench.comm ds-config ds_configs/zero3_offload.json "$WORK/ds_config.json"
+"$PY" -m benchmarks.harness.comm ds-config ds_configs/zero3_offload.json "$WORK/ds_config.json"
 
 dirs=()
 for repeat in $(seq 1 "${REPEATS:-1}"); do
@@ -33,7 +33,7 @@ for method in ${METHODS:-rep adp lora}; do
     flags=()
     if [[ $method != lora ]]; then flags=(--train_norms "${TRAIN_NORMS:-true}"); fi
     port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-    deepspeed --num_gpus "${NPROC:-2}" --master_port "$port" bench/comm_train.py --model "$WORK/model" --method "$method" ${flags[@]+"${flags[@]}"} \
+    deepspeed --num_gpus "${NPROC:-2}" --master_port "$port" benchmarks/comm_train.py --model "$WORK/model" --method "$method" ${flags[@]+"${flags[@]}"} \
         --ds_config "$WORK/ds_config.json" --output_dir "$WORK/$run" \
         --max_steps $((WARMUP + MEASURE + 1)) --comm_warmup "$WARMUP" --comm_steps "$MEASURE" \
         --micro_batch_size "${MICRO_BATCH:-8}" --seq_len "${SEQ_LEN:-128}" \
@@ -42,5 +42,5 @@ for method in ${METHODS:-rep adp lora}; do
     dirs+=("$WORK/$run")
 done
 done
-"$PY" -m loretta_ds.bench.comm table "${dirs[@]}" ${OUT:+--out "$OUT"}
+"$PY" -m benchmarks.harness.comm table "${dirs[@]}" ${OUT:+--out "$OUT"}
 echo "runs and logs in $WORK" >&2

@@ -1,11 +1,11 @@
 """Communication per training step of the real trainer under ZeRO-3, from DeepSpeed's comms logger.
 
-``bench/comm.sh`` launches ``bench/comm_train.py`` (this module's ``train_with_probe``) with the
+``benchmarks/comm.sh`` launches ``benchmarks/comm_train.py`` (this module's ``train_with_probe``) with the
 deepspeed launcher once per method. The probe wraps the engine's forward / backward / step of a
 normal ``loretta-ds train`` run, and snapshots ``deepspeed.comm``'s comms logger (enabled through
 a copy of the ds config with a ``comms_logger`` section) around the measured steps, so setup,
 evaluation and checkpointing traffic is left out. Each rank writes ``comm_rank<R>.json`` into the
-run directory; ``python -m loretta_ds.bench.comm DIR...`` turns those into one table.
+run directory; ``python -m benchmarks.harness.comm DIR...`` turns those into one table.
 
 Byte counts come from the logger's message sizes (``msg_size``: the tensor handed to the
 collective, per rank). Gradients reduced = the reduce-scatter (and all-reduce) inputs: the flat
@@ -124,33 +124,36 @@ class StepProbe:
                 "step_records": self.records}
 
 
+class ProbeCallback:
+    """Installs the StepProbe on the engine once the trainer has built it (a trainer callback)."""
+
+    def __init__(self, warmup: int, measured: int):
+        self.warmup, self.measured = warmup, measured
+        self.probe: StepProbe | None = None
+
+    def on_engine_ready(self, trainer) -> None:
+        self.probe = StepProbe(trainer.engine, self.warmup, self.measured)
+
+
 def train_with_probe(argv: list[str]) -> int:
     """``loretta-ds train`` with the probe installed; extra flags --comm_warmup, --comm_steps."""
-    from ..run_config import add_train_arguments, config_from_args
-    from ..trainer import Trainer
+    from loretta_ds.run_config import add_train_arguments, config_from_args
+    from loretta_ds.trainer import Trainer
 
-    parser = argparse.ArgumentParser(prog="bench/comm_train.py")
+    parser = argparse.ArgumentParser(prog="benchmarks/comm_train.py")
     add_train_arguments(parser)  # the trainer's own flags, unchanged
     parser.add_argument("--comm_warmup", type=int, default=2, help="steps before measuring")
     parser.add_argument("--comm_steps", type=int, default=5, help="steps measured")
     args = vars(parser.parse_args(argv))
     warmup, measured = args.pop("comm_warmup"), args.pop("comm_steps")
     cfg = config_from_args(args)
-    trainer = Trainer(cfg)
-    setup_engine = trainer.setup_engine
-    probe: list[StepProbe] = []
-
-    def setup_engine_with_probe() -> None:
-        setup_engine()
-        probe.append(StepProbe(trainer.engine, warmup, measured))
-
-    trainer.setup_engine = setup_engine_with_probe
+    callback = ProbeCallback(warmup, measured)
+    trainer = Trainer(cfg, callbacks=[callback])
     status = trainer.run()
-    if status == 0 and probe:
+    if status == 0 and callback.probe is not None:
         trainable = int(sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters() if p.requires_grad))
-        variant = " (no norms)" if cfg.method != "lora" and not cfg.train_norms else ""
-        result = probe[0].result(cfg.method + variant, trainer.rank,
-                                 trainer.world_size, trainable)
+        variant = " (no norms)" if cfg.method != "lora" and not cfg.adapter.train_norms else ""
+        result = callback.probe.result(cfg.method + variant, trainer.rank, trainer.world_size, trainable)
         path = Path(cfg.output_dir) / f"comm_rank{trainer.rank}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
     return status
@@ -208,7 +211,7 @@ def make_model(out_dir: str, hidden: int, layers: int, intermediate: int, heads:
     import torch
     from transformers import AutoConfig, LlamaForCausalLM
 
-    from ..tiny_llama import ensure_tiny_llama
+    from loretta_ds.tiny_llama import ensure_tiny_llama
 
     tokenizer_dir = ensure_tiny_llama()
     config = AutoConfig.from_pretrained(tokenizer_dir)
@@ -224,7 +227,7 @@ def make_model(out_dir: str, hidden: int, layers: int, intermediate: int, heads:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loretta_ds.bench.comm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.harness.comm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
     table = sub.add_parser("table", help="one table from the comm_rank0.json of several run directories")
     table.add_argument("run_dirs", nargs="+")

@@ -21,7 +21,7 @@ METHODS = ("rep", "adp", "lora", "adapter")
 
 def _apply(method: str, model: nn.Module) -> nn.Module:
     if method in ("rep", "adp"):
-        from ..adapters import LorettaConfig, inject
+        from loretta_ds.adapters import LorettaConfig, inject
         return inject(model, LorettaConfig(method=method))
     if method == "adapter":
         return add_dense_adapters(model, bottleneck=64)
@@ -32,7 +32,7 @@ def _apply(method: str, model: nn.Module) -> nn.Module:
 
 def trainable_file_bytes(model_name: str, method: str, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
     """(trainable parameters, safetensors file bytes) of ``method`` on preset or config ``model_name``."""
-    from ..models import load_model_config, meta_model
+    from loretta_ds.models import load_model_config, meta_model
 
     model = _apply(method, meta_model(load_model_config(model_name)))
     tensors = {name: torch.zeros(p.shape, dtype=dtype) for name, p in model.named_parameters() if p.requires_grad}

@@ -54,7 +54,7 @@ def _floor(base: nn.Module, train_norms: bool) -> tuple[nn.Module, str]:
 
 def _loretta(method: str) -> Callable[[nn.Module, bool], tuple[nn.Module, str]]:
     def build(base: nn.Module, train_norms: bool) -> tuple[nn.Module, str]:
-        from ..adapters import LorettaConfig, inject
+        from loretta_ds.adapters import LorettaConfig, inject
         cfg = LorettaConfig(method=method, r=8, tensor_rank=5, alpha=16, bottleneck=64, dropout=0.0,
                             train_norms=train_norms)
         model = inject(copy.deepcopy(base), cfg)

@@ -1,0 +1,92 @@
+"""The package's import graph keeps its layers: nothing imports a layer above it or a sibling of its
+own layer, and deepspeed is imported only in distributed/.
+
+Every import statement of every module is read (those inside functions too), so a lazy import
+cannot hide a dependency. The layers, bottom to top, are LAYERS below (README.md, "Layout").
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "loretta_ds"
+
+LAYERS = [
+    {"loretta_ds", "settings", "file_io"},  # helpers every layer uses; the package root's constants
+    {"run_dir"},  # the run directory's names and run_config.json
+    {"tt"},  # tensor-train maths
+    {"adapters"},  # LorettaConfig, the layers, inject / merge / save / load
+    {"data", "distributed", "export"},  # siblings: none imports another
+    {"tiny_llama", "train_metrics", "run_lock", "output_dir", "generation"},
+    {"models", "run_config"},
+    {"estimate", "train_plan"},
+    {"trainer"},
+    {"commands", "cli"},
+]
+RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+
+
+def unit_of(module: str) -> str:
+    """The layer unit of a dotted module name: its first component below loretta_ds."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+
+
+def imports_of(path: Path, module: str | None = None) -> list[tuple[str, int]]:
+    """(imported module, line) for every import in the file (``module`` is its dotted name, by
+    default from its place in the package), relative ones made absolute."""
+    module = module or module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = parts[:len(parts) - (node.level - 1)] if node.level else []
+            found.append((".".join(base + ([node.module] if node.module else [])), node.lineno))
+    return found
+
+
+def package_modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_unit_has_a_layer():
+    units = {unit_of(module_name(p)) for p in package_modules()}
+    assert units <= set(RANK), f"modules without a layer (add them to LAYERS): {sorted(units - set(RANK))}"
+
+
+def test_no_module_imports_upward_or_sideways():
+    problems = []
+    for path in package_modules():
+        source = unit_of(module_name(path))
+        for target, line in imports_of(path):
+            if not target.startswith("loretta_ds"):
+                continue
+            unit = unit_of(target)
+            if unit == source:
+                continue
+            if RANK[unit] >= RANK[source]:
+                kind = "sideways" if RANK[unit] == RANK[source] else "upward"
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} ({kind}: "
+                                f"{source} is layer {RANK[source]}, {unit} layer {RANK[unit]})")
+    assert not problems, "\n".join(problems)
+
+
+def test_deepspeed_is_imported_only_in_distributed():
+    problems = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
+                for path in package_modules() for target, line in imports_of(path)
+                if target.split(".")[0] == "deepspeed" and path.parent.name != "distributed"]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_check_sees_lazy_imports(tmp_path):
+    """An import inside a function counts: the walk would catch trainer importing deepspeed lazily."""
+    module = tmp_path / "lazy.py"
+    module.write_text("def f():\n    import deepspeed\n    from .trainer import Trainer\n")
+    assert [t for t, _ in imports_of(module, "loretta_ds.export.lazy")] == ["deepspeed", "loretta_ds.export.trainer"]
