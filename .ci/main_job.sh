@@ -49,4 +49,6 @@ if ! grep -qE "finished [0-9]+ steps: .*eval accuracy [0-9.]+ \(step [0-9]+\) ->
     tail -n 40 "$log" >&2
     exit 1
 fi
+# What the README promises of that run (learns the task, one summary, plot, merged export).
+python .ci/check_main_job.py runs/demo "$log"
 echo "main job passed in ${elapsed} s (install + run)"

@@ -95,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..run_config import config_from_args
-    from ..train_plan import build_plan, choose_resume
 
     given = {k: v for k, v in vars(args).items() if k not in ("world_size", "json", "check")}
     world_size = args.world_size if args.world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
@@ -105,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if args.check == "batch":
         print(batch_split(cfg, world_size))
         return 0
+    from ..train_plan import build_plan, choose_resume  # torch, transformers: only for the full plan
+
     quiet = args.json
     plan = build_plan(cfg, world_size)
     plan = dataclasses.replace(plan, resume=choose_resume(plan, log=(lambda _: None) if quiet else print))
