@@ -257,6 +257,8 @@ class Trainer:
             # The frozen embedding output has no grad; checkpointed blocks still need one to
             # backpropagate into the adapters inside them.
             model.enable_input_require_grads()
+            self.log(f"gradient checkpointing: each of the {model.config.num_hidden_layers} decoder layers keeps "
+                     "only its input and is recomputed in backward")
         if plan.resume.checkpoint is not None:
             ckpt.load_trainable_into_model(plan.resume.checkpoint.path, model, self.trainable_names)
         self.model = model
