@@ -19,8 +19,8 @@ LAYERS = [
     {"data", "distributed", "export"},  # siblings: none imports another
     {"tiny_llama", "train_metrics", "run_lock", "output_dir", "generation"},
     {"models", "run_config"},
-    {"estimate", "train_plan"},
-    {"trainer"},
+    {"train_plan"},
+    {"estimate", "trainer"},  # both take a run's settings through the plan
     {"commands", "cli"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -79,6 +79,9 @@ CANNOT_RUN_HERE = {
         "needs a SLURM cluster with 4 x 8 GPUs and the 70B checkpoint; tests/test_slurm_cluster.py "
         "submits the same launcher (slurm/tiny_cpu.sh, slurm/tiny_cpu_2node.sh) to a real two-node cluster (-m slurm)",
     "bash .ci/slurm_tests.sh": "starts SLURM daemons as root (and installs them): CI's job, not a test's",
+    ".ci/slurm_cluster.sh": "named as what starts the two-node cluster (root, network namespaces): CI's job",
+    "python -m pytest": "the fast tier: this test suite itself (CI stage 2 runs it through the test install)",
+    'python -m pytest -m "slow or multiprocess"': "the other tiers of this suite: .ci/run runs them (CI stage 3)",
     ".ci/run": "CI itself (the main job, the SLURM cluster, the whole test suite)",
     ".ci/main_job.sh": "CI stage 1: the main job in a fresh venv (minutes of both cores)",
     "python -m benchmarks.bench --clock cpu --steps 20 --warmup 2 --train_norms false "
