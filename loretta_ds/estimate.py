@@ -8,8 +8,11 @@ Per GPU (world size W = nodes x gpus_per_node, c = 2 bytes in bf16, 4 in fp32):
 * persistent weights parameters at or below the threshold stay whole on every GPU: all LoRETTA cores
                      and biases and every norm weight (numel * c each).
 * gathered weights   ZeRO-3 all-gathers a module's partitioned weights before using it and prefetches
-                     ahead: (largest module + stage3_prefetch_bucket_size (5e7)) * c, at most the
-                     partitioned total.
+                     ahead. Measured (docs/benchmarks.md section 3): with more than one process the
+                     prefetcher runs ahead by up to stage3_prefetch_bucket_size at every module call,
+                     parameter-free ones included, so it fills stage3_max_live_parameters (1e9)
+                     before it waits: (max live + largest module) * c, at most the partitioned
+                     total. One process: (largest module + prefetch bucket) * c.
 * gradients          trainable * c / W (reduce-scattered partitions).
 * optimizer state    trainable * (4 master + 4 Adam m + 4 Adam v) / W in bf16 (no master in fp32:
                      8 / W); only trainable parameters have any.
@@ -31,17 +34,22 @@ no seq x seq score matrix is kept), with h hidden, i intermediate, kv = kv_heads
                    an input: h for h D; adp on an output: the module output), counted once when
                    several adapters read the same tensor (q, k, v read one norm output; gate and up
                    the other), plus c*r (rep) or c*b (adp) per adapter for the bottleneck.
-    head           final norm as above, plus (4 + c) * V for the logits and their fp32 log-softmax,
-                   doubled for their gradients in backward (2 (4 + c) V).
+    head           final norm as above, plus 12 V at the top of the loss's backward: the fp32
+                   log-softmax (4V) and its gradient (4V), and the logits' gradient (4V in fp32;
+                   2V in bf16 plus its fp32 copy, 2V). Measured 11-12 V in both precisions.
     per adapter    the dense factor matrices (d_in r + r d_out, or 2 d b) * c, once (not per token).
 
-With gradient checkpointing (one checkpoint per decoder layer) only each layer's input c*h is kept,
-plus one layer's full activations while it is recomputed in backward, plus the head.
+The peak comes at the top of backward: every layer's saved tensors plus the larger of the head's
+12 V and one layer's backward temporaries (3c * i: the gradients of gate, silu(gate) and up).
+With gradient checkpointing (one checkpoint per decoder layer) only each layer's input c*h is kept;
+the head's backward and a recomputed layer (its activations + 3c * i) come one after the other,
+so the peak is L * c*h plus the larger of the two.
 Temporary buffers (communication buckets, pinned staging, allocator fragmentation, kernels'
 workspace) are not modelled: keep some headroom.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 
@@ -52,6 +60,7 @@ from .adapters import LorettaAdpLinear, LorettaConfig, LorettaRepLinear, adapter
 OFFLOADS = ("none", "optimizer", "param+optimizer")
 DEFAULT_PERSISTENCE_THRESHOLD = 100_000   # DeepSpeed's stage3_param_persistence_threshold default
 DEFAULT_PREFETCH_BUCKET = 50_000_000      # DeepSpeed's stage3_prefetch_bucket_size default
+DEFAULT_MAX_LIVE_PARAMETERS = 1_000_000_000   # DeepSpeed's stage3_max_live_parameters default
 # The plan leaves out buffers and fragmentation (see above): a plan above this share of the GPU is tight.
 TIGHT_FRACTION = 0.9
 
@@ -74,6 +83,7 @@ class Setup:
     gradient_checkpointing: bool = False
     param_persistence_threshold: int = DEFAULT_PERSISTENCE_THRESHOLD
     prefetch_bucket_size: int = DEFAULT_PREFETCH_BUCKET
+    max_live_parameters: int = DEFAULT_MAX_LIVE_PARAMETERS
 
     def __post_init__(self) -> None:
         if self.offload not in OFFLOADS:
@@ -149,6 +159,14 @@ class MemoryEstimate:
         return self.gpu_model_state_bytes + self.activation_bytes
 
     @property
+    def process_model_state_bytes(self) -> int:
+        """What one process holds between steps, on its GPU and offloaded to the host together:
+        weight partitions, persistent weights, gradients, optimizer state (on a CPU-only machine
+        all of it is the process's memory)."""
+        return (self.frozen_partition_bytes + self.trainable_partition_bytes + self.persistent_bytes
+                + self.gradient_bytes + self.optimizer_bytes)
+
+    @property
     def checkpointed_gpu_total_bytes(self) -> int:
         """Per-GPU total of the same run with gradient checkpointing on."""
         return self.gpu_model_state_bytes + self.checkpointed_activation_bytes
@@ -162,7 +180,7 @@ class MemoryEstimate:
         data = asdict(self)
         data.update(gpu_weight_bytes=self.gpu_weight_bytes, gpu_model_state_bytes=self.gpu_model_state_bytes,
                     gpu_total_bytes=self.gpu_total_bytes, checkpointed_gpu_total_bytes=self.checkpointed_gpu_total_bytes,
-                    world_size=self.setup.world_size)
+                    process_model_state_bytes=self.process_model_state_bytes, world_size=self.setup.world_size)
         return data
 
 
@@ -266,15 +284,16 @@ def activation_terms(model: nn.Module, config, cfg: LorettaConfig, setup: Setup)
     adapters, constant = _adapter_activations(model, c, d)
     adapter_max = max(adapters.values(), default=0)
     adapter_sum = sum(adapters.values())
-    head = norm + 2 * (4 + c) * vocab
+    head = norm + 12 * vocab
+    layer_backward = 3 * c * i  # gate, silu(gate) and up's gradients while the MLP's backward runs
     tokens = setup.tokens
     if setup.gradient_checkpointing:
-        per_token = layers * c * h + base_layer + adapter_max + head
+        per_token = layers * c * h + max(head, base_layer + adapter_max + layer_backward)
     else:
-        per_token = layers * base_layer + adapter_sum + head
+        per_token = layers * base_layer + adapter_sum + max(head, layer_backward)
     return {"bytes_per_token_per_layer": base_layer, "adapter_bytes_per_token": adapter_sum,
-            "head_bytes_per_token": head, "adapter_constant_bytes": constant,
-            "bytes_per_token": per_token, "tokens": tokens,
+            "head_bytes_per_token": head, "layer_backward_bytes_per_token": layer_backward,
+            "adapter_constant_bytes": constant, "bytes_per_token": per_token, "tokens": tokens,
             "total_bytes": per_token * tokens + constant}
 
 
@@ -309,7 +328,13 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
     largest = _largest_module_params(model)
     frozen_partition = partitioned_frozen * c // world
     trainable_partition = partitioned_trainable * c // world
-    gathered = min(largest + setup.prefetch_bucket_size, partitioned_frozen + partitioned_trainable) * c
+    if world > 1:
+        # Measured: the prefetcher runs ahead until stage3_max_live_parameters are gathered; the module
+        # in use is fetched whatever the count.
+        working = setup.max_live_parameters + largest
+    else:
+        working = largest + setup.prefetch_bucket_size
+    gathered = min(working, partitioned_frozen + partitioned_trainable) * c
     optimizer = trainable * optimizer_per_param // world
     terms = activation_terms(model, config, cfg, setup)
     checkpointed = activation_terms(model, config, cfg, replace(setup, gradient_checkpointing=True))
@@ -330,3 +355,82 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
         adapter_file_bytes=trainable * c, training_checkpoint_bytes=trainable * (c + optimizer_per_param),
         deepspeed=ds,
     )
+
+
+def _offload_of(zero: dict) -> str:
+    """The Setup.offload of a ZeRO section: which of parameters and optimizer state go to the host."""
+    def device(key: str) -> str:
+        section = zero.get(key) or {}
+        return section.get("device", "none") if isinstance(section, dict) else str(section)
+
+    param, optimizer = device("offload_param") != "none", device("offload_optimizer") != "none"
+    if param and not optimizer:
+        raise ValueError("the DeepSpeed config offloads parameters but not the optimizer state; the estimate models "
+                         "no offload, the optimizer's, or both (offload_param needs offload_optimizer here)")
+    return "param+optimizer" if param else "optimizer" if optimizer else "none"
+
+
+def estimate_from_ds_config(model, cfg: LorettaConfig, ds_config, *, nodes: int = 1, gpus_per_node: int = 1,
+                            seq_len: int = 4096, gradient_checkpointing: bool = False,
+                            micro_batch_size: int | None = None, bf16: bool | None = None, offload: str | None = None,
+                            param_persistence_threshold: int | None = None,
+                            model_name: str = "") -> tuple[MemoryEstimate, list[str]]:
+    """The plan of ``loretta-ds train --ds_config DS_CONFIG`` with these settings, and notes on where
+    each setting came from.
+
+    ``model``: what --model takes, or an HF config. ``ds_config``: a shipped config's name, a path or
+    a dict. The config is resolved as the trainer resolves it (loretta_ds.distributed.ds_config:
+    "auto" values, the trainer's defaults, the persistence threshold raised to the largest trainable
+    tensor); a setting given here (not None) replaces the config's, where the trainer would refuse
+    a flag that contradicts it. Only ZeRO stage 3 is modelled.
+    """
+    import copy
+
+    from .distributed.ds_config import RunFacts, load_ds_config, resolve_ds_config, zero_stage
+    from .models import load_model_config
+    from .run_config import DEFAULT_GLOBAL_BATCH
+    from .train_plan import parameter_shapes
+
+    config = load_model_config(model) if isinstance(model, str) else model
+    name = model_name or (model if isinstance(model, str) else "")
+    raw = copy.deepcopy(ds_config) if isinstance(ds_config, dict) else load_ds_config(ds_config)
+    stage = zero_stage(raw)
+    if stage != 3:
+        raise ValueError(f"the DeepSpeed config {ds_config if not isinstance(ds_config, dict) else ''} is ZeRO stage "
+                         f"{stage}; the estimate plans ZeRO-3 runs (stage 1/2 keep every frozen weight whole on each "
+                         "GPU: about 2 bytes per parameter in bf16, before activations)")
+    zero = raw["zero_optimization"]
+    if micro_batch_size is not None:
+        # The setting given here wins; a fixed global batch in the config would then contradict it.
+        raw["train_micro_batch_size_per_gpu"] = micro_batch_size
+        raw["train_batch_size"] = "auto"
+    if bf16 is not None:
+        raw["bf16"] = {**(raw.get("bf16") if isinstance(raw.get("bf16"), dict) else {}), "enabled": bool(bf16)}
+    if offload is not None:
+        if offload not in OFFLOADS:
+            raise ValueError(f"offload must be one of {', '.join(OFFLOADS)}, got {offload!r}")
+        zero["offload_param"] = {"device": "cpu" if offload == "param+optimizer" else "none"}
+        zero["offload_optimizer"] = {"device": "none" if offload == "none" else "cpu"}
+    if param_persistence_threshold is not None:
+        zero["stage3_param_persistence_threshold"] = param_persistence_threshold
+    shapes, frozen = parameter_shapes(config, cfg)
+    numels = [math.prod(shape) for shape in shapes.values()]
+    facts = RunFacts(world_size=nodes * gpus_per_node, lr=None, warmup_steps=None, total_steps=100, grad_clip=None,
+                     bf16=None, hidden_size=int(config.hidden_size), max_trainable_numel=max(numels),
+                     total_trainable_numel=sum(numels), frozen_numels=tuple(frozen), cuda_available=True,
+                     default_global_batch=DEFAULT_GLOBAL_BATCH)
+    resolved, notes = resolve_ds_config(raw, facts)
+    zero = resolved["zero_optimization"]
+    setup = Setup(nodes=nodes, gpus_per_node=gpus_per_node, offload=_offload_of(zero),
+                  bf16=bool(resolved["bf16"]["enabled"]), micro_batch_size=int(resolved["train_micro_batch_size_per_gpu"]),
+                  seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
+                  param_persistence_threshold=int(zero["stage3_param_persistence_threshold"]),
+                  prefetch_bucket_size=int(zero.get("stage3_prefetch_bucket_size", DEFAULT_PREFETCH_BUCKET)),
+                  max_live_parameters=int(zero.get("stage3_max_live_parameters", DEFAULT_MAX_LIVE_PARAMETERS)))
+    if micro_batch_size is None:
+        notes.append(f"micro batch {setup.micro_batch_size}: the trainer's, from the config's batch sizes or its "
+                     f"default global batch {DEFAULT_GLOBAL_BATCH} over {setup.world_size} process(es)")
+    if bf16 is None:
+        notes.append(f"{'bf16' if setup.bf16 else 'fp32'}: the config's bf16.enabled"
+                     + (" (auto: the trainer's default, fp32, without --bf16)" if not setup.bf16 else ""))
+    return estimate_memory(config, cfg, setup, model_name=name), notes

@@ -21,18 +21,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--gpu_memory", type=float, default=DEFAULT_GPU_MEMORY_GIB,
                      help="memory of one GPU in GiB, for the verdict (default "
                           f"{DEFAULT_GPU_MEMORY_GIB}: H100 / A100 80GB; 40 for A100 40GB, 24 for a 4090)")
-    run.add_argument("--offload", default="none",
+    run.add_argument("--ds_config", default=None,
+                     help="the DeepSpeed config the run will use, as train takes it (a file, or a shipped "
+                          "name: zero3_offload, zero3): offload, bf16, micro batch, persistence threshold, "
+                          "prefetch bucket and max live parameters come from it, resolved as the trainer "
+                          "resolves them; the flags below replace its values where given. ZeRO-3 only")
+    run.add_argument("--offload", default=None,
                      help="what ZeRO-3 keeps in host memory: none | optimizer | param+optimizer "
-                          "(the frozen weights' partitions too) (default none)")
-    run.add_argument("--bf16", type=parse_bool, nargs="?", const=True, default=True,
-                     help="bf16 weights and activations (default true; --bf16 false for fp32)")
-    run.add_argument("--micro_batch_size", type=int, default=1, help="sequences per GPU per step (default 1)")
+                          "(the frozen weights' partitions too) (default: the ds_config's, else none)")
+    run.add_argument("--bf16", type=parse_bool, nargs="?", const=True, default=None,
+                     help="bf16 weights and activations (--bf16 false for fp32; default: the ds_config's "
+                          "bf16.enabled, fp32 where it says auto, as train; true without --ds_config)")
+    run.add_argument("--micro_batch_size", type=int, default=None,
+                     help="sequences per GPU per step (default: what train would use with the ds_config, "
+                          "else 1)")
     run.add_argument("--seq_len", type=int, default=4096, help="tokens per sequence (default 4096)")
     run.add_argument("--gradient_checkpointing", action="store_true",
                      help="one checkpoint per decoder layer (train's --gradient_checkpointing)")
-    run.add_argument("--param_persistence_threshold", type=int, default=100_000,
+    run.add_argument("--param_persistence_threshold", type=int, default=None,
                      help="DeepSpeed stage3_param_persistence_threshold: parameters this small stay whole "
-                          "on every GPU (default 100000)")
+                          "on every GPU (default: the ds_config's, as train raises it, else 100000)")
     run.add_argument("--json", action="store_true", help="print the estimate and the verdict as JSON")
 
 
@@ -42,6 +50,16 @@ def _gib(n: int) -> str:
         if n >= size:
             return f"{n / size:10.2f} {unit}"
     return f"{n:10d} B  "
+
+
+def _gathered_note(e) -> str:
+    """Where the gathered weights come from when more than one process shares the model."""
+    s = e.setup
+    if s.world_size == 1 or e.gathered_bytes >= (e.frozen_params + e.trainable_params - e.persistent_params) \
+            * s.compute_bytes:
+        return ""
+    return (f"    (ZeRO-3's prefetch fills stage3_max_live_parameters, {s.max_live_parameters:,}: a lower value "
+            "shrinks it)")
 
 
 def format_estimate(e) -> str:
@@ -59,7 +77,7 @@ def format_estimate(e) -> str:
         "  per GPU                          LoRETTA",
         f"    frozen weights (partition)  {_gib(gpu_partition)}",
         f"    persistent (adapter, norms) {_gib(e.persistent_bytes)}",
-        f"    gathered weights (working)  {_gib(e.gathered_bytes)}",
+        f"    gathered weights (working)  {_gib(e.gathered_bytes)}" + _gathered_note(e),
         f"    gradients                   {_gib(e.gradient_bytes)}",
         f"    optimizer state             {_gib(gpu_optimizer)}",
         f"    model states                {_gib(e.gpu_model_state_bytes)}    DeepSpeed all-trainable: {_gib(ds.gpu_bytes)}",
@@ -107,22 +125,59 @@ def format_verdict(e, v) -> str:
     return "\n".join(lines)
 
 
+def format_ds_config(e, ds_config: str, notes: list[str]) -> str:
+    s = e.setup
+    lines = [f"  DeepSpeed config {ds_config}: offload {s.offload}, {'bf16' if s.bf16 else 'fp32'}, micro batch "
+             f"{s.micro_batch_size}, persistence threshold {s.param_persistence_threshold:,}, prefetch bucket "
+             f"{s.prefetch_bucket_size:,}, max live parameters {s.max_live_parameters:,}"]
+    lines += [f"    {note}" for note in notes]
+    return "\n".join(lines)
+
+
+# What the plan leaves out, and how it compared with measured runs (docs/benchmarks.md section 3).
+NOT_PREDICTED = """\
+  not predicted (keep 10-20% of the GPU free for them):
+    GPU: the CUDA context and kernels' workspace, the caching allocator's fragmentation and reserve,
+      communication buckets (reduce_bucket_size), pinned staging buffers;
+    host: each process's own memory (Python, torch, DeepSpeed: about 0.7 GiB resident per process in
+      the CPU runs, about 50 MiB of it DeepSpeed's engine beyond its tensors), page cache of the
+      checkpoint files;
+    activations assume every row is seq_len tokens (padding to the longest of a micro batch uses less)
+      and attention that keeps no seq x seq matrix (sdpa / flash attention).
+  checked against CPU runs of the trainer (tiny and hidden-768 models, 1 and 2 processes, with and
+  without checkpointing, fp32): docs/benchmarks.md section 3 lists each figure against its plan."""
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.gpu_memory > 0:
         raise ValueError(f"--gpu_memory must be the GPU's memory in GiB (> 0), got {args.gpu_memory:g}; "
                          "e.g. --gpu_memory 80")
-    from ..estimate import Setup, estimate_memory, verdict
+    from ..estimate import Setup, estimate_from_ds_config, estimate_memory, verdict
     from ..models import load_model_config
 
-    setup = Setup(nodes=args.nodes, gpus_per_node=args.gpus_per_node, offload=args.offload, bf16=args.bf16,
-                  micro_batch_size=args.micro_batch_size, seq_len=args.seq_len,
-                  gradient_checkpointing=args.gradient_checkpointing,
-                  param_persistence_threshold=args.param_persistence_threshold)
     cfg = loretta_config_from_args(args)
-    estimate = estimate_memory(load_model_config(args.model), cfg, setup, model_name=args.model)
+    config = load_model_config(args.model)
+    notes: list[str] = []
+    if args.ds_config is not None:
+        estimate, notes = estimate_from_ds_config(
+            config, cfg, args.ds_config, nodes=args.nodes, gpus_per_node=args.gpus_per_node, seq_len=args.seq_len,
+            gradient_checkpointing=args.gradient_checkpointing, micro_batch_size=args.micro_batch_size,
+            bf16=args.bf16, offload=args.offload, param_persistence_threshold=args.param_persistence_threshold,
+            model_name=args.model)
+    else:
+        setup = Setup(nodes=args.nodes, gpus_per_node=args.gpus_per_node, offload=args.offload or "none",
+                      bf16=True if args.bf16 is None else args.bf16, micro_batch_size=args.micro_batch_size or 1,
+                      seq_len=args.seq_len, gradient_checkpointing=args.gradient_checkpointing,
+                      param_persistence_threshold=(100_000 if args.param_persistence_threshold is None
+                                                   else args.param_persistence_threshold))
+        estimate = estimate_memory(config, cfg, setup, model_name=args.model)
     judged = verdict(estimate, int(args.gpu_memory * 2**30))
     if args.json:
-        print(json.dumps({**estimate.to_dict(), "verdict": judged.to_dict()}, indent=2))
+        print(json.dumps({**estimate.to_dict(), "verdict": judged.to_dict(), "ds_config": args.ds_config,
+                          "ds_config_notes": notes, "not_predicted": NOT_PREDICTED}, indent=2))
     else:
-        print(format_estimate(estimate) + "\n\n" + format_verdict(estimate, judged))
+        lines = format_estimate(estimate).split("\n")
+        if args.ds_config is not None:
+            lines[2:2] = format_ds_config(estimate, args.ds_config, notes).split("\n")  # under the header
+        print("\n".join(lines) + "\n\n" + format_verdict(estimate, judged) + "\n\n" + NOT_PREDICTED)
     return 0
