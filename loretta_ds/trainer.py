@@ -538,8 +538,11 @@ class Trainer:
             self.log(f"adapter saved in {adapter_dir}" + (f"; loss plot {plot}" if plot else ""))
             self.log(summary + f" (wall time {elapsed:.0f} s)")
         # The merged export streams the whole base model from disk on rank 0 alone and may take
-        # longer than a collective timeout: leave the process group first.
+        # longer than a collective timeout: leave the process group first (the heartbeat, which
+        # uses its store, stops before it).
         dist.barrier()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         dist.shutdown()
         if self.rank == 0 and cfg.export:
             return self.export_merged()

@@ -121,8 +121,13 @@ class Heartbeat:
             return LostRanks(found[0], self.hosts)
         return LostRanks([0] if self.rank != 0 else [], self.hosts)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 2 * INTERVAL_S) -> None:
+        """Stop beating and wait (briefly) for the thread: no thread of ours may still be inside a
+        store call when the process group is destroyed and the process exits (a C++ thread torn
+        down mid-call aborts the process: "terminate called without an active exception")."""
         self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
 
 
 def start_heartbeat() -> Heartbeat | None:
