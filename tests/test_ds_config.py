@@ -278,35 +278,3 @@ def test_warmup_starts_above_zero_and_rises_linearly_to_the_peak(name):
         scheduler.step()
     assert lrs[:4] == pytest.approx([2e-3, 4e-3, 6e-3, 8e-3])  # 1/5 ... 4/5 of the peak
     assert lrs[3] < lrs[4] == pytest.approx(1e-2, rel=0.01)  # then the cosine from the peak
-
-
-@pytest.mark.parametrize("name", ["zero3_offload.json", "zero3.json"])
-@pytest.mark.parametrize("method", ["rep", "adp", "lora"])
-def test_zero3_configs_fetch_each_loretta_layer_as_one_zero3_leaf(name, method):
-    """The ZeRO-3 configs name LoRETTA's two layer classes as DeepSpeed leaf modules: each
-    LorettaRepLinear / LorettaAdpLinear gathers its base weight (and finds its persistent TT cores)
-    in one fetch, and its base layer, TT matrices and dropout get no ZeRO-3 hooks of their own
-    (measured on SmolLM2 under 2-process ZeRO-3 + offload: docs/benchmarks.md, section 8). Checked
-    with DeepSpeed's own matching, so a renamed class cannot silently turn it off; the frozen base
-    model's other modules and PEFT's LoRA layers are left alone."""
-    from deepspeed.runtime.zero.leaf_module_config import DeepSpeedZeroLeafModuleConfig
-    from deepspeed.utils.z3_leaf_module import apply_zero_leaf_module_config, z3_leaf_module
-
-    from loretta_ds import LorettaConfig, inject
-    from loretta_ds.adapters.layers import LorettaAdpLinear, LorettaRepLinear
-    from tests.tiny_models import tiny_llama
-
-    config, _ = resolve_ds_config(shipped(name), facts())
-    leaf = DeepSpeedZeroLeafModuleConfig(**config["zero_optimization"]["leaf_module"])
-    model = tiny_llama()
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    else:
-        inject(model, LorettaConfig(method=method, r=8, tensor_rank=5))
-    marked = apply_zero_leaf_module_config(model, leaf)
-    layers = [m for m in model.modules() if isinstance(m, (LorettaRepLinear, LorettaAdpLinear))]
-    assert {id(m) for m in marked} == {id(m) for m in layers}
-    assert len(layers) == {"rep": 4, "adp": 6, "lora": 0}[method]  # 2 decoder layers
-    assert [m for m in model.modules() if z3_leaf_module(m)] == layers
