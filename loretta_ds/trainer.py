@@ -414,6 +414,11 @@ class Trainer:
         suspect_from = suspect_from if suspect_from is not None else self.suspect_from
         complete, _ = ckpt.list_checkpoints(self.output_dir)
         good = [c for c in complete if suspect_from is None or c.step < suspect_from]
+        # A run started from another directory's checkpoint: that one is sound if it came first.
+        started_from = self.plan.resume.checkpoint
+        if started_from is not None and (suspect_from is None or started_from.step < suspect_from):
+            if not good or good[-1].step < started_from.step:
+                good.append(started_from)
         where = (f"the last good checkpoint is {good[-1].path} (step {good[-1].step})" if good
                  else f"no checkpoint in {ckpt.checkpoints_dir(self.output_dir)} is from before the divergence")
         return (f"the training diverged: {what}; stopping without saving this state (no adapter, no merged "

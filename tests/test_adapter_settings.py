@@ -92,6 +92,22 @@ def test_plan_and_count_take_the_adapter_flags(tmp_path):
     assert trainable - default_trainable == change != 0
 
 
+def test_an_adapter_as_large_as_the_model_or_a_rank_beyond_the_width_is_warned_about(tmp_path):
+    """Valid but almost certainly a typo: `plan` (and the run, which prints the same plan) warns,
+    naming the knob; the default adapter draws no warning."""
+    def warnings(*flags: str) -> list[str]:
+        done = cli("plan", *flags, "--json", "--output_dir", str(tmp_path / "run"), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["warnings"]
+
+    assert warnings("--method", "rep") == []
+    huge = warnings("--method", "rep", "--tensor_rank", "1000")
+    assert len(huge) == 1 and "of the model's parameters are trainable" in huge[0] and "lower --tensor_rank" in huge[0]
+    wide = warnings("--method", "lora", "--r", "4096")
+    assert any("--r 4096 is above the model's hidden size 128" in w and "use --r 128 or less" in w for w in wide), wide
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow  # one short single-process training run
 def test_a_run_from_yaml_trains_the_adapter_it_describes(tmp_path):
     config = tmp_path / "run.yaml"

@@ -143,6 +143,11 @@ def test_a_finished_run_is_extended_with_more_steps(tiny_llama, tmp_path):
     assert [r["step"] for r in train_records(out)] == list(range(1, 11))  # each step once
     record = json.loads((out / "run_config.json").read_text())
     assert record["finished"] is True and record["final_step"] == 10 and record["train"]["max_steps"] == 10
+    # From the first step after resuming, the lr is that of a run planned with 10 steps from the start.
+    planned = tmp_path / "ten"
+    status, output = run_to_end(single_command(planned, max_steps=10), tmp_path / "ten.log")
+    assert status == 0, output[-4000:]
+    assert [r["lr"] for r in train_records(out)][6:] == [r["lr"] for r in train_records(planned)][6:]
 
     status, output = run_to_end(single_command(out, max_steps=10, lr="0.5"), tmp_path / "other.log")
     assert status == 2
@@ -257,22 +262,35 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_llama, tmp_p
 def test_a_late_blow_up_fails_the_run_without_saving_or_exporting_it(tiny_llama, tmp_path):
     """An update that writes enormous (or non-finite) parameters right before the end: the run must
     not finish with exit 0 and a garbage model. It stops with exit 1, exports nothing, and names the
-    checkpoints directory; a checkpoint it names as good holds sound values."""
+    checkpoint to trust: none when the first update blew up, else the newest one from before."""
     out = tmp_path / "run"
     status, output = run_to_end(single_command(out, lr="1e30", warmup_steps=0, max_steps=5, save_every=1,
                                                max_bad_steps=10, export="true"), tmp_path / "blowup.log")
     assert status == 1, output[-4000:]
-    message = assert_one_clear_error(output, "the training diverged", "no adapter, no merged export", "--lr",
-                                     str(out / "checkpoints"))
-    # The checkpoints written before the end are kept; the one the message trusts (if any) is sound.
+    # The very first update blew up: every checkpoint written after it is suspect, none is named.
+    assert_one_clear_error(output, "the training diverged", "no adapter, no merged export", "--lr",
+                           f"no checkpoint in {out / 'checkpoints'} is from before the divergence")
     assert checkpoint_steps(out), "the checkpoints written before the blow-up were removed"
-    named = re.search(r"the last good checkpoint is (\S+) \(step (\d+)\)", message)
-    if named:
-        last_good = Path(named.group(1))
-        values = load_file(str(last_good / "trainable.safetensors")).values()
-        assert all(torch.isfinite(t).all() and t.abs().max() < 1e3 for t in values)
     assert not (out / "adapter").exists() and not (out / "merged").exists()
     assert json.loads((out / "run_config.json").read_text())["finished"] is False
+
+    # Two sound steps, then, in a new directory that writes no checkpoint of its own, the same
+    # blow-up a few steps after resuming: the message names the sound checkpoint it started from.
+    good, late = tmp_path / "good", tmp_path / "late"
+    status, output = run_to_end(single_command(good, max_steps=2, save_every=1), tmp_path / "good.log")
+    assert status == 0, output[-4000:]
+    status, output = run_to_end(single_command(late, resume=str(good / "checkpoints" / "step-2"),
+                                               allow_config_change="true", lr="1e30", warmup_steps=0, max_steps=6,
+                                               save_every=100, max_bad_steps=10, export="true"),
+                                tmp_path / "late.log")
+    assert status == 1, output[-4000:]
+    # The first update after resuming already uses this run's lr, not the checkpoint run's.
+    assert [r["lr"] > 1e20 for r in train_records(late)][:1] == [True], train_records(late)[:1]
+    message = assert_one_clear_error(output, "the training diverged", "no adapter, no merged export")
+    assert f"the last good checkpoint is {good / 'checkpoints' / 'step-2'} (step 2)" in message, message
+    values = load_file(str(good / "checkpoints" / "step-2" / "trainable.safetensors")).values()
+    assert all(torch.isfinite(t).all() and t.abs().max() < 1e3 for t in values)
+    assert 2 in checkpoint_steps(good) and not (late / "adapter").exists()
 
 
 # --- 1. one rank of a two-process ZeRO-3 run killed, or hung --------------------------------

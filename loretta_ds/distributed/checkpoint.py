@@ -337,6 +337,11 @@ def restore_optimizer(path: Path, engine, model: torch.nn.Module) -> None:
         group["lr"] = saved_group.get("lr", group["lr"])
     if saved.get("scheduler") is not None and engine.lr_scheduler is not None:
         engine.lr_scheduler.load_state_dict(saved["scheduler"])
+        # The schedule is this run's (a continued run may be longer, or with the opt-in use another
+        # lr): the next update takes this run's value at the restored position, not the value the
+        # checkpoint's run had set. For an unchanged run the two are the same number.
+        for group, lr in zip(_basic_optimizer(engine).param_groups, engine.lr_scheduler.get_lr()):
+            group["lr"] = lr
 
 
 def check_fits(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
