@@ -218,6 +218,26 @@ def test_a_config_number_and_a_disagreeing_flag_are_an_error(path, number, field
     assert _get(config, path) == number
 
 
+def test_run_config_records_the_config_numbers_that_ran(tmp_path):
+    """No flag given: the ds_config's numbers run, and run_config.json's "train" (Plan.record, what
+    the trainer writes) says so, not the flags' defaults."""
+    from loretta_ds.run_config import config_from_args
+    from loretta_ds.train_plan import build_plan
+
+    raw = shipped("zero3_offload.json")
+    raw["gradient_clipping"] = 0.25
+    raw["scheduler"]["params"]["warmup_num_steps"] = 3
+    raw["optimizer"]["params"]["lr"] = 2e-3
+    raw["bf16"]["enabled"] = True
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(raw))
+    plan = build_plan(config_from_args({"ds_config": str(path), "max_steps": 12,
+                                        "output_dir": str(tmp_path / "run")}), world_size=1)
+    train = plan.record().train
+    assert (train["grad_clip"], train["warmup_steps"], train["lr"], train["bf16"]) == (0.25, 3, 2e-3, True)
+    assert plan.record().dtype == "bfloat16"
+
+
 def test_a_total_steps_number_must_match_the_run():
     raw = _set(shipped("zero3_offload.json"), ("scheduler", "params", "total_num_steps"), 1000)
     with pytest.raises(ValueError, match=r"the run's step count .*, 100, contradicts scheduler.params.total_num_steps=1000"):

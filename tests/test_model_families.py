@@ -1,6 +1,7 @@
 """Checkpoints of every supported family, built here with the family's traits (tests/tiny_models.py
 FAMILIES): LLaMA-2, LLaMA-3, Mistral, Qwen2 (q/k/v biases), SmolLM2 (tied embeddings, pad == eos);
-byte-level BPE tokenizers, chat templates, GQA, sharded safetensors, generation_config.json.
+byte-level BPE tokenizers, chat templates, GQA, sharded safetensors, generation_config.json, and a
+bfloat16 checkpoint.
 
 Each trains a few real optimizer steps on the bundled instruction task with rep and adp, is
 exported (merged and PEFT LoRA for rep, the adapter for adp) and reloaded: rep's exports in a
@@ -29,6 +30,7 @@ from tiny_models import FAMILIES, family_config, save_family_checkpoint
 STOCK_RELOAD = str(Path(__file__).with_name("stock_reload.py"))
 # Float32 tiny models; the exports differ from base + adapter only by where the update is added.
 LOGIT_ATOL = 1e-4
+BF16_RELATIVE_TOLERANCE = 2e-2  # one rounding of the merged weight to bf16 (as tests/test_export.py)
 
 
 def quiet(_message):
@@ -109,6 +111,52 @@ def test_family_trains_exports_and_reloads(family_dir, method, tmp_path):
     assert (stock["peft"] - ours).abs().max() < LOGIT_ATOL
     assert (stock["base"] - ours).abs().max() > 100 * LOGIT_ATOL
     assert stock["merged_tied"] == FAMILIES[family]["tie"]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_target_presets_name_the_same_projections_in_every_family(family, tmp_path):
+    """`--target_modules attn | mlp | all` map onto each family's own module names."""
+    save_family_checkpoint(family, tmp_path / "base")
+    expected = {"attn": {"q_proj", "k_proj", "v_proj", "o_proj"}, "mlp": {"gate_proj", "up_proj", "down_proj"}}
+    expected["all"] = expected["attn"] | expected["mlp"]
+    layers = AutoModelForCausalLM.from_pretrained(tmp_path / "base").config.num_hidden_layers
+    for preset, names in expected.items():
+        model = inject(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), LorettaConfig(target_modules=preset))
+        adapted = [name for name, module in model.named_modules() if hasattr(module, "base_layer")]
+        assert {name.rsplit(".", 1)[-1] for name in adapted} == names, preset
+        assert len(adapted) == layers * len(names)
+
+
+@pytest.mark.slow
+def test_a_bfloat16_checkpoint_trains_in_float32_and_exports_in_its_own_dtype(tmp_path):
+    """A bf16 checkpoint (`dtype: bfloat16` in config.json, bf16 shards), trained in float32 as the
+    trainer loads it without --bf16: the merged export keeps bf16 (one rounding of W + dW), and
+    stock transformers / PEFT reload both exports."""
+    base_dir = tmp_path / "base"
+    base = save_family_checkpoint("llama3", base_dir, dtype=torch.bfloat16)
+    assert json.loads((base_dir / "config.json").read_text())["dtype"] == "bfloat16"
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = inject(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), LorettaConfig(target_modules="all"))
+    model, losses = train_a_few_steps(model, tokenizer)
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    save_adapter(model, tmp_path / "adapter")
+    merged, peft_dir = tmp_path / "merged", tmp_path / "peft"
+    export(adapter=tmp_path / "adapter", base=str(base_dir), out_dir=merged, format="merged", log=quiet)
+    export(adapter=tmp_path / "adapter", base=str(base_dir), out_dir=peft_dir, format="peft-lora", log=quiet)
+    assert json.loads((merged / "config.json").read_text())["dtype"] == "bfloat16"
+    for shard in merged.glob("model*.safetensors"):
+        with safe_open(str(shard), "pt") as handle:
+            assert {handle.get_slice(n).get_dtype() for n in handle.keys()} == {"BF16"}, shard.name
+    result = subprocess.run([sys.executable, STOCK_RELOAD, str(base_dir), str(merged), str(peft_dir),
+                             str(tmp_path / "logits.pt")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stock = torch.load(tmp_path / "logits.pt")
+    with torch.no_grad():
+        ours = model(input_ids=stock["input_ids"]).logits
+    scale = ours.abs().max()
+    assert (stock["base"] - ours).abs().max() > 0.05 * scale  # the training changed the model
+    assert (stock["peft"] - ours).abs().max() < LOGIT_ATOL  # bf16 base weights are exact in float32
+    assert (stock["merged"] - ours).abs().max() < BF16_RELATIVE_TOLERANCE * scale
 
 
 def test_qwen2_biases_are_copied_unchanged_beside_merged_weights(tmp_path):

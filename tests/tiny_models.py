@@ -95,9 +95,11 @@ def bpe_tokenizer(family: str):
     return wrapped
 
 
-def save_family_checkpoint(family: str, directory, seed: int = 0, shard: str | None = "200KB"):
+def save_family_checkpoint(family: str, directory, seed: int = 0, shard: str | None = "200KB",
+                           dtype: torch.dtype = torch.float32):
     """A tiny pretrained-looking checkpoint of ``family`` in ``directory``: sharded safetensors,
-    config, generation_config.json, tokenizer files. Returns the model (float32, eval mode)."""
+    config, generation_config.json, tokenizer files; weights and the config's dtype in ``dtype``
+    (as LLaMA and most hub checkpoints ship bfloat16). Returns the model (float32, eval mode)."""
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     config = family_config(family)
@@ -107,6 +109,8 @@ def save_family_checkpoint(family: str, directory, seed: int = 0, shard: str | N
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, do_sample=True, temperature=0.7, top_p=0.9)
+    if dtype != torch.float32:
+        model = model.to(dtype)
     model.save_pretrained(directory, **({"max_shard_size": shard} if shard else {}))
     tokenizer.save_pretrained(directory)
-    return model
+    return model.float()
