@@ -90,3 +90,21 @@ def test_the_check_sees_lazy_imports(tmp_path):
     module = tmp_path / "lazy.py"
     module.write_text("def f():\n    import deepspeed\n    from .trainer import Trainer\n")
     assert [t for t, _ in imports_of(module, "loretta_ds.export.lazy")] == ["deepspeed", "loretta_ds.export.trainer"]
+
+
+def test_help_imports_no_heavy_library():
+    """`loretta-ds [COMMAND] --help` answers without importing torch, deepspeed, transformers or
+    datasets (the imports are where the work is), so help takes a fraction of a second."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom loretta_ds.cli import main\n"
+             "for command in ([], ['train'], ['plan'], ['count'], ['estimate'], ['export'], ['generate']):\n"
+             "    try:\n        main([*command, '--help'])\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'deepspeed', 'transformers', 'datasets') if m in sys.modules),"
+             " file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+    assert "usage: loretta-ds train" in done.stdout and "--tt_shapes" in done.stdout
