@@ -374,3 +374,20 @@ def test_plan_of_the_readme_run_yaml(tmp_path):
     trainable = re.search(r"^  trainable\s+([\d,]+)", counted.stdout, re.M).group(1)
     assert f", {trainable} trainable parameters" in res.stdout, (trainable, res.stdout)
     assert not (cwd / "runs").exists(), "plan wrote an output directory"
+
+
+def test_tested_versions_are_the_lower_bounds_of_every_runtime_dependency():
+    """README's "Tested versions" names each runtime dependency at the version pyproject.toml takes
+    as its lower bound, and the upper bound is the next minor release (none is left unbounded)."""
+    import tomllib
+
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    tested = re.search(r"Tested versions.*?:(.*?)\n\n", README.read_text(), re.S).group(1)
+    for requirement in dependencies:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([\d.]+),<([\d.]+)", requirement)
+        assert match, f"{requirement!r} is not bounded as NAME>=LOW,<NEXT_MINOR"
+        name, low, high = match.groups()
+        major, minor = low.split(".")[:2]
+        assert high == f"{major}.{int(minor) + 1}", f"{requirement}: the upper bound is not the next minor"
+        assert re.search(rf"\b{re.escape(name)} {re.escape(low)}\b", tested, re.I), \
+            f"README's tested versions do not name {name} {low}"
