@@ -97,6 +97,12 @@ CANNOT_RUN_HERE = {
     "REPEATS=2 WARMUP=2 MEASURE=6 MICRO_BATCH=4 bash benchmarks/packing.sh":
         "a benchmark: alternating two-process ZeRO-3 runs, tens of minutes; tests/test_packing.py "
         "trains packed and padded runs through the same trainer",
+    "python benchmarks/quality.py":
+        "a benchmark: 18 training runs of SmolLM2-135M, about an hour of both cores; "
+        "tests/test_bench_quality_data.py checks its tasks, tests/test_real_model.py trains the same model",
+    'REPEATS=3 METHODS="rep rep_tt lora" bash benchmarks/smollm2_speed.sh':
+        "a benchmark: 9 two-process ZeRO-3 runs of SmolLM2-135M, about 10 minutes of both cores; "
+        "tests/test_real_model.py runs the same model and config",
     'TRAIN_NORMS=false METHODS="rep lora" MEASURE=10 REPEATS=6 bash benchmarks/comm.sh':
         "a benchmark: 12 two-process ZeRO-3 runs, tens of minutes; tests/test_bench_comm.py runs "
         "benchmarks/comm.sh small (-m multiprocess)",
