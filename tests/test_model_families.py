@@ -55,6 +55,21 @@ def train_a_few_steps(model, tokenizer, steps: int = 4, lr: float = 2e-2):
     return model.eval(), losses
 
 
+def export_and_reload_stock(model, base_dir, tmp_path) -> tuple[dict, torch.Tensor]:
+    """Export ``model``'s saved adapter (tmp_path/adapter) merged and as PEFT LoRA, reload both in a
+    fresh process with stock transformers and PEFT only; returns what that process computed and
+    ``model``'s own logits on the same prompt."""
+    merged, peft_dir = tmp_path / "merged", tmp_path / "peft"
+    export(adapter=tmp_path / "adapter", base=str(base_dir), out_dir=merged, format="merged", log=quiet)
+    export(adapter=tmp_path / "adapter", base=str(base_dir), out_dir=peft_dir, format="peft-lora", log=quiet)
+    result = subprocess.run([sys.executable, STOCK_RELOAD, str(base_dir), str(merged), str(peft_dir),
+                             str(tmp_path / "logits.pt")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stock = torch.load(tmp_path / "logits.pt")
+    with torch.no_grad():
+        return stock, model(input_ids=stock["input_ids"]).logits
+
+
 @pytest.fixture(params=sorted(FAMILIES))
 def family_dir(request, tmp_path):
     base = save_family_checkpoint(request.param, tmp_path / "base")
@@ -98,15 +113,7 @@ def test_family_trains_exports_and_reloads(family_dir, method, tmp_path):
             assert (reloaded(input_ids=ids).logits - adapted).abs().max() < LOGIT_ATOL
         return
 
-    merged, peft_dir = tmp_path / "merged", tmp_path / "peft"
-    export(adapter=tmp_path / "adapter", base=str(base_dir), out_dir=merged, format="merged", log=quiet)
-    export(adapter=tmp_path / "adapter", base=str(base_dir), out_dir=peft_dir, format="peft-lora", log=quiet)
-    result = subprocess.run([sys.executable, STOCK_RELOAD, str(base_dir), str(merged), str(peft_dir),
-                             str(tmp_path / "logits.pt")], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    stock = torch.load(tmp_path / "logits.pt")
-    with torch.no_grad():
-        ours = model(input_ids=stock["input_ids"]).logits
+    stock, ours = export_and_reload_stock(model, base_dir, tmp_path)
     assert (stock["merged"] - ours).abs().max() < LOGIT_ATOL
     assert (stock["peft"] - ours).abs().max() < LOGIT_ATOL
     assert (stock["base"] - ours).abs().max() > 100 * LOGIT_ATOL
@@ -140,19 +147,12 @@ def test_a_bfloat16_checkpoint_trains_in_float32_and_exports_in_its_own_dtype(tm
     model, losses = train_a_few_steps(model, tokenizer)
     assert all(map(torch.isfinite, torch.tensor(losses)))
     save_adapter(model, tmp_path / "adapter")
-    merged, peft_dir = tmp_path / "merged", tmp_path / "peft"
-    export(adapter=tmp_path / "adapter", base=str(base_dir), out_dir=merged, format="merged", log=quiet)
-    export(adapter=tmp_path / "adapter", base=str(base_dir), out_dir=peft_dir, format="peft-lora", log=quiet)
+    stock, ours = export_and_reload_stock(model, base_dir, tmp_path)
+    merged = tmp_path / "merged"
     assert json.loads((merged / "config.json").read_text())["dtype"] == "bfloat16"
     for shard in merged.glob("model*.safetensors"):
         with safe_open(str(shard), "pt") as handle:
             assert {handle.get_slice(n).get_dtype() for n in handle.keys()} == {"BF16"}, shard.name
-    result = subprocess.run([sys.executable, STOCK_RELOAD, str(base_dir), str(merged), str(peft_dir),
-                             str(tmp_path / "logits.pt")], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    stock = torch.load(tmp_path / "logits.pt")
-    with torch.no_grad():
-        ours = model(input_ids=stock["input_ids"]).logits
     scale = ours.abs().max()
     assert (stock["base"] - ours).abs().max() > 0.05 * scale  # the training changed the model
     assert (stock["peft"] - ours).abs().max() < LOGIT_ATOL  # bf16 base weights are exact in float32
