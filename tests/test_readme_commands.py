@@ -97,6 +97,9 @@ CANNOT_RUN_HERE = {
     "REPEATS=2 WARMUP=2 MEASURE=6 MICRO_BATCH=4 bash benchmarks/packing.sh":
         "a benchmark: alternating two-process ZeRO-3 runs, tens of minutes; tests/test_packing.py "
         "trains packed and padded runs through the same trainer",
+    "REPEATS=3 WARMUP=2 MEASURE=6 bash benchmarks/throughput.sh":
+        "a benchmark: 13 two-process ZeRO-3 runs, about 10 minutes of both cores; "
+        "tests/test_bench_throughput.py runs its HF Trainer contender under 2-process ZeRO-3 and checks the report",
     "python benchmarks/quality.py":
         "a benchmark: 18 training runs of SmolLM2-135M, about an hour of both cores; "
         "tests/test_bench_quality_data.py checks its tasks, tests/test_real_model.py trains the same model",
