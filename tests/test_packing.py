@@ -64,11 +64,18 @@ def test_collate_packed_restarts_positions_and_ignores_each_first_label():
 # --- attention stays inside each example ------------------------------------------------------------
 
 
+def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy summed over the targets (the trainer's shift)."""
+    return torch.nn.functional.cross_entropy(logits[:-1].float(), labels[1:], ignore_index=IGNORE_INDEX,
+                                             reduction="sum")
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_logits_equal_each_example_alone(attn):
+def test_packed_logits_and_losses_equal_each_example_alone(attn):
     net = model(attn)
     parts = examples([7, 12, 3, 20], seed=1)
     batch = collate_packed([parts[:2], parts[2:]], seq_len=48, pad_id=0)
+    alone_losses = []
     with torch.no_grad():
         # use_cache=False as in training: with a cache transformers would not look for packed rows.
         packed = net(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
@@ -78,7 +85,16 @@ def test_packed_logits_equal_each_example_alone(attn):
                 n = len(example["input_ids"])
                 alone = net(input_ids=torch.tensor([example["input_ids"]]), use_cache=False).logits[0]
                 assert (packed[row, start:start + n] - alone).abs().max().item() <= 1e-5
+                # The example's loss, from its span of the packed row and its labels there.
+                alone_loss = summed_loss(alone, torch.tensor(example["labels"]))
+                packed_loss = summed_loss(packed[row, start:start + n], batch["labels"][row, start:start + n])
+                assert abs(packed_loss.item() - alone_loss.item()) <= 1e-5 * max(1.0, alone_loss.item())
+                alone_losses.append(alone_loss.item())
                 start += n
+        # The whole packed batch's loss (the trainer's) is the sum of the examples': no target
+        # crosses an example boundary and padding carries none.
+        total = token_loss_sum(net, batch, "cpu").item()
+    assert abs(total - sum(alone_losses)) <= 1e-5 * sum(alone_losses)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
