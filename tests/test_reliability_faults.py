@@ -127,6 +127,12 @@ def test_ctrl_c_under_the_deepspeed_launcher_is_named_sigint(tiny_llama, tmp_pat
     stopped_at = train_records(out)[-1]["step"]
     assert output.count(f"stop requested (SIGINT): checkpoint at step {stopped_at} written") == 1, output[-4000:]
     assert "(SIGTERM)" not in output
+    # No rank prints a traceback. DeepSpeed's own runner (the parent process, waiting in
+    # subprocess.wait) raises KeyboardInterrupt and prints one; that is the only one, and not ours.
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output
+    tracebacks = output.split("Traceback (most recent call last):")[1:]
+    assert all("deepspeed/launcher/runner.py" in t and "KeyboardInterrupt" in t for t in tracebacks), output[-4000:]
+    assert len(tracebacks) <= 1
     assert checkpoint_steps(out)[-1] == stopped_at
 
 
