@@ -334,6 +334,13 @@ def test_export_and_generate_on_a_trained_run(tmp_path):
         prompt = shlex.split(command)[shlex.split(command).index("--prompt") + 1]
         assert f">>> {prompt}\n" in res.stdout, res.stdout
         assert res.stdout.split(f">>> {prompt}\n", 1)[1].strip(), f"{command}: no completion"
+    # On this trained run, base + adapter and its merged export give the same greedy text.
+    greedy = {}
+    for target in ("runs/7b", "runs/7b-merged"):
+        res = run_as_written(f'loretta-ds generate {target} --prompt "the film was" --max_new_tokens 12', cwd, env)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        greedy[target] = res.stdout.split(">>> the film was\n", 1)[1].strip()
+    assert greedy["runs/7b"] == greedy["runs/7b-merged"] != "", greedy
 
 
 def readme_yaml_block() -> str:
