@@ -7,6 +7,7 @@ cannot hide a dependency. The layers, bottom to top, are LAYERS below (README.md
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "loretta_ds"
@@ -108,3 +109,16 @@ def test_help_imports_no_heavy_library():
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
     assert "usage: loretta-ds train" in done.stdout and "--tt_shapes" in done.stdout
+
+
+def test_the_readme_layout_names_every_module():
+    """README.md's Layout block lists every module and package of loretta_ds (the tree, not a memory
+    of it)."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed = set(re.findall(r"^loretta_ds/([a-z_]+)(?:\.py|/)", layout, re.M))
+    present = {path.stem for path in PACKAGE.iterdir()
+               if (path.suffix == ".py" and path.stem != "__init__")
+               or (path.is_dir() and not path.name.startswith("__"))}
+    assert present == listed, f"missing from README's layout: {sorted(present - listed)}; " \
+                              f"listed but absent: {sorted(listed - present)}"
