@@ -9,7 +9,7 @@ import sys
 # Runs from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loretta_ds.cli import main  # noqa: E402
+from loretta_ds.cli import run_and_exit  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    run_and_exit(["train", *sys.argv[1:]])

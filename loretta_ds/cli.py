@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 # name -> (module under loretta_ds.commands, one-line help)
 COMMANDS = {
@@ -81,5 +82,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run_and_exit(argv: list[str] | None = None) -> NoReturn:
+    """The console entry point (`loretta-ds`, launch/*.py): ``main``, then the process ends.
+
+    A rank of a multi-process training run ends with ``os._exit`` once its output is flushed. By
+    then the run has written everything, left the process group and released its lock; what is
+    left is the interpreter's teardown, in which the communication stack's C++ threads (gloo, the
+    rendezvous store) can be destroyed while still joinable. That aborts a rank which has finished
+    its work ("terminate called without an active exception", exit -6, seen about once in a few
+    dozen two-process launches on the CI machine), and the launcher then reports the whole run
+    failed. One process, and every other command, exits normally.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    code = main(argv)
+    if _selected_command(_launcher_flags_after_command(argv)) == "train" and \
+            int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit()
