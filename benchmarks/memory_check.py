@@ -54,6 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Runs from a checkout without installing the package.
 sys.path.insert(0, str(REPO))
 
+from benchmarks.harness.memory import profiler_peak, saved_tensor_bytes  # noqa: E402
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 PROFILED_STEP = 3   # DeepSpeed records its parameter trace in step 1 and prefetches from step 2
@@ -93,20 +95,6 @@ class Rss:
     @staticmethod
     def peak_bytes() -> int:
         return status_kib("VmHWM") * 1024
-
-
-def profiler_peak(prof) -> int:
-    """Peak live tensor bytes in a torch.profiler run (profile_memory=True) above its start."""
-    from torch.profiler._memory_profiler import Action, MemoryProfile
-
-    live = peak = 0
-    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
-        if action == Action.CREATE:
-            live += size
-        elif action == Action.DESTROY:
-            live -= size
-        peak = max(peak, live)
-    return peak
 
 
 # ---------------------------------------------------------------- the probe inside a real run
@@ -213,23 +201,6 @@ def probe_main(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------- activations alone, no DeepSpeed
 
-def _saved_tensor_bytes(model, run) -> int:
-    import torch
-
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run(backward=False)
-    return sum(saved.values())
-
-
 def activation_peak(model_dir: str, method: str, seq_len: int, micro_batch_size: int, checkpointing: bool,
                     bf16: bool = False) -> dict:
     """Peak tensor bytes of one training step above the model states (see the module doc)."""
@@ -268,7 +239,7 @@ def activation_peak(model_dir: str, method: str, seq_len: int, micro_batch_size:
         run()
     result = {"peak": profiler_peak(prof)}
     if not checkpointing:
-        result["saved_for_backward"] = _saved_tensor_bytes(model, run)
+        result["saved_for_backward"] = saved_tensor_bytes(model, lambda: run(backward=False))
     return result
 
 

@@ -11,6 +11,7 @@ from loretta_ds.cli import main as cli_main
 from loretta_ds.estimate import Setup, deepspeed_zero3_estimate, estimate_memory
 from loretta_ds.models import load_model_config, meta_model
 
+from benchmarks.harness.memory import saved_tensor_bytes
 from tiny_models import tiny_llama_config
 
 # LORETTA.md's parameter table (reference code's counts, norms included).
@@ -97,22 +98,6 @@ def test_seventy_b_plan_is_fast():
 
 # ---------------------------------------------------------------- against real CPU runs
 
-def _saved_tensor_bytes(model, ids) -> int:
-    """Bytes autograd keeps for backward (unique storages, parameters excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, labels=ids).loss
-    return sum(saved.values())
-
-
 @pytest.mark.parametrize("method", ["rep", "adp"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_activation_formula_matches_saved_tensors(method, dtype):
@@ -122,7 +107,7 @@ def test_activation_formula_matches_saved_tensors(method, dtype):
     model = inject(LlamaForCausalLM(config).to(dtype), LorettaConfig(method=method)).train()
     batch, seq = 2, 64
     ids = torch.randint(0, 512, (batch, seq))
-    measured = _saved_tensor_bytes(model, ids)
+    measured = saved_tensor_bytes(model, lambda: model(input_ids=ids, labels=ids).loss)
     e = estimate_memory(config, LorettaConfig(method=method),
                         Setup(bf16=dtype == torch.bfloat16, micro_batch_size=batch, seq_len=seq))
     # The estimate adds the logits' gradients (backward transients) on top of what is saved.

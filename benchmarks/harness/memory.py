@@ -147,18 +147,41 @@ class ProfilerPeakMeter:
 
     def measure(self, step: Callable[[], None]) -> int:
         from torch.profiler import ProfilerActivity, profile
-        from torch.profiler._memory_profiler import Action, MemoryProfile
 
         with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             step()
-        live = peak = 0
-        for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
-            if action == Action.CREATE:
-                live += size
-            elif action == Action.DESTROY:
-                live -= size
-            peak = max(peak, live)
-        return peak
+        return profiler_peak(prof)
+
+
+def profiler_peak(prof) -> int:
+    """Peak live tensor bytes in a torch.profiler run (profile_memory=True) above its start."""
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    live = peak = 0
+    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak
+
+
+def saved_tensor_bytes(model: torch.nn.Module, run: Callable[[], object]) -> int:
+    """Bytes autograd keeps for backward while ``run()`` runs ``model``'s forward (unique storages,
+    the model's parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(saved.values())
 
 
 def rss_meter():
