@@ -14,6 +14,7 @@ objects with any of ``on_engine_ready(trainer)`` and ``on_step_end(trainer, reco
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -321,7 +322,8 @@ class Trainer:
         if metrics.tensorboard:
             self.log(f"TensorBoard logs in {self.output_dir / 'tensorboard'}")
         if self.step == 0 and plan.data.eval is not None:
-            self.evaluate_and_log(metrics)
+            with dist.untraced_forwards(engine) if plan.zero3 else contextlib.nullcontext():
+                self.evaluate_and_log(metrics)
         progress = Progress(self.rank == 0, plan.total_steps, self.step)
         stream = self.batches.forever()
         device = dist.device()

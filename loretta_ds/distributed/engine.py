@@ -8,6 +8,7 @@ every rank (ZeRO-3 "persistent"); the report below proves it and counts the rest
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -325,6 +326,42 @@ def regather_persistent(model: torch.nn.Module) -> None:
                 if getattr(p, "ds_persist", False) and p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
     if released:
         released[0].all_gather(param_list=released)
+
+
+@contextlib.contextmanager
+def untraced_forwards(engine):
+    """Forwards before the first training step (the step-0 evaluation) that leave no trace behind
+    in ZeRO-3's decisions of which weights to release.
+
+    ZeRO-3 records the order in which modules fetch their weights during the first forward (and
+    backward) it sees, uses that trace from the next forward on, and after each module releases the
+    weights the trace does not reuse within stage3_max_reuse_distance. DeepSpeed 0.19 caches each
+    of those decisions per (module, position in the trace) and never drops the cache when a new
+    trace is recorded. The evaluation's first forward recorded a forward-only trace; its next
+    forwards, and the first training step until its backward outran that trace, cached "release"
+    for every weight (nothing reuses them in a forward-only trace), and every later training
+    forward kept acting on those decisions: a fresh run released each weight after its forward
+    use and gathered it again in backward, where a resumed run (no step-0 evaluation) kept the
+    weights as configured, so memory and communication per step depended on whether the run had
+    been resumed. Here ZeRO-3 forgets the trace after each of these forwards: every one records
+    afresh (nothing is decided from a trace, nothing is cached), and the first training step
+    records the full trace, as in a resumed run. No-op without ZeRO-3.
+    """
+    offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
+    coordinator = offload.get_param_coordinator() if offload is not None else None
+    if coordinator is None or not hasattr(coordinator, "_invalidate_trace"):
+        yield
+        return
+
+    def forget_trace(module, args, output):
+        if not coordinator.is_invalid_trace():
+            coordinator._invalidate_trace()
+    # Registered after DeepSpeed's own hooks: runs once ZeRO-3 has finished with the forward.
+    handle = engine.module.register_forward_hook(forget_trace)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def settle_parameters(engine, model: torch.nn.Module) -> None:
