@@ -7,12 +7,19 @@ Per GPU (world size W = nodes x gpus_per_node, c = 2 bytes in bf16, 4 in fp32):
                      (a trainable parameter that large, rare for LoRETTA, is split the same way).
 * persistent weights parameters at or below the threshold stay whole on every GPU: all LoRETTA cores
                      and biases and every norm weight (numel * c each).
-* gathered weights   ZeRO-3 all-gathers a module's partitioned weights before using it and prefetches
-                     ahead. Measured (docs/benchmarks.md section 3): with more than one process the
-                     prefetcher runs ahead by up to stage3_prefetch_bucket_size at every module call,
-                     parameter-free ones included, so it fills stage3_max_live_parameters (1e9)
-                     before it waits: (max live + largest module) * c, at most the partitioned
-                     total. One process: (largest module + prefetch bucket) * c.
+* gathered weights   ZeRO-3 all-gathers a module's partitioned weights before using it, prefetches
+                     ahead, and after the module has run releases the weights that the step does not
+                     use again within stage3_max_reuse_distance elements of its trace (1e9 by default
+                     and in the shipped configs). Two sets are live at the top of backward: what the
+                     prefetcher holds, which stops at stage3_max_live_parameters (1e9), and what the
+                     reuse distance kept, which that cap does not bound: the output head (its backward
+                     follows its forward) and the last decoder layers, as many as have their next use
+                     (their backward; with checkpointing their recompute) within the distance. Layer k
+                     of L is reused after the later layers' forward and backward (and recompute) and
+                     the head's forward and backward: (m (L-1-k) + 1) P_layer + 2 P_head elements, m = 2
+                     (3 with checkpointing), P the parameters of one layer or of the head. Gathered:
+                     (max(max live, kept by reuse) + largest module) * c, at most the partitioned
+                     total (docs/benchmarks.md section 3.1 measured both terms).
 * gradients          trainable * c / W (reduce-scattered partitions).
 * optimizer state    trainable * (4 master + 4 Adam m + 4 Adam v) / W in bf16 (no master in fp32:
                      8 / W); only trainable parameters have any.
@@ -61,6 +68,7 @@ OFFLOADS = ("none", "optimizer", "param+optimizer")
 DEFAULT_PERSISTENCE_THRESHOLD = 100_000   # DeepSpeed's stage3_param_persistence_threshold default
 DEFAULT_PREFETCH_BUCKET = 50_000_000      # DeepSpeed's stage3_prefetch_bucket_size default
 DEFAULT_MAX_LIVE_PARAMETERS = 1_000_000_000   # DeepSpeed's stage3_max_live_parameters default
+DEFAULT_MAX_REUSE_DISTANCE = 1_000_000_000    # DeepSpeed's stage3_max_reuse_distance default
 # The plan leaves out buffers and fragmentation (see above): a plan above this share of the GPU is tight.
 TIGHT_FRACTION = 0.9
 
@@ -84,6 +92,7 @@ class Setup:
     param_persistence_threshold: int = DEFAULT_PERSISTENCE_THRESHOLD
     prefetch_bucket_size: int = DEFAULT_PREFETCH_BUCKET
     max_live_parameters: int = DEFAULT_MAX_LIVE_PARAMETERS
+    max_reuse_distance: int = DEFAULT_MAX_REUSE_DISTANCE
 
     def __post_init__(self) -> None:
         if self.offload not in OFFLOADS:
@@ -297,6 +306,29 @@ def activation_terms(model: nn.Module, config, cfg: LorettaConfig, setup: Setup)
             "total_bytes": per_token * tokens + constant}
 
 
+def _kept_by_reuse_distance(model: nn.Module, setup: Setup) -> int:
+    """Partitioned parameters ZeRO-3 keeps gathered from the forward to their next use because that
+    use comes within stage3_max_reuse_distance elements of its trace: the output head's and those of
+    the last decoder layers (see the module's docstring)."""
+    threshold = setup.param_persistence_threshold
+
+    def sizes(module: nn.Module | None) -> tuple[int, int]:
+        """(all parameters, the partitioned ones) of a module."""
+        numels = [int(p.numel()) for p in module.parameters()] if module is not None else []
+        return sum(numels), sum(n for n in numels if n > threshold)
+
+    layers = [module for name, module in model.named_modules() if re.fullmatch(r".*\.layers\.\d+", name)]
+    head_all, head_partitioned = sizes(model.get_output_embeddings())
+    passes = 3 if setup.gradient_checkpointing else 2  # forward, backward (and the recompute) of each later layer
+    kept = head_partitioned if 2 * head_all < setup.max_reuse_distance else 0
+    for later, layer in enumerate(reversed(layers)):
+        layer_all, layer_partitioned = sizes(layer)
+        if (passes * later + 1) * layer_all + 2 * head_all >= setup.max_reuse_distance:
+            break
+        kept += layer_partitioned
+    return kept
+
+
 def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, model_name: str = "",
                     **setup_overrides) -> MemoryEstimate:
     """Plan the memory of a LoRETTA run of ``config`` (an HF model config) under ZeRO-3.
@@ -324,16 +356,14 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
             partitioned_trainable += n
         else:
             partitioned_frozen += n
+    kept_by_reuse = _kept_by_reuse_distance(model, setup)
     optimizer_per_param = 12 if setup.bf16 else 8
     largest = _largest_module_params(model)
     frozen_partition = partitioned_frozen * c // world
     trainable_partition = partitioned_trainable * c // world
-    if world > 1:
-        # Measured: the prefetcher runs ahead until stage3_max_live_parameters are gathered; the module
-        # in use is fetched whatever the count.
-        working = setup.max_live_parameters + largest
-    else:
-        working = largest + setup.prefetch_bucket_size
+    # The prefetcher stops at stage3_max_live_parameters, the reuse distance keeps what it keeps
+    # whatever that count, and the module in use is fetched in any case (see the docstring).
+    working = max(setup.max_live_parameters, kept_by_reuse) + largest
     gathered = min(working, partitioned_frozen + partitioned_trainable) * c
     optimizer = trainable * optimizer_per_param // world
     terms = activation_terms(model, config, cfg, setup)
@@ -426,7 +456,8 @@ def estimate_from_ds_config(model, cfg: LorettaConfig, ds_config, *, nodes: int 
                   seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
                   param_persistence_threshold=int(zero["stage3_param_persistence_threshold"]),
                   prefetch_bucket_size=int(zero.get("stage3_prefetch_bucket_size", DEFAULT_PREFETCH_BUCKET)),
-                  max_live_parameters=int(zero.get("stage3_max_live_parameters", DEFAULT_MAX_LIVE_PARAMETERS)))
+                  max_live_parameters=int(zero.get("stage3_max_live_parameters", DEFAULT_MAX_LIVE_PARAMETERS)),
+                  max_reuse_distance=int(zero.get("stage3_max_reuse_distance", DEFAULT_MAX_REUSE_DISTANCE)))
     if micro_batch_size is None:
         notes.append(f"micro batch {setup.micro_batch_size}: the trainer's, from the config's batch sizes or its "
                      f"default global batch {DEFAULT_GLOBAL_BATCH} over {setup.world_size} process(es)")

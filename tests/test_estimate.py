@@ -89,6 +89,44 @@ def test_activations_scale_and_checkpointing_saves():
     assert plan(seq_len=1024, bf16=False) > one
 
 
+def test_gathered_weights_follow_the_prefetch_cap_and_the_reuse_distance():
+    """ZeRO-3 holds what its prefetcher fetched (up to stage3_max_live_parameters) or what the reuse
+    distance kept, whichever is more, plus the module in use. Counted here from the model itself:
+    the output head and the last decoder layers whose next use (their backward, or their recompute
+    with checkpointing) comes within stage3_max_reuse_distance elements of the trace."""
+    config = tiny_llama_config(hidden=768, layers=4, intermediate=2048, heads=12, vocab=1024)  # 3.1's h768
+    model = inject(meta_model(config), LorettaConfig())
+    threshold = 100_000
+    numel = lambda module, partitioned: sum(int(p.numel()) for p in module.parameters()
+                                            if not partitioned or p.numel() > threshold)
+    layers, head = model.model.layers, model.lm_head
+    layer_all, head_all = numel(layers[0], False), numel(head, False)
+    largest = max(sum(int(p.numel()) for p in m.parameters(recurse=False)) for m in model.modules())
+    everything = sum(int(p.numel()) for p in model.parameters() if p.numel() > threshold)
+
+    def gathered(**kw) -> int:
+        return estimate_memory(config, LorettaConfig(), Setup(gpus_per_node=2, bf16=False, seq_len=256,
+                                                                 param_persistence_threshold=threshold, **kw)).gathered_bytes
+
+    # The defaults (1e9 both): the whole partitioned model, whatever stage3_max_live_parameters says.
+    assert gathered() == everything * 4
+    assert gathered(max_live_parameters=1_000_000) == everything * 4
+    # Nothing reused within the distance: the prefetch cap and the module in use.
+    assert gathered(max_live_parameters=1_000_000, max_reuse_distance=0) == (1_000_000 + largest) * 4
+    # Layer 3 (the last) is reused after the head's forward and backward: layer + 2 heads elements.
+    one_layer = layer_all + 2 * head_all + 1
+    kept_one = numel(layers[3], True) + numel(head, True)
+    assert gathered(max_live_parameters=1_000_000, max_reuse_distance=one_layer) == (kept_one + largest) * 4
+    # Layer 2 after layer 3's forward and backward as well (3 layers with its recompute, checkpointed).
+    two_layers = 3 * layer_all + 2 * head_all + 1
+    kept_two = kept_one + numel(layers[2], True)
+    assert gathered(max_live_parameters=1_000_000, max_reuse_distance=two_layers) == (kept_two + largest) * 4
+    assert gathered(max_live_parameters=1_000_000, max_reuse_distance=two_layers,
+                    gradient_checkpointing=True) == (kept_one + largest) * 4
+    # The larger of the two sets counts, not their sum.
+    assert gathered(max_live_parameters=20_000_000, max_reuse_distance=one_layer) == (20_000_000 + largest) * 4
+
+
 def test_seventy_b_plan_is_fast():
     import time
     start = time.perf_counter()
@@ -273,14 +311,15 @@ def test_estimate_takes_a_ds_config_file(tmp_path, capsys):
     config = load_ds_config("zero3")
     config["train_micro_batch_size_per_gpu"] = 4
     config["bf16"] = {"enabled": True}
-    config["zero_optimization"].update(stage3_max_live_parameters=2_000_000, stage3_param_persistence_threshold=10)
+    config["zero_optimization"].update(stage3_max_live_parameters=2_000_000, stage3_max_reuse_distance=3_000_000,
+                                       stage3_param_persistence_threshold=10)
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(config))
     assert cli_main(["estimate", "--model", "llama2-7b", "--ds_config", str(path), "--gpus_per_node", "8"]) == 0
     out = capsys.readouterr().out
     # A threshold below the largest trainable tensor is raised to it, as train raises it.
     assert ("offload none, bf16, micro batch 4, persistence threshold 4,096, prefetch bucket 15,099,494, "
-            "max live parameters 2,000,000") in out
+            "max live parameters 2,000,000, max reuse distance 3,000,000") in out
     assert "stage3_param_persistence_threshold raised from 10 to 4096" in out
     assert "micro batch 4 x seq 4096" in out
 
@@ -304,7 +343,8 @@ def test_estimate_says_what_it_does_not_predict(capsys):
     assert "not predicted" in out and "CUDA context" in out and "each process's own memory" in out
     assert "docs/benchmarks.md section 3" in out
     # The working set of gathered weights says what bounds it, and how to lower it.
-    assert "stage3_max_live_parameters, 1,000,000,000: a lower value shrinks it" in out
+    assert ("stage3_max_live_parameters, 1,000,000,000, and stage3_max_reuse_distance, 1,000,000,000, keeps the "
+            "weights reused within it: lower both to shrink it") in out
 
 
 # ---------------------------------------------------------------- activations against a training step's peak
@@ -334,8 +374,9 @@ def test_activations_match_the_peak_of_a_training_step(tmp_path, dtype, checkpoi
 def test_gathered_weights_match_a_two_process_zero3_run(tmp_path):
     """ZeRO-3's working set of gathered weights, and the step's peak, in a real 2-process ZeRO-3 +
     offload run with checkpointing (the memory probe of benchmarks/memory_check.py), against the
-    plan for the same --ds_config: stage3_max_live_parameters set below the model's partitioned
-    657,408 parameters, so the cap and the module in use make the figure, not the model's size."""
+    plan for the same --ds_config: stage3_max_live_parameters and stage3_max_reuse_distance set below
+    the model's partitioned 657,408 parameters (the reuse distance alone would keep them all), so
+    the prefetch cap and the module in use make the figure, not the model's size."""
     import subprocess
 
     from benchmarks.memory_check import REPO, make_text_data, predict, train_flags
@@ -344,7 +385,7 @@ def test_gathered_weights_match_a_two_process_zero3_run(tmp_path):
     from reliability_support import clean_env, free_port
 
     config = load_ds_config("zero3_offload")
-    config["zero_optimization"]["stage3_max_live_parameters"] = 200_000
+    config["zero_optimization"].update(stage3_max_live_parameters=200_000, stage3_max_reuse_distance=200_000)
     ds_config = tmp_path / "capped.json"
     ds_config.write_text(json.dumps(config))
     model, out = str(ensure_tiny_llama()), tmp_path / "run"

@@ -58,8 +58,9 @@ def _gathered_note(e) -> str:
     if s.world_size == 1 or e.gathered_bytes >= (e.frozen_params + e.trainable_params - e.persistent_params) \
             * s.compute_bytes:
         return ""
-    return (f"    (ZeRO-3's prefetch fills stage3_max_live_parameters, {s.max_live_parameters:,}: a lower value "
-            "shrinks it)")
+    return (f"    (ZeRO-3's prefetch fills stage3_max_live_parameters, {s.max_live_parameters:,}, and "
+            f"stage3_max_reuse_distance, {s.max_reuse_distance:,}, keeps the weights reused within it: "
+            "lower both to shrink it)")
 
 
 def format_estimate(e) -> str:
@@ -129,7 +130,8 @@ def format_ds_config(e, ds_config: str, notes: list[str]) -> str:
     s = e.setup
     lines = [f"  DeepSpeed config {ds_config}: offload {s.offload}, {'bf16' if s.bf16 else 'fp32'}, micro batch "
              f"{s.micro_batch_size}, persistence threshold {s.param_persistence_threshold:,}, prefetch bucket "
-             f"{s.prefetch_bucket_size:,}, max live parameters {s.max_live_parameters:,}"]
+             f"{s.prefetch_bucket_size:,}, max live parameters {s.max_live_parameters:,}, max reuse distance "
+             f"{s.max_reuse_distance:,}"]
     lines += [f"    {note}" for note in notes]
     return "\n".join(lines)
 
