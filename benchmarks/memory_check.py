@@ -6,8 +6,9 @@ section 3).
 runs the real trainer (ZeRO-3 with CPU offload, fp32, gloo) on the built-in tiny-llama and on a
 random hidden-768 LLaMA (4 layers, the tiny-llama tokenizer), at several --seq_len, with and without
 --gradient_checkpointing, as 1 process (`python benchmarks/memory_check.py probe ...`) and 2
-(`deepspeed --num_gpus 2 benchmarks/memory_check.py probe ...`), plus two 2-process runs with
-stage3_max_live_parameters below the model's size, and compares each run with the estimator's plan
+(`deepspeed --num_gpus 2 benchmarks/memory_check.py probe ...`), plus four 2-process runs with
+stage3_max_live_parameters below the model's size (alone, and with stage3_max_reuse_distance at the
+same value), and compares each run with the estimator's plan
 for the same flags and --ds_config (default zero3_offload). Training rows are long text records cut
 at --seq_len, so every row is exactly --seq_len tokens (the estimator's assumption). Writes
 OUT_DIR/memory.json (every rank's figures) and OUT_DIR/memory.md (the tables of docs/benchmarks.md
@@ -26,7 +27,8 @@ What is measured, per rank (the probe, ``MemoryProbe``):
 * peak RSS of the rank during a step (VmHWM over step 4, reset through /proc/self/clear_refs):
   everything the process holds at the top of a step, libraries and allocator included.
 
-* the largest number of partitioned parameters gathered at once, sampled as each module starts.
+* the largest number of partitioned parameters gathered at once, sampled as each module starts, and
+  the number still gathered when the forward of the profiled step reaches the output head.
 
 And, per (model, seq_len, checkpointing), activations alone (``activation_peak``; in bf16 too for
 the hidden-768 model): one process, no DeepSpeed, the same model and adapter with every parameter
@@ -111,6 +113,8 @@ class MemoryProbe:
         self.rss_step_peak = None
         self.rss_before_step = None
         self.max_gathered_numel = 0
+        self.gathered_at_head_numel = None
+        self.partitioned_numel = 0
         self._profiler = None
 
     def on_engine_ready(self, trainer) -> None:
@@ -146,11 +150,15 @@ class MemoryProbe:
         from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
         partitioned = [p for p in trainer.model.parameters() if hasattr(p, "ds_status") and not p.ds_persist]
+        probe.partitioned_numel = sum(p.ds_numel for p in partitioned)
 
         def sample(module, args):
             if module.training and torch.is_grad_enabled():
                 numel = sum(p.ds_numel for p in partitioned if p.ds_status != ZeroParamStatus.NOT_AVAILABLE)
                 probe.max_gathered_numel = max(probe.max_gathered_numel, numel)
+                if module is head and trainer.step + 1 == PROFILED_STEP:
+                    probe.gathered_at_head_numel = numel  # what the forward still holds when it ends
+        head = trainer.model.get_output_embeddings()
         for module in trainer.model.modules():
             module.register_forward_pre_hook(sample)
 
@@ -163,7 +171,8 @@ class MemoryProbe:
                 "rss_anon_after_engine": self.after_engine, "rss_anon_after_steps": self.after_steps,
                 "model_states_measured": self.after_steps[-1] - self.before_model,
                 "step_peak_measured": self.step_peak, "rss_before_step": self.rss_before_step,
-                "rss_step_peak": self.rss_step_peak, "max_gathered_numel": self.max_gathered_numel}
+                "rss_step_peak": self.rss_step_peak, "max_gathered_numel": self.max_gathered_numel,
+                "gathered_at_head_numel": self.gathered_at_head_numel, "partitioned_numel": self.partitioned_numel}
 
 
 def probe_main(argv: list[str]) -> int:
@@ -296,28 +305,45 @@ def predict(model: str, seq_len: int, micro: int, checkpointing: bool, processes
     e, _ = estimate_from_ds_config(model, LorettaConfig(method="rep"), ds_config, nodes=1, gpus_per_node=processes,
                                    micro_batch_size=micro, seq_len=seq_len, gradient_checkpointing=checkpointing,
                                    bf16=bf16)
+    # The plan is for a GPU. With one process DeepSpeed "fetches" a weight as
+    # `param.data = param.ds_tensor.data.to(current_device)` (_no_gather_coalesced,
+    # deepspeed/runtime/zero/partition_parameters.py): on a GPU the host-to-device copy the plan
+    # counts, on this CPU machine the offloaded partition itself, which allocates nothing. The
+    # comparison here counts no gathered weights for one process; "step_gpu" keeps the GPU plan.
+    gathered_here = 0 if processes == 1 else e.gathered_bytes
     return {"model_states": e.process_model_state_bytes, "weights": e.frozen_partition_bytes
             + e.trainable_partition_bytes + e.persistent_bytes, "activations": e.activation_bytes,
-            "gathered": e.gathered_bytes, "step": e.activation_bytes + e.gathered_bytes,
+            "gathered": gathered_here, "step": e.activation_bytes + gathered_here,
+            "step_gpu": e.activation_bytes + e.gathered_bytes,
             "micro_batch_size": e.setup.micro_batch_size, "bf16": e.setup.bf16, "offload": e.setup.offload,
             "max_live_parameters": e.setup.max_live_parameters}
 
 
 # (model, seq_len, micro batch, processes, ds_config): every row runs without and with checkpointing.
 MAX_LIVE = 10_000_000  # a cap below the hidden-768 model's 29.9M partitioned parameters
+# The two capped configs: the prefetch cap alone (the reuse distance, 1e9, still keeps every weight),
+# and the prefetch cap with the reuse distance at the same value (only the last layer is kept).
+CAPPED = {f"max_live_{MAX_LIVE}": {"stage3_max_live_parameters": MAX_LIVE},
+          f"capped_{MAX_LIVE}": {"stage3_max_live_parameters": MAX_LIVE, "stage3_max_reuse_distance": MAX_LIVE}}
 MATRIX = [(model, seq, micro, nproc, "zero3_offload")
           for model, seqs, micro in (("tiny-llama", (128, 512), 2), ("h768", (256, 1024), 1))
-          for seq in seqs for nproc in (1, 2)] + [("h768", 256, 1, 2, f"max_live_{MAX_LIVE}")]
+          for seq in seqs for nproc in (1, 2)] + [("h768", 256, 1, 2, name) for name in CAPPED]
 BF16_ACTIVATIONS = [("h768", 256, 1), ("h768", 1024, 1)]  # activations alone, in bf16 too (no trainer run)
+# Beyond the main matrix: another shape (hidden 512, 8 layers, twice the layers of h768) and another
+# batch (2 x 512), each with and without checkpointing, on 2 processes (where the gathered weights count).
+HELDOUT = [("h512x8", 512, 2, 2, "zero3_offload"), ("h512x8", 512, 2, 2, f"max_live_{MAX_LIVE}"),
+           ("h768", 512, 2, 2, "zero3_offload")]
+# Random LLaMAs with the tiny-llama tokenizer: hidden, layers, intermediate, heads.
+SHAPES = {"h768": (768, 4, 2048, 12), "h512x8": (512, 8, 1376, 8)}
 
 
-def capped_ds_config(base: str, path: Path) -> Path:
-    """``base`` with stage3_max_live_parameters = MAX_LIVE: checks the plan's gathered-weights term
-    where the cap, not the model's size, bounds it."""
+def capped_ds_config(base: str, name: str, path: Path) -> Path:
+    """``base`` with the zero_optimization settings of CAPPED[name]: checks the plan's gathered-weights
+    term where a cap, not the model's size, bounds it."""
     from loretta_ds.distributed.ds_config import load_ds_config
 
     config = load_ds_config(base)
-    config["zero_optimization"]["stage3_max_live_parameters"] = MAX_LIVE
+    config["zero_optimization"].update(CAPPED[name])
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
 
@@ -333,19 +359,22 @@ def run_main(args: argparse.Namespace) -> int:
     from loretta_ds.tiny_llama import ensure_tiny_llama
 
     models = {"tiny-llama": str(ensure_tiny_llama())}
-    h768 = work / "h768"
-    if not (h768 / "config.json").is_file():
-        make_model(str(h768), hidden=768, layers=4, intermediate=2048, heads=12)
-    # tiny-llama's config (which make_model starts from) allows 512 positions; the longest run here
-    # needs 1024. Rotary embeddings have no weights, so only the config changes.
-    model_config = json.loads((h768 / "config.json").read_text())
-    model_config["max_position_embeddings"] = 2048
-    (h768 / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
-    models["h768"] = str(h768)
+    for name, (hidden, layers, intermediate, heads) in SHAPES.items():
+        model_dir = work / name
+        if not (model_dir / "config.json").is_file():
+            make_model(str(model_dir), hidden=hidden, layers=layers, intermediate=intermediate, heads=heads)
+        # tiny-llama's config (which make_model starts from) allows 512 positions; the longest run here
+        # needs 1024. Rotary embeddings have no weights, so only the config changes.
+        model_config = json.loads((model_dir / "config.json").read_text())
+        model_config["max_position_embeddings"] = 2048
+        (model_dir / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
+        models[name] = str(model_dir)
     data = make_text_data(work / "long_text.jsonl")
     configs = {"zero3_offload": args.ds_config,
-               f"max_live_{MAX_LIVE}": str(capped_ds_config(args.ds_config, work / f"ds_config_max_live_{MAX_LIVE}.json"))}
-    matrix = [row for row in MATRIX if row[1] in (128, 256)] if args.quick else MATRIX
+               **{name: str(capped_ds_config(args.ds_config, name, work / f"ds_config_{name}.json")) for name in CAPPED}}
+    heldout = args.matrix == "heldout"
+    matrix = HELDOUT if heldout else [row for row in MATRIX if row[1] in (128, 256)] if args.quick else MATRIX
+    result = out_dir / ("memory_heldout.json" if heldout else "memory.json")
     rows, alone_rows, alone = [], [], {}
     started = time.time()
     for name, seq_len, micro, nproc, config_name in matrix:
@@ -366,24 +395,28 @@ def run_main(args: argparse.Namespace) -> int:
                          "processes": nproc, "ds_config": config_name, "ds_config_file": configs[config_name],
                          "predicted": predict(models[name], seq_len, micro, checkpointing, nproc, configs[config_name]),
                          "activations_alone": alone[key], "ranks": ranks})
-            (out_dir / "memory.json").write_text(json.dumps({"runs": rows, "activations": alone_rows}, indent=2) + "\n")
+            result.write_text(json.dumps({"runs": rows, "activations": alone_rows}, indent=2) + "\n")
     for (name, seq_len, micro, checkpointing), measured in alone.items():
         alone_rows.append({"model": name, "seq_len": seq_len, "micro_batch_size": micro, "checkpointing": checkpointing,
                            "bf16": False, "measured": measured,
                            "predicted": predict(models[name], seq_len, micro, checkpointing, 1, bf16=False)})
-    for name, seq_len, micro in ([] if args.quick else BF16_ACTIVATIONS):
+    for name, seq_len, micro in ([] if args.quick or heldout else BF16_ACTIVATIONS):
         for checkpointing in (False, True):
             alone_rows.append({"model": name, "seq_len": seq_len, "micro_batch_size": micro,
                                "checkpointing": checkpointing, "bf16": True,
                                "measured": activation_peak(models[name], "rep", seq_len, micro, checkpointing, bf16=True),
                                "predicted": predict(models[name], seq_len, micro, checkpointing, 1, bf16=True)})
-    (out_dir / "memory.json").write_text(json.dumps({"runs": rows, "activations": alone_rows}, indent=2) + "\n")
+    result.write_text(json.dumps({"runs": rows, "activations": alone_rows}, indent=2) + "\n")
     command = (f"python benchmarks/memory_check.py run --out_dir {args.out_dir} --ds_config {args.ds_config}"
-               + (" --quick" if args.quick else ""))
+               + (" --quick" if args.quick else "") + (" --matrix heldout" if heldout else ""))
     text = table(rows, alone_rows, command, time.time() - started)
-    (out_dir / "memory.md").write_text(text)
+    result.with_suffix(".md").write_text(text)
     print(text)
     return 0
+
+
+CONFIG_LABEL = {f"max_live_{MAX_LIVE}": f", max live {MAX_LIVE:.0e}",
+                f"capped_{MAX_LIVE}": f", max live and reuse distance {MAX_LIVE:.0e}"}
 
 
 def _mib(n: float) -> str:
@@ -402,7 +435,8 @@ def table(rows: list[dict], alone_rows: list[dict], command: str, seconds: float
     """The markdown tables of docs/benchmarks.md section 3 (MiB per rank; the largest of the ranks)."""
     lines = [f"`{command}` ({seconds / 60:.0f} min; ZeRO-3 + CPU offload, fp32, LoRETTA_rep with norms; "
              "MiB per rank, the larger of the ranks; error = plan / measured - 1, target within 25%)", "",
-             "| model | micro x seq | ckpt | procs | step peak: plan (activations + gathered) | measured | error "
+             "| model | micro x seq | ckpt | procs | step peak: plan (activations + gathered; gathered 0 for one "
+             "process on CPU) | measured | error "
              "| weights: plan | measured (model load) | error | model states: plan | measured (RssAnon after step 4) "
              "| error | peak RSS in a step |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -412,7 +446,7 @@ def table(rows: list[dict], alone_rows: list[dict], command: str, seconds: float
         weights = max(rank["rss_anon_after_model"] - rank["rss_anon_before_model"] for rank in ranks)
         states = max(rank["model_states_measured"] for rank in ranks)
         peak_rss = max(rank["rss_step_peak"] for rank in ranks)
-        model = r["model"] + ("" if r["ds_config"] == "zero3_offload" else f", max live {p['max_live_parameters']:.0e}")
+        model = r["model"] + CONFIG_LABEL.get(r["ds_config"], "")
         lines.append(f"| {model} | {r['micro_batch_size']}x{r['seq_len']} | {'on' if r['checkpointing'] else 'off'} "
                      f"| {r['processes']} | {_mib(p['activations'])} + {_mib(p['gathered'])} = {_mib(p['step'])} "
                      f"| {_mib(step)} | {_error(step, p['step'])} | {_mib(p['weights'])} | {_mib(weights)} "
@@ -434,21 +468,21 @@ def table_main(args: argparse.Namespace) -> int:
     """Rebuild memory.md from memory.json, planning every row again with the current estimator (the
     measurements do not change; the plan may)."""
     out_dir, work = Path(args.out_dir), Path(args.work)
-    data = json.loads((out_dir / "memory.json").read_text())
+    result = out_dir / ("memory_heldout.json" if args.matrix == "heldout" else "memory.json")
+    data = json.loads(result.read_text())
     from loretta_ds.tiny_llama import ensure_tiny_llama
 
-    models = {"tiny-llama": str(ensure_tiny_llama()), "h768": str(work / "h768")}
-    configs = {"zero3_offload": args.ds_config,
-               f"max_live_{MAX_LIVE}": str(work / f"ds_config_max_live_{MAX_LIVE}.json")}
+    models = {"tiny-llama": str(ensure_tiny_llama()), **{name: str(work / name) for name in SHAPES}}
+    configs = {"zero3_offload": args.ds_config, **{name: str(work / f"ds_config_{name}.json") for name in CAPPED}}
     for r in data["runs"]:
         r["predicted"] = predict(models[r["model"]], r["seq_len"], r["micro_batch_size"], r["checkpointing"],
                                  r["processes"], configs[r["ds_config"]])
     for r in data["activations"]:
         r["predicted"] = predict(models[r["model"]], r["seq_len"], r["micro_batch_size"], r["checkpointing"], 1,
                                  bf16=r["bf16"])
-    (out_dir / "memory.json").write_text(json.dumps(data, indent=2) + "\n")
+    result.write_text(json.dumps(data, indent=2) + "\n")
     text = table(data["runs"], data["activations"], args.command, args.minutes * 60)
-    (out_dir / "memory.md").write_text(text)
+    result.with_suffix(".md").write_text(text)
     print(text)
     return 0
 
@@ -460,12 +494,15 @@ def main(argv: list[str] | None = None) -> int:
         return probe_main(argv[1:])
     parser = argparse.ArgumentParser(prog="benchmarks/memory_check.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
-    run = sub.add_parser("run", help="the whole comparison (runs the trainer 18 times; --quick: 10)")
+    run = sub.add_parser("run", help="the whole comparison (runs the trainer 20 times; --quick: 12)")
     run.add_argument("--out_dir", default="benchmarks/results/memory")
     run.add_argument("--work", default=None, help="runs and logs (default: a new temporary directory)")
     run.add_argument("--ds_config", default="zero3_offload",
                      help="the DeepSpeed config of every run (a shipped name or a file; default zero3_offload)")
     run.add_argument("--quick", action="store_true", help="the shortest --seq_len of each model only")
+    run.add_argument("--matrix", choices=("main", "heldout"), default="main",
+                     help="main: the 20 runs of docs/benchmarks.md 3.1; heldout: 6 more on another shape and batch "
+                          "(writes memory_heldout.json/.md)")
     run.add_argument("--reuse", action="store_true",
                      help="keep the runs already finished in WORK (an interrupted comparison continues)")
     sub.add_parser("probe", help="the trainer with the memory probe (takes `loretta-ds train` flags)")
@@ -475,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--ds_config", default="zero3_offload", help="the --ds_config the runs had")
     again.add_argument("--command", default="python benchmarks/memory_check.py run", help="for the table's title")
     again.add_argument("--minutes", type=float, default=0, help="the runs' wall time, for the table's title")
+    again.add_argument("--matrix", choices=("main", "heldout"), default="main", help="which stored runs")
     args = parser.parse_args(argv)
     return table_main(args) if args.action == "table" else run_main(args)
 
