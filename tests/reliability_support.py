@@ -193,3 +193,25 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 def error_lines(output: str) -> list[str]:
     """The `error: ...` messages in a run's output (progress bars rewrite lines with \\r)."""
     return [line.strip() for line in re.split(r"[\r\n]+", output) if line.strip().startswith("error:")]
+
+
+def train_in_this_process(argv: list[str], callbacks: list):
+    """The trainer's stages (plan, model, engine, data, loop) for one `loretta-ds train ARGV` run in
+    this process, world size 1, with ``callbacks``; returns the Trainer once its loop ended with 0.
+    The caller has initialised torch.distributed (loretta_ds.distributed.engine.init_distributed)."""
+    from loretta_ds.cli import build_parser
+    from loretta_ds.distributed.stop import StopRequest
+    from loretta_ds.run_config import config_from_args
+    from loretta_ds.train_plan import build_plan
+    from loretta_ds.trainer import Trainer
+
+    cfg = config_from_args(build_parser("train").parse_args(["train", *argv]))
+    trainer = Trainer(cfg, callbacks=callbacks)
+    trainer.plan = build_plan(cfg, world_size=1)
+    trainer._stop = StopRequest(signals=())  # the loop reads it; no signal handlers in this helper
+    Path(cfg.output_dir).mkdir(parents=True)
+    trainer.setup_model()
+    trainer.setup_engine()
+    trainer.setup_data()
+    assert trainer.train() == 0
+    return trainer

@@ -25,7 +25,8 @@ import pytest
 
 from loretta_ds import PREEMPTED_EXIT_CODE
 from reliability_support import (REPO, SAVE_DELAY_ENV, Run, adapter, clean_env, deepspeed_command,
-                                 max_difference, metric_records, run_to_end, wait_for_step)
+                                 max_difference, metric_records, run_to_end, train_in_this_process,
+                                 wait_for_step)
 
 CONFIGS = [("rep", "true"), ("rep", "false"), ("adp", "true"), ("adp", "false")]
 STEPS = 6
@@ -43,19 +44,12 @@ def _train_in_this_process(out: Path, method: str, norms: str, checkpointing: bo
     ``forward``, so the modules inside it are called twice per micro batch when the layer is
     recomputed (a pre-hook: the recompute stops early, inside the MLP, once it has every tensor
     backward needs, so the MLP's forward hook would not run again)."""
-    from loretta_ds.cli import build_parser
-    from loretta_ds.distributed.stop import StopRequest
-    from loretta_ds.run_config import config_from_args
-    from loretta_ds.train_plan import build_plan
-    from loretta_ds.trainer import Trainer
-
-    argv = ["train", "--ds_config", "zero3_offload", "--method", method, "--train_norms", norms,
+    argv = ["--ds_config", "zero3_offload", "--method", method, "--train_norms", norms,
             "--max_steps", str(steps), "--save_every", "0", "--eval_every", "0", "--eval_batches", "1",
             "--export", "false", "--seed", "0", "--seq_len", "48", "--micro_batch_size", "4",
             "--output_dir", str(out)]
     if checkpointing:
         argv.append("--gradient_checkpointing")
-    cfg = config_from_args(build_parser("train").parse_args(argv))
     calls = {"forwards": 0}
 
     class CountLayerForwards:
@@ -69,14 +63,7 @@ def _train_in_this_process(out: Path, method: str, norms: str, checkpointing: bo
             for layer in trainer.model.model.layers:
                 layer.mlp.register_forward_pre_hook(count)
 
-    trainer = Trainer(cfg, callbacks=[CountLayerForwards()])
-    trainer.plan = build_plan(cfg, world_size=1)
-    trainer._stop = StopRequest(signals=())  # the loop reads it; no signal handlers in this helper
-    out.mkdir(parents=True)
-    trainer.setup_model()
-    trainer.setup_engine()
-    trainer.setup_data()
-    assert trainer.train() == 0
+    trainer = train_in_this_process(argv, [CountLayerForwards()])
     losses = [r["loss"] for r in metric_records(out)]
     return {"losses": losses, "layer_forwards": calls["forwards"], "layers": len(trainer.model.model.layers),
             "steps": trainer.step}

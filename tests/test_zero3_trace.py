@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability_support import REPO, clean_env
+from reliability_support import REPO, clean_env, train_in_this_process
 
 STEPS = 4
 
@@ -31,16 +31,8 @@ def _train_and_sample(out: Path) -> dict:
     partitioned elements gathered when the output head runs."""
     import torch
 
-    from loretta_ds.cli import build_parser
-    from loretta_ds.distributed.stop import StopRequest
-    from loretta_ds.run_config import config_from_args
-    from loretta_ds.train_plan import build_plan
-    from loretta_ds.trainer import Trainer
-
-    argv = ["train", "--ds_config", "zero3_offload", "--max_steps", str(STEPS), "--save_every", "0",
-            "--eval_every", "0", "--eval_batches", "1", "--export", "false", "--seed", "0",
-            "--output_dir", str(out)]
-    cfg = config_from_args(build_parser("train").parse_args(argv))
+    argv = ["--ds_config", "zero3_offload", "--max_steps", str(STEPS), "--save_every", "0", "--eval_every", "0",
+            "--eval_batches", "1", "--export", "false", "--seed", "0", "--output_dir", str(out)]
     sampled: dict[int, int] = {}
     partitioned_total = {"numel": 0}
 
@@ -60,14 +52,7 @@ def _train_and_sample(out: Path) -> dict:
                                                     if p.ds_status != ZeroParamStatus.NOT_AVAILABLE)
             trainer.model.get_output_embeddings().register_forward_pre_hook(sample)
 
-    trainer = Trainer(cfg, callbacks=[GatheredAtTheHead()])
-    trainer.plan = build_plan(cfg, world_size=1)
-    trainer._stop = StopRequest(signals=())  # the loop reads it; no signal handlers in this helper
-    out.mkdir(parents=True)
-    trainer.setup_model()
-    trainer.setup_engine()
-    trainer.setup_data()
-    assert trainer.train() == 0
+    train_in_this_process(argv, [GatheredAtTheHead()])
     evaluations = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
                    if json.loads(line).get("kind") == "eval"]
     return {"reused_by_backward": partitioned_total["numel"], "gathered_at_head": sampled,
