@@ -10,7 +10,8 @@ A rank blocked inside a collective still beats (the wait releases the GIL), so o
 or cut-off ranks are named. A survivor marks itself in the store before it checks: it ends after
 its check, and a survivor whose collective failed only because that one's sockets closed must not
 count it among the lost. Rank 0 hosts the store: when rank 0 is dead or frozen, the store does not
-answer, and that names rank 0.
+answer, and that names rank 0, unless this rank saw rank 0's survivor mark during its check: then
+rank 0 ended after its own check (it reports), which is why the store went away.
 
 Each rank also publishes its node's name in the store at start, and every rank keeps the table, so
 a lost rank is named with its node even when the store went down with rank 0; ranks lost together
@@ -101,14 +102,21 @@ class Heartbeat:
         STORE_PATIENCE_S more (rank 0's process is dead or frozen: a frozen store can hold a request
         forever) names rank 0."""
         found: list[list[int]] = []
+        survivors: set[int] = set()  # ranks seen checking too, kept if the store goes away meanwhile
+
+        def note_survivors() -> None:
+            survivors.update(r for r in range(self.world_size) if self._store.check([f"{SURVIVOR_PREFIX}{r}"]))
 
         def compare() -> None:
             try:
                 self._store.set(f"{SURVIVOR_PREFIX}{self.rank}", "1")
                 before = self._counters()
-                time.sleep(silence_s)
+                deadline = time.monotonic() + silence_s
+                while (left := deadline - time.monotonic()) > 0:
+                    note_survivors()
+                    time.sleep(min(INTERVAL_S, left))
                 after = self._counters()
-                survivors = {r for r in range(self.world_size) if self._store.check([f"{SURVIVOR_PREFIX}{r}"])}
+                note_survivors()
             except Exception:  # noqa: BLE001 - the store's host is gone: reported below
                 return
             found.append([r for r in range(self.world_size)
@@ -119,6 +127,10 @@ class Heartbeat:
         reader.join(silence_s + STORE_PATIENCE_S)
         if found:
             return LostRanks(found[0], self.hosts)
+        if 0 in survivors:
+            # Rank 0 was checking too and the store went with it when it ended after its own check
+            # (it reports the lost ranks): not a lost rank, and this check found none for certain.
+            return LostRanks([], self.hosts)
         return LostRanks([0] if self.rank != 0 else [], self.hosts)
 
     def stop(self, timeout_s: float = 2 * INTERVAL_S) -> None:
