@@ -90,7 +90,7 @@ class Setup:
     seq_len: int = 4096
     gradient_checkpointing: bool = False
     param_persistence_threshold: int = DEFAULT_PERSISTENCE_THRESHOLD
-    prefetch_bucket_size: int = DEFAULT_PREFETCH_BUCKET
+    prefetch_bucket_size: int = DEFAULT_PREFETCH_BUCKET  # reported; the working set stops at max live
     max_live_parameters: int = DEFAULT_MAX_LIVE_PARAMETERS
     max_reuse_distance: int = DEFAULT_MAX_REUSE_DISTANCE
 
@@ -311,18 +311,19 @@ def _kept_by_reuse_distance(model: nn.Module, setup: Setup) -> int:
     use comes within stage3_max_reuse_distance elements of its trace: the output head's and those of
     the last decoder layers (see the module's docstring)."""
     threshold = setup.param_persistence_threshold
-
-    def sizes(module: nn.Module | None) -> tuple[int, int]:
-        """(all parameters, the partitioned ones) of a module."""
-        numels = [int(p.numel()) for p in module.parameters()] if module is not None else []
-        return sum(numels), sum(n for n in numels if n > threshold)
-
-    layers = [module for name, module in model.named_modules() if re.fullmatch(r".*\.layers\.\d+", name)]
-    head_all, head_partitioned = sizes(model.get_output_embeddings())
+    layers: dict[str, list[int]] = {}  # decoder layer -> [all parameters, the partitioned ones], in model order
+    for name, param in model.named_parameters():
+        match = _LAYER_PREFIX.match(name)
+        if match:
+            sizes = layers.setdefault(match.group(1), [0, 0])
+            sizes[0] += int(param.numel())
+            sizes[1] += int(param.numel()) if param.numel() > threshold else 0
+    head = model.get_output_embeddings()
+    head_numels = [int(p.numel()) for p in head.parameters()] if head is not None else []
+    head_all, head_partitioned = sum(head_numels), sum(n for n in head_numels if n > threshold)
     passes = 3 if setup.gradient_checkpointing else 2  # forward, backward (and the recompute) of each later layer
     kept = head_partitioned if 2 * head_all < setup.max_reuse_distance else 0
-    for later, layer in enumerate(reversed(layers)):
-        layer_all, layer_partitioned = sizes(layer)
+    for later, (layer_all, layer_partitioned) in enumerate(reversed(list(layers.values()))):
         if (passes * later + 1) * layer_all + 2 * head_all >= setup.max_reuse_distance:
             break
         kept += layer_partitioned

@@ -53,10 +53,9 @@ def _gib(n: int) -> str:
 
 
 def _gathered_note(e) -> str:
-    """Where the gathered weights come from when more than one process shares the model."""
+    """What bounds the gathered weights and how to lower them, unless they are the whole partitioned model."""
     s = e.setup
-    if s.world_size == 1 or e.gathered_bytes >= (e.frozen_params + e.trainable_params - e.persistent_params) \
-            * s.compute_bytes:
+    if e.gathered_bytes >= (e.frozen_params + e.trainable_params - e.persistent_params) * s.compute_bytes:
         return ""
     return (f"    (ZeRO-3's prefetch fills stage3_max_live_parameters, {s.max_live_parameters:,}, and "
             f"stage3_max_reuse_distance, {s.max_reuse_distance:,}, keeps the weights reused within it: "
