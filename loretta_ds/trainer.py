@@ -40,11 +40,11 @@ from .distributed.stop import StopRequest
 from .data.chat import CHAT_TEMPLATE_FILE
 from .data.loader import model_inputs, real_token_count, target_count
 from .file_io import write_json_atomically
-from .output_dir import clear_previous_run
+from .run.contents import clear_previous_run
 from .run_config import TrainConfig
-from .run_dir import RunDir, write_run_record
-from .run_lock import OutputDirBusy, RunLock
-from .train_metrics import MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
+from .run.directory import RunDir, write_run_record
+from .run.lock import OutputDirBusy, RunLock
+from .run.metrics import MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
 from .train_plan import Plan, attach_adapter, build_plan, choose_resume, make_batches
 
 IGNORE_INDEX = -100
@@ -109,8 +109,7 @@ class Trainer:
         self.cfg = cfg
         self.callbacks = tuple(callbacks)
         self.rank, self.local_rank, self.world_size = dist.world_from_environment()
-        self.output_dir = Path(cfg.output_dir)
-        self.run_dir = RunDir(self.output_dir)
+        self.run_dir = RunDir(cfg.output_dir)
         self.plan: Plan | None = None
         self.model = None
         self.engine = None
@@ -173,7 +172,7 @@ class Trainer:
             if self.world_size > 1 and dist.is_collective_failure(err):
                 lost = self._heartbeat.lost_ranks() if self._heartbeat is not None else []
                 reporter = min(r for r in range(self.world_size) if r not in lost)
-                newest = ckpt.latest_checkpoint(self.output_dir, log=lambda message: None)
+                newest = ckpt.latest_checkpoint(self.run_dir, log=lambda message: None)
                 message = describe_lost_rank(err, lost, self.world_size, self.step, self.cfg.dist_timeout,
                                              newest.path if newest else None)
                 raise LostRank(message, reporter=reporter) from err
@@ -214,7 +213,7 @@ class Trainer:
 
     def _try_lock(self, create: bool) -> RunLock | None:
         try:
-            return RunLock.acquire(self.output_dir, create=create, log=self.log)
+            return RunLock.acquire(self.run_dir, create=create, log=self.log)
         except OutputDirBusy as err:
             self._lock_refusal = err
             return None
@@ -223,16 +222,16 @@ class Trainer:
         """Every rank learns whether rank 0 holds OUTPUT_DIR (a refusal ends them all, at once,
         with rank 0's message); then a start-over clears the earlier run's own files."""
         if self.world_size > 1 and dist.any_rank(self._lock_refusal is not None):
-            raise self._lock_refusal or OutputDirBusy(f"{self.output_dir} is in use by another run (see rank 0)")
+            raise self._lock_refusal or OutputDirBusy(f"{self.run_dir} is in use by another run (see rank 0)")
         if self.rank == 0 and self.plan.resume.start_over is not None:
-            clear_previous_run(self.output_dir, self.plan.resume.start_over, self.log)
+            clear_previous_run(self.run_dir, self.plan.resume.start_over, self.log)
 
     def write_run_config(self, finished: bool, **final) -> None:
         """OUTPUT_DIR/run_config.json: what was trained on what (export and generate read it)."""
         if self.rank != 0:
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_run_record(self.output_dir, self.plan.record(finished, **final))
+        self.run_dir.root.mkdir(parents=True, exist_ok=True)
+        write_run_record(self.run_dir, self.plan.record(finished, **final))
 
     # --- 2. model: partitioned as it loads, adapter injected into the partitioned model -----
 
@@ -318,9 +317,9 @@ class Trainer:
 
     def train(self) -> int:
         plan, cfg, engine = self.plan, self.cfg, self.engine
-        metrics = MetricsLog(self.output_dir, self.rank == 0, resume_step=self.step)
+        metrics = MetricsLog(self.run_dir, self.rank == 0, resume_step=self.step)
         if metrics.tensorboard:
-            self.log(f"TensorBoard logs in {self.output_dir / 'tensorboard'}")
+            self.log(f"TensorBoard logs in {self.run_dir.tensorboard}")
         if self.step == 0 and plan.data.eval is not None:
             with dist.untraced_forwards(engine) if plan.zero3 else contextlib.nullcontext():
                 self.evaluate_and_log(metrics)
@@ -414,7 +413,7 @@ class Trainer:
         """Why the run stops, and the checkpoint to trust: the newest one written before the update
         that started the divergence (a later one may hold parameters that are finite but broken)."""
         suspect_from = suspect_from if suspect_from is not None else self.suspect_from
-        complete, _ = ckpt.list_checkpoints(self.output_dir)
+        complete, _ = ckpt.list_checkpoints(self.run_dir)
         good = [c for c in complete if suspect_from is None or c.step < suspect_from]
         # A run started from another directory's checkpoint: that one is sound if it came first.
         started_from = self.plan.resume.checkpoint
@@ -422,7 +421,7 @@ class Trainer:
             if not good or good[-1].step < started_from.step:
                 good.append(started_from)
         where = (f"the last good checkpoint is {good[-1].path} (step {good[-1].step})" if good
-                 else f"no checkpoint in {ckpt.checkpoints_dir(self.output_dir)} is from before the divergence")
+                 else f"no checkpoint in {self.run_dir.checkpoints} is from before the divergence")
         return (f"the training diverged: {what}; stopping without saving this state (no adapter, no merged "
                 f"export), and {where}. Lower --lr (or raise --warmup_steps), enable --grad_clip, or check "
                 "the data, and train again in a new --output_dir")
@@ -430,7 +429,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {"data": self.batches.state_dict(), "bad_streak": self.bad_streak, "bad_total": self.bad_total,
                  "world_size": self.world_size, "global_batch": self.plan.global_batch}
-        ckpt.save_checkpoint(self.output_dir, self.step, self.engine, self.model, self.trainable_names, state,
+        ckpt.save_checkpoint(self.run_dir, self.step, self.engine, self.model, self.trainable_names, state,
                              self.cfg.keep_last, self.rank, log=self.log)
 
     def evaluate_and_log(self, metrics: MetricsLog) -> None:
@@ -536,7 +535,7 @@ class Trainer:
                 (adapter_dir / CHAT_TEMPLATE_FILE).write_text(plan.data.chat_template, encoding="utf-8")
             if frozen is not None:
                 write_json_atomically(self.run_dir.param_report, self.param_report)
-            plot = plot_losses(self.output_dir)
+            plot = plot_losses(self.run_dir)
             elapsed = time.perf_counter() - self.started
             summary = self.summary()
             self.write_run_config(finished=True, final_step=self.step, bad_steps=self.bad_total,
@@ -574,7 +573,7 @@ class Trainer:
         from .export import export_run_merged
 
         try:
-            out = export_run_merged(self.output_dir)
+            out = export_run_merged(self.run_dir)
         except (ValueError, FileNotFoundError, OSError) as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             return 1

@@ -147,7 +147,7 @@ def run_to_end(command: list[str], log: Path, timeout: float = 300, **env: str) 
 def metric_records(output_dir: Path, kind: str = "train") -> list[dict]:
     """OUTPUT_DIR/metrics.jsonl records of one kind (train, eval, generation), read as the trainer
     reads them back (a line being written is ignored): every test reads metrics through here."""
-    from loretta_ds.train_metrics import read_metrics
+    from loretta_ds.run.metrics import read_metrics
 
     return [r for r in read_metrics(Path(output_dir) / "metrics.jsonl") if r.get("kind") == kind]
 

@@ -14,11 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "loretta_ds"
 
 LAYERS = [
     {"loretta_ds", "settings", "file_io"},  # helpers every layer uses; the package root's constants
-    {"run_dir"},  # the run directory's names and run_config.json
+    {"run", "run.directory"},  # the run directory's names and run_config.json
+    {"run.lock", "run.metrics"},  # one run per directory; what a run reports
     {"tt"},  # tensor-train maths
     {"adapters"},  # LorettaConfig, the layers, inject / merge / save / load
     {"data", "distributed", "export"},  # siblings: none imports another
-    {"tiny_llama", "train_metrics", "run_lock", "output_dir", "generation"},
+    {"tiny_llama", "run.contents", "generation"},  # run.contents reads checkpoints' and exports' own files
     {"models", "run_config"},
     {"train_plan"},
     {"estimate", "trainer"},  # both take a run's settings through the plan
@@ -27,9 +28,16 @@ LAYERS = [
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 
+# Packages whose modules sit in different layers: their unit is the module, not the package.
+SPLIT_PACKAGES = {"run"}
+
+
 def unit_of(module: str) -> str:
-    """The layer unit of a dotted module name: its first component below loretta_ds."""
+    """The layer unit of a dotted module name: its first component below loretta_ds (the first two
+    in a package of SPLIT_PACKAGES)."""
     parts = module.split(".")
+    if len(parts) > 2 and parts[1] in SPLIT_PACKAGES:
+        return ".".join(parts[1:3])
     return parts[1] if len(parts) > 1 else parts[0]
 
 

@@ -19,7 +19,7 @@ from .checkpoint import BaseCheckpoint, open_base_checkpoint
 from .lora import write_lora
 from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_config, write_merged,
                      write_model_files)
-from ..run_dir import RUN_CONFIG, RunDir, RunRecord, write_run_record
+from ..run.directory import RUN_CONFIG, RunDir, RunRecord, write_run_record
 from .provenance import PROVENANCE_NAME, foreign_files, write_provenance
 from .sources import ExportSource, resolve_source
 from .staging import StagedOutput

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .distributed import checkpoint as ckpt
-from .export.provenance import foreign_files as export_foreign_files
-from .export.staging import MARKER_NAME as EXPORT_MARKER
-from .run_dir import ADAPTER, CHECKPOINTS, LOCK, MERGED, METRICS, PARAM_REPORT, PLOT, RUN_CONFIG, TENSORBOARD
+from ..distributed import checkpoint as ckpt
+from ..export.provenance import foreign_files as export_foreign_files
+from ..export.staging import MARKER_NAME as EXPORT_MARKER
+from .directory import ADAPTER, CHECKPOINTS, LOCK, MERGED, METRICS, PARAM_REPORT, PLOT, RUN_CONFIG, TENSORBOARD
 
 RUN_FILES = {RUN_CONFIG, PARAM_REPORT, METRICS, PLOT, LOCK}
 # What an interrupted atomic replacement of a run file leaves (file_io.replace_atomically).
