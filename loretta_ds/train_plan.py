@@ -224,7 +224,7 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     stage = zero_stage(raw_ds_config)
     # A mistyped data path or name is the commonest error: reported in seconds, before the model's
     # config and classes are read. The parsed specs are what the data preparation reads.
-    from .data.loading import parse_dataset_specs
+    from .data.files import parse_dataset_specs
 
     specs = parse_dataset_specs(list(cfg.dataset) or None)
     attn = resolve_attention(cfg.attn)
@@ -284,7 +284,7 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
 
 def make_batches(plan: Plan, rank: int):
     """This rank's training batches (loretta_ds.data's sharded, seeded, resumable order)."""
-    from .data.loader import ShardedBatches
+    from .data.batches import ShardedBatches
     from .data.packing import PackedBatches
 
     seed = plan.cfg.seed

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from . import PREEMPTED_EXIT_CODE
 from .adapters import save_adapter
+from .adapters.io import CHAT_TEMPLATE_NAME
 from .adapters.config import MERGEABLE_METHODS
 from .distributed import checkpoint as ckpt
 from .distributed import engine as dist
@@ -37,8 +38,8 @@ from .distributed.ds_config import batch_summary
 from .distributed.errors import LostRank, RunFailure
 from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat
 from .distributed.stop import StopRequest
-from .data.chat import CHAT_TEMPLATE_FILE
-from .data.loader import model_inputs, real_token_count, target_count
+from .data.batches import model_inputs, real_token_count, target_count
+from .data.formats import IGNORE_INDEX
 from .file_io import write_json_atomically
 from .run.contents import clear_previous_run
 from .run_config import TrainConfig
@@ -46,8 +47,6 @@ from .run.directory import RunDir, write_run_record
 from .run.lock import OutputDirBusy, RunLock
 from .run.metrics import MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
 from .train_plan import Plan, attach_adapter, build_plan, choose_resume, make_batches
-
-IGNORE_INDEX = -100
 
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
@@ -468,7 +467,7 @@ class Trainer:
         """Eval loss and perplexity on the eval split (sharded over ranks); accuracy by label-word
         likelihood for classification data. Every rank runs the same number of forwards."""
         from .data.evaluation import sharded_label_word_hits
-        from .data.loader import eval_batches
+        from .data.batches import eval_batches
 
         plan, engine = self.plan, self.engine
         data, device = plan.data, dist.device()
@@ -532,7 +531,7 @@ class Trainer:
             if plan.data.chat_template is not None:
                 # The template the chat data was rendered with travels with the adapter (and into
                 # the merged export), so generation uses the same turns as training.
-                (adapter_dir / CHAT_TEMPLATE_FILE).write_text(plan.data.chat_template, encoding="utf-8")
+                (adapter_dir / CHAT_TEMPLATE_NAME).write_text(plan.data.chat_template, encoding="utf-8")
             if frozen is not None:
                 write_json_atomically(self.run_dir.param_report, self.param_report)
             plot = plot_losses(self.run_dir)

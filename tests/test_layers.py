@@ -87,6 +87,49 @@ def test_no_module_imports_upward_or_sideways():
     assert not problems, "\n".join(problems)
 
 
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (``from PACKAGE import MODULE`` names the module)."""
+    names = {module_name(path): path for path in package_modules()}
+    graph = {}
+    for module, path in names.items():
+        targets = set()
+        tree = ast.parse(path.read_text())
+        for (target, _), node in zip(imports_of(path), [n for n in ast.walk(tree)
+                                                       if isinstance(n, (ast.Import, ast.ImportFrom))]):
+            if not target.startswith("loretta_ds"):
+                continue
+            submodules = [f"{target}.{a.name}" for a in getattr(node, "names", []) if f"{target}.{a.name}" in names]
+            targets.update(submodules or ([target] if target in names else []))
+        graph[module] = targets - {module}
+    return graph
+
+
+def test_no_import_cycle():
+    """No module imports one that imports it back, directly or through others (a package's
+    __init__ re-exporting its modules is not a cycle: modules import their siblings directly)."""
+    graph = {m: {t for t in ts if not (m.startswith(t + ".") and t in graph_packages())}
+             for m, ts in module_graph().items()}
+    state, cycles = {}, []
+
+    def visit(module, trail):
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                cycles.append(" -> ".join(trail[trail.index(target):] + [target]))
+            elif target not in state:
+                visit(target, trail + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(cycles)
+
+
+def graph_packages() -> set[str]:
+    return {module_name(path) for path in package_modules() if path.name == "__init__.py"}
+
+
 def test_deepspeed_is_imported_only_in_distributed():
     problems = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
                 for path in package_modules() for target, line in imports_of(path)
