@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -59,7 +58,6 @@ RNG_SUFFIX = ".safetensors"
 # Format 1 kept the optimizer and RNG state in these pickles; they are recognized, never read.
 PICKLED_FILES = ("optimizer.pt", "rng/rank-*.pt")
 FORMAT_VERSION = 2
-SAVE_DELAY_ENV = "LORETTA_DS_TEST_SAVE_DELAY"  # a test hook, see _test_save_delay
 
 
 @dataclass
@@ -535,18 +533,8 @@ def save_checkpoint(run_dir: RunDir | str | Path, step: int, engine, model: torc
 
     stage(create)
     stage(write_files)
-    _test_save_delay()
     stage(publish)
     return final
-
-
-def _test_save_delay() -> None:
-    """Test hook, read here only: with LORETTA_DS_TEST_SAVE_DELAY=SECONDS every save waits that long
-    between its data files and its COMPLETE marker, so that a test can kill a run in the middle of
-    a save (tests/test_reliability_faults.py). Unset in real runs."""
-    delay = os.environ.get(SAVE_DELAY_ENV)
-    if delay:
-        time.sleep(float(delay))
 
 
 def rotate(run_dir: RunDir | str | Path, keep_last: int, log: Callable[[str], None] = print) -> None:
