@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import PREEMPTED_EXIT_CODE
 from .adapters import save_adapter
@@ -38,8 +37,7 @@ from .distributed.ds_config import batch_summary
 from .distributed.errors import LostRank, RunFailure
 from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat
 from .distributed.stop import StopRequest
-from .data.batches import model_inputs, real_token_count, target_count
-from .data.formats import IGNORE_INDEX
+from .data.batches import real_token_count
 from .file_io import write_json_atomically
 from .run.contents import clear_previous_run
 from .run_config import TrainConfig
@@ -47,31 +45,8 @@ from .run.directory import RunDir, write_run_record
 from .run.lock import OutputDirBusy, RunLock
 from .run.metrics import MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
 from .train_plan import Plan, attach_adapter, build_plan, choose_resume, make_batches
-
-
-def token_loss_sum(model, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
-    """Summed next-token cross-entropy of a training batch (padded or packed) over its targets."""
-    inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-    if "attention_mask" not in inputs:
-        # Packed rows: without a cache transformers masks attention by the position_ids' sequences.
-        inputs["use_cache"] = False
-    logits = model(**inputs).logits
-    targets = batch["labels"][:, 1:].to(device)
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def global_loss_scale(micro_batches: list[dict], grad_accum: int, world_size: int) -> tuple[float, int]:
-    """(factor for each micro batch's summed loss, target tokens of the global batch).
-
-    DeepSpeed divides each loss by grad_accum and averages the gradients over the ranks; with
-    this factor the step's gradient is that of the mean loss over every target token of the
-    global batch, however its tokens fall into rows, micro batches and ranks (packed and padded
-    runs optimize the same objective). One all-reduce of a count per step.
-    """
-    (targets,) = dist.sum_over_ranks([sum(target_count(b) for b in micro_batches)])
-    targets = max(int(targets), 1)
-    return grad_accum * world_size / targets, targets
+from .evaluate import describe_eval, evaluate, sample_generations
+from .loss import global_loss_scale, token_loss_sum
 
 
 class TrainingDiverged(RunFailure):
@@ -380,7 +355,7 @@ class Trainer:
                 last = self.step == plan.total_steps
                 if plan.data.eval is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
                     self.evaluate_and_log(metrics)
-                    progress.write(self.describe_eval(self.history[-1]))
+                    progress.write(describe_eval(self.history[-1]))
                     if not math.isfinite(self.history[-1]["loss"]):
                         raise TrainingDiverged(self.divergence_message(
                             f"the evaluation at step {self.step} gave a non-finite loss "
@@ -432,80 +407,13 @@ class Trainer:
                              self.cfg.keep_last, self.rank, log=self.log)
 
     def evaluate_and_log(self, metrics: MetricsLog) -> None:
-        metrics.log(self.evaluate())
-        if self.cfg.eval_generate:
-            metrics.log(self.sample_generations())
-
-    @torch.no_grad()
-    def sample_generations(self) -> dict:
-        """Greedy completions of the first --eval_generate eval prompts, beside their references (the
-        way a fine-tune is checked by eye). Every rank generates the same ones: under ZeRO-3 each
-        forward is a collective, so all ranks step together (synced_gpus)."""
-        from .data.evaluation import generation_prompts
-        from .generation import generation_config
-
-        plan, tokenizer = self.plan, self.plan.tokenizer
-        device = dist.device()
-        model = self.engine.module
-        model.eval()
-        samples = []
-        for prompt, reference in generation_prompts(plan.data.eval, self.cfg.eval_generate):
-            ids = torch.tensor([prompt], device=device)
-            config = generation_config(model, tokenizer, max_new_tokens=min(64, len(reference) + 16))
-            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                                    synced_gpus=plan.zero3 and self.world_size > 1,
-                                    use_cache=not self.cfg.gradient_checkpointing)
-            samples.append({"prompt": tokenizer.decode(prompt, skip_special_tokens=True),
-                            "prompt_ids": prompt, "max_new_tokens": config.max_new_tokens,
-                            "reference": tokenizer.decode(reference, skip_special_tokens=True),
-                            "output": tokenizer.decode(output[0, len(prompt):].tolist(), skip_special_tokens=True)})
-        self.engine.train()
-        return {"kind": "generation", "step": self.step, "samples": samples}
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Eval loss and perplexity on the eval split (sharded over ranks); accuracy by label-word
-        likelihood for classification data. Every rank runs the same number of forwards."""
-        from .data.evaluation import sharded_label_word_hits
-        from .data.batches import eval_batches
-
-        plan, engine = self.plan, self.engine
-        data, device = plan.data, dist.device()
-        engine.eval()
-        loss_sum, token_count = 0.0, 0
-        batches = eval_batches(data.eval, plan.micro_batch_size, data.pad_id, self.rank, self.world_size)
-        for index, batch in enumerate(batches):
-            if self.cfg.eval_batches is not None and index >= self.cfg.eval_batches:
-                break
-            logits = engine(input_ids=batch["input_ids"].to(device),
-                            attention_mask=batch["attention_mask"].to(device)).logits
-            targets = batch["labels"][:, 1:].to(device)
-            loss_sum += F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                        ignore_index=IGNORE_INDEX, reduction="sum").item()
-            token_count += int((targets != IGNORE_INDEX).sum())
-        correct = counted = 0
-        records = self.classification_records
-        if records is not None:
-            limit = (None if self.cfg.eval_batches is None
-                     else self.cfg.eval_batches * plan.micro_batch_size * self.world_size)
-            correct, counted = sharded_label_word_hits(engine, plan.tokenizer, records, data.label_words,
-                                                       data.seq_len, 2 * plan.micro_batch_size,
-                                                       self.rank, self.world_size, limit)
-        loss_sum, token_count, correct, counted = dist.sum_over_ranks([loss_sum, token_count, correct, counted])
-        engine.train()
-        mean = loss_sum / max(token_count, 1)
-        record = {"kind": "eval", "step": self.step, "loss": mean, "perplexity": math.exp(min(mean, 50.0))}
-        if counted:
-            record["accuracy"] = correct / counted
+        record = evaluate(self.engine, self.plan, self.classification_records, self.cfg.eval_batches,
+                          self.rank, self.world_size, self.step)
         self.history.append(record)
-        return record
-
-    @staticmethod
-    def describe_eval(record: dict) -> str:
-        text = f"eval step {record['step']}: loss {record['loss']:.4f}, perplexity {record['perplexity']:.2f}"
-        if "accuracy" in record:
-            text += f", accuracy {record['accuracy']:.3f}"
-        return text
+        metrics.log(record)
+        if self.cfg.eval_generate:
+            metrics.log(sample_generations(self.engine, self.plan, self.cfg.eval_generate, self.world_size,
+                                           self.step))
 
     # --- 6. save: adapter, plot, finished run config, merged export -------------------------
 

@@ -19,8 +19,8 @@ LAYERS = [
     {"tt"},  # tensor-train maths
     {"adapters"},  # LorettaConfig, the layers, inject / merge / save / load
     {"data", "distributed", "export"},  # siblings: none imports another
-    {"tiny_llama", "run.contents", "generation"},  # run.contents reads checkpoints' and exports' own files
-    {"models", "run_config"},
+    {"tiny_llama", "run.contents", "generation", "loss"},  # run.contents reads checkpoints' and exports' own files
+    {"models", "run_config", "evaluate"},
     {"train_plan"},
     {"estimate", "trainer"},  # both take a run's settings through the plan
     {"commands", "cli"},
