@@ -1,8 +1,8 @@
 """The package's import graph keeps its layers: nothing imports a layer above it or a sibling of its
-own layer, and deepspeed is imported only in distributed/.
+own layer, no module imports itself back through others (no cycle), and deepspeed is imported only in distributed/.
 
 Every import statement of every module is read (those inside functions too), so a lazy import
-cannot hide a dependency. The layers, bottom to top, are LAYERS below (README.md, "Layout").
+cannot hide a dependency. The layers, bottom to top, are LAYERS below (docs/architecture.md, "Layout").
 """
 from __future__ import annotations
 
@@ -162,14 +162,14 @@ def test_help_imports_no_heavy_library():
     assert "usage: loretta-ds train" in done.stdout and "--tt_shapes" in done.stdout
 
 
-def test_the_readme_layout_names_every_module():
-    """README.md's Layout block lists every module and package of loretta_ds (the tree, not a memory
-    of it)."""
-    readme = (PACKAGE.parent / "README.md").read_text()
+def test_the_documented_layout_names_every_module():
+    """docs/architecture.md's Layout block lists every module and package of loretta_ds (the tree,
+    not a memory of it)."""
+    readme = (PACKAGE.parent / "docs" / "architecture.md").read_text()
     layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
     listed = set(re.findall(r"^loretta_ds/([a-z_]+)(?:\.py|/)", layout, re.M))
     present = {path.stem for path in PACKAGE.iterdir()
                if (path.suffix == ".py" and path.stem != "__init__")
                or (path.is_dir() and not path.name.startswith("__"))}
-    assert present == listed, f"missing from README's layout: {sorted(present - listed)}; " \
+    assert present == listed, f"missing from docs/architecture.md's layout: {sorted(present - listed)}; " \
                               f"listed but absent: {sorted(listed - present)}"
