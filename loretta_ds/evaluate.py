@@ -12,7 +12,7 @@ import torch
 
 from .data.batches import eval_batches, target_count
 from .data.evaluation import generation_prompts, sharded_label_word_hits
-from .distributed import engine as dist
+from .distributed import process_group as dist
 from .generation import generation_config
 from .loss import token_loss_sum
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .data.batches import model_inputs, target_count
 from .data.formats import IGNORE_INDEX
-from .distributed import engine as dist
+from .distributed import process_group as dist
 
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor], device) -> torch.Tensor:

@@ -32,7 +32,7 @@ from .adapters import save_adapter
 from .adapters.io import CHAT_TEMPLATE_NAME
 from .adapters.config import MERGEABLE_METHODS
 from .distributed import checkpoint as ckpt
-from .distributed import engine as dist
+from .distributed import process_group as dist
 from .distributed.ds_config import batch_summary
 from .distributed.errors import LostRank, RunFailure
 from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat

@@ -201,7 +201,7 @@ def error_lines(output: str) -> list[str]:
 def train_in_this_process(argv: list[str], callbacks: list):
     """The trainer's stages (plan, model, engine, data, loop) for one `loretta-ds train ARGV` run in
     this process, world size 1, with ``callbacks``; returns the Trainer once its loop ended with 0.
-    The caller has initialised torch.distributed (loretta_ds.distributed.engine.init_distributed)."""
+    The caller has initialised torch.distributed (loretta_ds.distributed.process_group.init_distributed)."""
     from loretta_ds.cli import build_parser
     from loretta_ds.distributed.stop import StopRequest
     from loretta_ds.run_config import config_from_args

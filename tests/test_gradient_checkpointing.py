@@ -71,7 +71,7 @@ def _train_in_this_process(out: Path, method: str, norms: str, checkpointing: bo
 
 def _single_process_main(work: Path) -> None:
     """Run every configuration without and with checkpointing; print the results as JSON."""
-    from loretta_ds.distributed import engine as dist
+    from loretta_ds.distributed import process_group as dist
 
     dist.init_distributed(timeout_s=300)
     results = {}

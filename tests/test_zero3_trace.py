@@ -77,7 +77,7 @@ def test_a_fresh_run_keeps_its_weights_gathered_through_the_forward(tmp_path):
 
 
 if __name__ == "__main__":
-    from loretta_ds.distributed import engine as dist
+    from loretta_ds.distributed import process_group as dist
 
     dist.init_distributed(timeout_s=300)
     outcome = _train_and_sample(Path(sys.argv[1]))

@@ -43,7 +43,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..file_io import fsync_dir
 from ..run.directory import RunDir
-from . import engine as dist_engine
+from . import process_group as dist_engine
 from . import rng_state as rng
 from .errors import CheckpointError
 
