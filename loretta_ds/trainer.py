@@ -32,10 +32,14 @@ from .adapters import save_adapter
 from .adapters.io import CHAT_TEMPLATE_NAME
 from .adapters.config import MERGEABLE_METHODS
 from .distributed import checkpoint as ckpt
+from .distributed import engine as ds_engine
 from .distributed import process_group as dist
+from .distributed import zero3_params
 from .distributed.ds_config import batch_summary
 from .distributed.errors import LostRank, RunFailure
 from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat
+from .distributed.op_cache import pending_cpu_adam_build
+from .distributed.param_report import describe_report, parameter_report
 from .distributed.stop import StopRequest
 from .data.batches import real_token_count
 from .file_io import write_json_atomically
@@ -130,7 +134,7 @@ class Trainer:
             dist.init_distributed(self.cfg.dist_timeout)
             self._stop.watch(signal.SIGTERM)
             self._heartbeat = start_heartbeat()  # names the lost rank if a collective fails
-            dist.quiet_deepspeed(self.cfg.debug and self.rank == 0)
+            ds_engine.quiet_deepspeed(self.cfg.debug and self.rank == 0)
             self.claim_output_dir()
             self.write_run_config(finished=False)
             self.setup_model()
@@ -221,7 +225,7 @@ class Trainer:
         self.log(f"model {plan.model_path} ({plan.dtype}, attention {plan.attn}); ZeRO stage "
                  f"{plan.zero_stage}, {self.world_size} process(es); {batch_summary(plan.ds_config)}")
         # Must stay alive until the end: transformers checks it through a weak reference.
-        self._load_context = dist.Zero3LoadContext(plan.ds_config, plan.zero3)
+        self._load_context = zero3_params.Zero3LoadContext(plan.ds_config, plan.zero3)
         model = AutoModelForCausalLM.from_pretrained(plan.model_path, dtype=plan.dtype,
                                                      attn_implementation=plan.attn)
         model.config.use_cache = False
@@ -241,12 +245,12 @@ class Trainer:
 
     def setup_engine(self) -> None:
         plan = self.plan
-        build_note = dist.pending_cpu_adam_build(plan.ds_config)
+        build_note = pending_cpu_adam_build(plan.ds_config)
         if build_note:
             self.log(build_note)
-        self.engine = dist.initialize(self.model, plan.ds_config)
-        dist.make_trainable_whole(self.model)
-        report = dist.parameter_report(self.model)
+        self.engine = ds_engine.initialize(self.model, plan.ds_config)
+        zero3_params.make_trainable_whole(self.model)
+        report = parameter_report(self.model)
         whole_everywhere = not dist.any_rank(not report["trainable_all_whole"])
         if not whole_everywhere:
             raise RuntimeError("some trainable parameters are partitioned by ZeRO-3 on some rank "
@@ -255,14 +259,14 @@ class Trainer:
                       trainable_whole_on_every_rank=whole_everywhere,
                       stage3_param_persistence_threshold=plan.ds_config["zero_optimization"].get(
                           "stage3_param_persistence_threshold"),
-                      optimizer_numel_this_rank=sum(p.numel() for p in dist.fp32_master_partitions(self.engine)))
+                      optimizer_numel_this_rank=sum(p.numel() for p in ds_engine.fp32_master_partitions(self.engine)))
         self.param_report = report
-        self.log(dist.describe_report(report))
+        self.log(describe_report(report))
         if self.rank == 0:
             write_json_atomically(self.run_dir.param_report, report)
         resume = plan.resume
         if resume.checkpoint is None:
-            dist.begin_lr_schedule(self.engine.lr_scheduler)
+            ds_engine.begin_lr_schedule(self.engine.lr_scheduler)
         else:
             ckpt.restore_optimizer(resume.checkpoint.path, self.engine, self.model)
             if not ckpt.restore_rng(resume.checkpoint.path, self.rank):
@@ -295,7 +299,7 @@ class Trainer:
         if metrics.tensorboard:
             self.log(f"TensorBoard logs in {self.run_dir.tensorboard}")
         if self.step == 0 and plan.data.eval is not None:
-            with dist.untraced_forwards(engine) if plan.zero3 else contextlib.nullcontext():
+            with zero3_params.untraced_forwards(engine) if plan.zero3 else contextlib.nullcontext():
                 self.evaluate_and_log(metrics)
         progress = Progress(self.rank == 0, plan.total_steps, self.step)
         stream = self.batches.forever()
@@ -327,7 +331,7 @@ class Trainer:
                     raise TrainingDiverged(self.divergence_message(
                         f"the update of step {self.step + 1} left non-finite trainable parameters"))
                 if bad and plan.zero3:
-                    dist.regather_persistent(self.model)
+                    zero3_params.regather_persistent(self.model)
                 total_loss, total_tokens = dist.sum_over_ranks([loss_sum, tokens])
                 self.step += 1
                 step_time = timer.lap()
@@ -421,7 +425,7 @@ class Trainer:
         """Returns the exit status: 0, or 1 when only the merged export failed."""
         cfg, plan = self.cfg, self.plan
         frozen = None
-        dist.settle_parameters(self.engine, self.model)
+        zero3_params.settle_parameters(self.engine, self.model)
         if cfg.verify_frozen:
             from .distributed.frozen import verify_frozen
 

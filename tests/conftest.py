@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import torch
 
-from loretta_ds.distributed.process_group import use_environment_extension_cache
+from loretta_ds.distributed.op_cache import use_environment_extension_cache
 
 # The tests that build DeepSpeed's ops in this process (CPU Adam) share the trainers' cache (the
 # variable is inherited by every trainer a test starts): one build per environment, not two.

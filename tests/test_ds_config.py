@@ -284,7 +284,7 @@ def test_warmup_starts_above_zero_and_rises_linearly_to_the_peak(name):
     import torch
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
 
-    from loretta_ds.distributed.process_group import begin_lr_schedule
+    from loretta_ds.distributed.engine import begin_lr_schedule
 
     config, _ = resolve_ds_config(shipped(name), facts(lr=1e-2, warmup_steps=4, total_steps=20))
     params = config["scheduler"]["params"]

@@ -4,7 +4,7 @@ A fresh run evaluates before its first training step (the "eval accuracy X (step
 resumed run does not. DeepSpeed 0.19 records its module trace from the first forwards it sees and
 caches its release decisions per position in that trace without ever dropping them, so a fresh
 run's forward-only evaluation left every later training forward releasing the weights its
-backward gathers again (loretta_ds.distributed.engine.forget_forward_only_trace). The test trains
+backward gathers again (loretta_ds.distributed.zero3_params.untraced_forwards). The test trains
 from scratch, evaluation at step 0 included, and checks that from the third step on (DeepSpeed
 records the trace in one step and uses it from the next) every partitioned weight is still
 gathered when the forward reaches the output head (all but the input embedding, which the backward

@@ -43,9 +43,11 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..file_io import fsync_dir
 from ..run.directory import RunDir
-from . import process_group as dist_engine
+from . import process_group
 from . import rng_state as rng
+from .engine import fp32_master_partitions
 from .errors import CheckpointError
+from .zero3_params import gathered, is_zero3_param
 
 MARKER = "COMPLETE"
 TMP_PREFIX = ".tmp-step-"
@@ -227,7 +229,7 @@ def _ensure_optimizer_state(engine, keys: list[str]) -> None:
     """
     optimizer = _basic_optimizer(engine)
     torch_style = type(optimizer).__module__.startswith("torch.optim")
-    for param in dist_engine.fp32_master_partitions(engine):
+    for param in fp32_master_partitions(engine):
         state = optimizer.state[param]
         if not state:
             state["step"] = torch.tensor(0.0) if torch_style else 0
@@ -322,7 +324,7 @@ def restore_optimizer(path: Path, engine, model: torch.nn.Module) -> None:
     keys = set(_optimizer_state_keys(engine))
     for name, value in values.items():
         param = params[name]
-        target = dist_engine.device()
+        target = process_group.device()
         safe_set_full_fp32_param(param, value.to(target))
         for key, moment in saved["moments"].get(name, {}).items():
             if key not in keys:
@@ -378,8 +380,8 @@ def load_trainable_into_model(path: Path, model: torch.nn.Module, names: list[st
     # Norm weights came from from_pretrained and may already be ZeRO-3 partitions (the injected
     # cores are not yet): gather them, write on rank 0, and let DeepSpeed re-partition.
     targets = [params[n] for n in names]
-    zero3 = any(dist_engine.is_zero3_param(p) for p in targets)
-    with dist_engine.gathered([p for p in targets if dist_engine.is_zero3_param(p)], zero3, modifier_rank=0):
+    zero3 = any(is_zero3_param(p) for p in targets)
+    with gathered([p for p in targets if is_zero3_param(p)], zero3, modifier_rank=0):
         with torch.no_grad():
             for name in names:
                 params[name].copy_(values[name].to(params[name].dtype))
@@ -483,7 +485,7 @@ def save_checkpoint(run_dir: RunDir | str | Path, step: int, engine, model: torc
     root = checkpoints_dir(run_dir)
     final = root / f"step-{step}"
     tmp = root / f"{TMP_PREFIX}{step}"
-    if dist_engine.any_rank(final.is_dir() and check_checkpoint(final) is None):
+    if process_group.any_rank(final.is_dir() and check_checkpoint(final) is None):
         return final  # this step is already saved (e.g. the end of a run that saved at this step)
     values, optimizer = gather_training_state(engine, model, names)
     failed: BaseException | None = None
@@ -496,7 +498,7 @@ def save_checkpoint(run_dir: RunDir | str | Path, step: int, engine, model: torc
                 action()
             except Exception as err:  # noqa: BLE001 - any failure aborts the save, reported below
                 failed = err
-        if dist_engine.any_rank(failed is not None):
+        if process_group.any_rank(failed is not None):
             if rank == 0 and tmp.is_dir() and not foreign_files(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)  # give the space back
             previous = latest_checkpoint(run_dir, log=lambda message: None)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..adapters.peft_export import PEFT_PREFIX
-from .process_group import gathered, is_zero3_param
+from .zero3_params import gathered, is_zero3_param
 
 # Names the adapters add around a base parameter: LoRETTA and PEFT keep the original layer as
 # `base_layer`; PEFT also wraps the whole model in `base_model.model.`.
