@@ -333,8 +333,11 @@ LAYOUT_TEMPLATE = "zero3"
 def processes_per_node(world_size: int, given: int | None = None) -> int:
     """Processes per node: ``given``, else the launcher's LOCAL_WORLD_SIZE (torchrun, the SLURM
     scripts) or LOCAL_SIZE (deepspeed), else all of them on one node."""
-    value = given if given is not None else (os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE"))
-    per_node = int(value) if value not in (None, "") else world_size
+    if given is not None:
+        per_node = given
+    else:  # a variable left from an enclosing job can name more processes than this run has
+        value = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE")
+        per_node = min(int(value), world_size) if value else world_size
     if per_node < 1 or world_size % per_node:
         raise ValueError(f"{per_node} processes per node do not divide the world size {world_size}; every node "
                          "must run the same number of processes (--gpus_per_node / LOCAL_WORLD_SIZE)")
