@@ -97,6 +97,26 @@ def test_the_choice_follows_the_memory_plan():
     assert any("--gradient_checkpointing" in note for note in short.notes)
 
 
+@pytest.mark.slow  # the trainer's plan reads the tokenizer and prepares the bundled data: seconds
+def test_train_plan_and_estimate_make_the_same_choice(tmp_path, capsys):
+    """The trainer's own plan (model, tokenizer, data) and `estimate` choose alike from the same figures."""
+    flags = ["--ds_config", "auto", "--gpu_memory", "3", "--seq_len", "128"]
+    assert cli_main(["plan", "--model", "tiny-llama", "--world_size", "2", *flags,
+                     "--output_dir", str(tmp_path / "run"), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["layout"]["chosen"] == "replicated" and plan["zero_stage"] == 2 and plan["start"] == "a new run from step 0"
+    assert cli_main(["estimate", "--model", "tiny-llama", "--gpus_per_node", "2", *flags, "--json"]) == 0
+    estimate = json.loads(capsys.readouterr().out)
+    assert estimate["layout"]["chosen"] == "replicated" and estimate["setup"]["zero_stage"] == 2
+    needs = lambda layout: [(c["name"], c["device_need_bytes"]) for c in layout["candidates"]]  # noqa: E731
+    assert needs(estimate["layout"]) == needs(plan["layout"])
+    assert estimate["traffic"]["cross_node_bytes_per_node"] == 0 and estimate["traffic"]["pcie_bytes"] == 0
+    assert cli_main(["estimate", "--model", "tiny-llama", "--gpus_per_node", "2", *flags]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("layout auto: replicated") and "traffic per optimizer step" in out
+    assert "DeepSpeed config auto (zero2)" in out and "ZeRO-2, offload none" in out
+
+
 # ---------------------------------------------------------------- the traffic model, by hand
 
 def test_traffic_matches_hand_computed_bytes():
