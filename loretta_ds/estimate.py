@@ -453,7 +453,8 @@ def setup_from_ds_config(resolved: dict, *, nodes: int, gpus_per_node: int, seq_
     stage = int(zero["stage"])
     return Setup(nodes=nodes, gpus_per_node=gpus_per_node, offload=_offload_of(zero), zero_stage=stage,
                  hpz_partition_size=int(zero.get("zero_hpz_partition_size", 1)) if stage == 3 else 1,
-                 bf16=bool(resolved["bf16"]["enabled"]), micro_batch_size=int(resolved["train_micro_batch_size_per_gpu"]),
+                 bf16=bool(resolved["bf16"]["enabled"]),
+                 micro_batch_size=int(resolved["train_micro_batch_size_per_gpu"]),
                  seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
                  param_persistence_threshold=int(zero.get("stage3_param_persistence_threshold",
                                                           DEFAULT_PERSISTENCE_THRESHOLD)),

@@ -18,7 +18,8 @@ def add_bandwidth_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("step time (traffic model: docs/layouts.md)")
     group.add_argument("--pcie_gbps", type=float, default=traffic.PCIE_GEN5_X16 / 1e9,
-                       help=f"GB/s per GPU to the host, one direction (default {traffic.PCIE_GEN5_X16 / 1e9:g}: PCIe Gen5 x16)")
+                       help=f"GB/s per GPU to the host, one direction (default {traffic.PCIE_GEN5_X16 / 1e9:g}: "
+                            "PCIe Gen5 x16)")
     group.add_argument("--nvlink_gbps", type=float, default=traffic.NVLINK4 / 1e9,
                        help=f"GB/s per GPU inside a node, one direction (default {traffic.NVLINK4 / 1e9:g}: NVLink 4)")
     group.add_argument("--network_gbps", type=float, default=traffic.INFINIBAND_NDR / 1e9,
@@ -88,7 +89,8 @@ def _gib(n: int) -> str:
 def _gathered_note(e) -> str:
     """What bounds the gathered weights and how to lower them, unless they are the whole partitioned model."""
     s = e.setup
-    if e.gathered_bytes >= (e.frozen_params + e.trainable_params - e.persistent_params) * s.compute_bytes:
+    if s.zero_stage != 3 or \
+            e.gathered_bytes >= (e.frozen_params + e.trainable_params - e.persistent_params) * s.compute_bytes:
         return ""
     return (f"    (ZeRO-3's prefetch fills stage3_max_live_parameters, {s.max_live_parameters:,}, and "
             f"stage3_max_reuse_distance, {s.max_reuse_distance:,}, keeps the weights reused within it: "
@@ -112,7 +114,7 @@ def format_estimate(e) -> str:
         f"({100 * e.trainable_params / e.total_params:.4f}%), {e.persistent_params:,} persistent (<= threshold)",
         "",
         "  per GPU                          LoRETTA",
-        f"    {'frozen weights (partition)' if s.zero_stage == 3 else 'frozen weights (whole)':<28}{_gib(gpu_partition)}",
+        f"    {'frozen weights (' + ('partition' if s.zero_stage == 3 else 'whole') + ')':<28}{_gib(gpu_partition)}",
         f"    persistent (adapter, norms) {_gib(e.persistent_bytes)}{secondary}",
         f"    gathered weights (working)  {_gib(e.gathered_bytes)}" + _gathered_note(e),
         f"    gradients                   {_gib(e.gradient_bytes)}",
@@ -164,10 +166,11 @@ def format_verdict(e, v) -> str:
 
 def format_ds_config(e, ds_config: str, notes: list[str]) -> str:
     s = e.setup
-    lines = [f"  DeepSpeed config {ds_config}: offload {s.offload}, {'bf16' if s.bf16 else 'fp32'}, micro batch "
-             f"{s.micro_batch_size}, persistence threshold {s.param_persistence_threshold:,}, prefetch bucket "
-             f"{s.prefetch_bucket_size:,}, max live parameters {s.max_live_parameters:,}, max reuse distance "
-             f"{s.max_reuse_distance:,}"]
+    zero3 = (f", persistence threshold {s.param_persistence_threshold:,}, prefetch bucket {s.prefetch_bucket_size:,}, "
+             f"max live parameters {s.max_live_parameters:,}, max reuse distance {s.max_reuse_distance:,}"
+             if s.zero_stage == 3 else "")
+    lines = [f"  DeepSpeed config {ds_config}: ZeRO-{s.zero_stage}, offload {s.offload}, {'bf16' if s.bf16 else 'fp32'}, "
+             f"micro batch {s.micro_batch_size}{zero3}"]
     lines += [f"    {note}" for note in notes]
     return "\n".join(lines)
 
