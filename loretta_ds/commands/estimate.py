@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = loretta_config_from_args(args)
     config = load_model_config(args.model)
     bandwidths = bandwidths_from_args(args)
+    Setup(nodes=args.nodes, gpus_per_node=args.gpus_per_node, seq_len=args.seq_len)  # checked before the model
     prepared = prepare_model(config, cfg)  # one meta-device model for every plan below
     notes: list[str] = []
     choice = None
