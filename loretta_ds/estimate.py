@@ -93,13 +93,24 @@ class Setup:
     prefetch_bucket_size: int = DEFAULT_PREFETCH_BUCKET  # reported; the working set stops at max live
     max_live_parameters: int = DEFAULT_MAX_LIVE_PARAMETERS
     max_reuse_distance: int = DEFAULT_MAX_REUSE_DISTANCE
+    # ZeRO stage 1 or 2 keeps every weight whole on each GPU (only gradients and optimizer state are
+    # partitioned); stage 3 partitions the weights too.
+    zero_stage: int = 3
+    # ZeRO++ hierarchical partitioning (zero_hpz_partition_size): a second copy of every partitioned
+    # weight, split over this many processes (those of one node), that the gathers after the first
+    # step read instead of the primary partition. 1: none.
+    hpz_partition_size: int = 1
 
     def __post_init__(self) -> None:
         if self.offload not in OFFLOADS:
             raise ValueError(f"offload must be one of {', '.join(OFFLOADS)}, got {self.offload!r}")
-        for name in ("nodes", "gpus_per_node", "micro_batch_size", "seq_len"):
+        for name in ("nodes", "gpus_per_node", "micro_batch_size", "seq_len", "hpz_partition_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        if self.zero_stage != 3 and (self.offload == "param+optimizer" or self.hpz_partition_size > 1):
+            raise ValueError("parameter offload and hierarchical partitioning (hpZ) need ZeRO stage 3")
 
     @property
     def world_size(self) -> int:
@@ -149,11 +160,14 @@ class MemoryEstimate:
     adapter_file_bytes: int = 0
     training_checkpoint_bytes: int = 0
     deepspeed: DeepSpeedEstimate | None = None
+    partitioned_params: int = 0          # parameters above the persistence threshold (ZeRO-3 splits them)
+    kept_by_reuse_params: int = 0        # of those, kept gathered from the forward to the backward
+    secondary_partition_bytes: int = 0   # hpZ's second copy (per GPU; in host memory with parameter offload)
 
     @property
     def gpu_weight_bytes(self) -> int:
         """Weights resident on one GPU: its partition (unless offloaded), persistent, gathered."""
-        partition = self.frozen_partition_bytes + self.trainable_partition_bytes
+        partition = self.frozen_partition_bytes + self.trainable_partition_bytes + self.secondary_partition_bytes
         on_gpu_partition = 0 if self.setup.offload == "param+optimizer" else partition
         return on_gpu_partition + self.persistent_bytes + self.gathered_bytes
 
@@ -172,8 +186,8 @@ class MemoryEstimate:
         """What one process holds between steps, on its GPU and offloaded to the host together:
         weight partitions, persistent weights, gradients, optimizer state (on a CPU-only machine
         all of it is the process's memory)."""
-        return (self.frozen_partition_bytes + self.trainable_partition_bytes + self.persistent_bytes
-                + self.gradient_bytes + self.optimizer_bytes)
+        return (self.frozen_partition_bytes + self.trainable_partition_bytes + self.secondary_partition_bytes
+                + self.persistent_bytes + self.gradient_bytes + self.optimizer_bytes)
 
     @property
     def checkpointed_gpu_total_bytes(self) -> int:
@@ -330,21 +344,40 @@ def _kept_by_reuse_distance(model: nn.Module, setup: Setup) -> int:
     return kept
 
 
-def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, model_name: str = "",
-                    **setup_overrides) -> MemoryEstimate:
-    """Plan the memory of a LoRETTA run of ``config`` (an HF model config) under ZeRO-3.
+@dataclass(frozen=True)
+class PreparedModel:
+    """The adapted model on the meta device and the base's counts, for several plans of one model."""
 
-    ``setup`` (or keyword overrides of its fields) gives nodes, GPUs, offload, precision, batch and
-    sequence length. Builds the adapted model on the meta device: seconds even for 70B.
-    """
+    model: nn.Module
+    base_params: int
+    base_largest_module_params: int
+
+
+def prepare_model(config, cfg: LorettaConfig) -> PreparedModel:
+    """Build the adapted meta-device model once (about a second for 70B) for ``estimate_memory``."""
     from .models import meta_model
 
+    base = meta_model(config)
+    base_params, largest = sum(int(p.numel()) for p in base.parameters()), _largest_module_params(base)
+    return PreparedModel(inject(base, cfg), base_params, largest)
+
+
+def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, model_name: str = "",
+                    prepared: PreparedModel | None = None, **setup_overrides) -> MemoryEstimate:
+    """Plan the memory of a LoRETTA run of ``config`` (an HF model config) under ZeRO (stage 3 unless
+    the setup says otherwise).
+
+    ``setup`` (or keyword overrides of its fields) gives nodes, GPUs, stage, offload, precision,
+    batch and sequence length. Builds the adapted model on the meta device (seconds even for 70B),
+    unless ``prepared`` (``prepare_model`` of the same config and adapter) is given.
+    """
     setup = setup or Setup(**setup_overrides)
     c, world = setup.compute_bytes, setup.world_size
-    base = meta_model(config)
-    ds = deepspeed_zero3_estimate(sum(int(p.numel()) for p in base.parameters()),
-                                  _largest_module_params(base), setup)
-    model = inject(base, cfg)
+    # Stage 1/2 keep every weight whole: the "partition" of the weights is all of them.
+    weight_shards = world if setup.zero_stage == 3 else 1
+    prepared = prepared or prepare_model(config, cfg)
+    ds = deepspeed_zero3_estimate(prepared.base_params, prepared.base_largest_module_params, setup)
+    model = prepared.model
 
     total = trainable = persistent = partitioned_frozen = partitioned_trainable = 0
     for param in model.parameters():
@@ -357,34 +390,40 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
             partitioned_trainable += n
         else:
             partitioned_frozen += n
-    kept_by_reuse = _kept_by_reuse_distance(model, setup)
+    kept_by_reuse = _kept_by_reuse_distance(model, setup) if setup.zero_stage == 3 else 0
     optimizer_per_param = 12 if setup.bf16 else 8
     largest = _largest_module_params(model)
-    frozen_partition = partitioned_frozen * c // world
-    trainable_partition = partitioned_trainable * c // world
+    frozen_partition = partitioned_frozen * c // weight_shards
+    trainable_partition = partitioned_trainable * c // weight_shards
     # The prefetcher stops at stage3_max_live_parameters, the reuse distance keeps what it keeps
     # whatever that count, and the module in use is fetched in any case (see the docstring).
     working = max(setup.max_live_parameters, kept_by_reuse) + largest
-    gathered = min(working, partitioned_frozen + partitioned_trainable) * c
+    gathered = min(working, partitioned_frozen + partitioned_trainable) * c if setup.zero_stage == 3 else 0
+    secondary = ((partitioned_frozen + partitioned_trainable) * c // setup.hpz_partition_size
+                 if setup.hpz_partition_size > 1 else 0)
     optimizer = trainable * optimizer_per_param // world
+    # ZeRO-1 keeps whole gradients on each GPU; stage 2 and 3 reduce-scatter them.
+    gradient = trainable * c // (world if setup.zero_stage > 1 else 1)
     terms = activation_terms(model, config, cfg, setup)
     checkpointed = activation_terms(model, config, cfg, replace(setup, gradient_checkpointing=True))
 
     host_per_gpu = optimizer if setup.offload != "none" else 0
     if setup.offload == "param+optimizer":
-        host_per_gpu += frozen_partition + trainable_partition
+        host_per_gpu += frozen_partition + trainable_partition + secondary  # hpZ's copy follows the partition
     return MemoryEstimate(
         model=model_name or str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "")),
         method=cfg.method, setup=setup, total_params=total, trainable_params=trainable,
         frozen_params=total - trainable, persistent_params=persistent, largest_module_params=largest,
         frozen_partition_bytes=frozen_partition, trainable_partition_bytes=trainable_partition,
         persistent_bytes=persistent * c, gathered_bytes=gathered,
-        gradient_bytes=trainable * c // world, optimizer_bytes=optimizer,
+        gradient_bytes=gradient, optimizer_bytes=optimizer,
         activation_bytes=terms["total_bytes"], activation_terms=terms,
         checkpointed_activation_bytes=checkpointed["total_bytes"],
         host_bytes_per_node=host_per_gpu * setup.gpus_per_node,
         adapter_file_bytes=trainable * c, training_checkpoint_bytes=trainable * (c + optimizer_per_param),
-        deepspeed=ds,
+        deepspeed=ds, partitioned_params=partitioned_frozen + partitioned_trainable,
+        kept_by_reuse_params=min(kept_by_reuse, partitioned_frozen + partitioned_trainable),
+        secondary_partition_bytes=secondary,
     )
 
 
@@ -401,35 +440,42 @@ def _offload_of(zero: dict) -> str:
     return "param+optimizer" if param else "optimizer" if optimizer else "none"
 
 
-def estimate_from_ds_config(model, cfg: LorettaConfig, ds_config, *, nodes: int = 1, gpus_per_node: int = 1,
-                            seq_len: int = 4096, gradient_checkpointing: bool = False,
-                            micro_batch_size: int | None = None, bf16: bool | None = None, offload: str | None = None,
-                            param_persistence_threshold: int | None = None,
-                            model_name: str = "") -> tuple[MemoryEstimate, list[str]]:
-    """The plan of ``loretta-ds train --ds_config DS_CONFIG`` with these settings, and notes on where
-    each setting came from.
+def setup_from_ds_config(resolved: dict, *, nodes: int, gpus_per_node: int, seq_len: int,
+                         gradient_checkpointing: bool) -> Setup:
+    """The Setup of a resolved DeepSpeed config (every "auto" filled) on this many processes."""
+    zero = resolved["zero_optimization"]
+    stage = int(zero["stage"])
+    return Setup(nodes=nodes, gpus_per_node=gpus_per_node, offload=_offload_of(zero), zero_stage=stage,
+                 hpz_partition_size=int(zero.get("zero_hpz_partition_size", 1)) if stage == 3 else 1,
+                 bf16=bool(resolved["bf16"]["enabled"]), micro_batch_size=int(resolved["train_micro_batch_size_per_gpu"]),
+                 seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
+                 param_persistence_threshold=int(zero.get("stage3_param_persistence_threshold",
+                                                          DEFAULT_PERSISTENCE_THRESHOLD)),
+                 prefetch_bucket_size=int(zero.get("stage3_prefetch_bucket_size", DEFAULT_PREFETCH_BUCKET)),
+                 max_live_parameters=int(zero.get("stage3_max_live_parameters", DEFAULT_MAX_LIVE_PARAMETERS)),
+                 max_reuse_distance=int(zero.get("stage3_max_reuse_distance", DEFAULT_MAX_REUSE_DISTANCE)))
 
-    ``model``: what --model takes, or an HF config. ``ds_config``: a shipped config's name, a path or
-    a dict. The config is resolved as the trainer resolves it (loretta_ds.distributed.ds_config:
-    "auto" values, the trainer's defaults, the persistence threshold raised to the largest trainable
-    tensor); a setting given here (not None) replaces the config's, where the trainer would refuse
-    a flag that contradicts it. Only ZeRO stage 3 is modelled.
-    """
+
+def setup_for_ds_config(config, cfg: LorettaConfig, ds_config, *, nodes: int = 1, gpus_per_node: int = 1,
+                        seq_len: int = 4096, gradient_checkpointing: bool = False,
+                        micro_batch_size: int | None = None, bf16: bool | None = None, offload: str | None = None,
+                        param_persistence_threshold: int | None = None,
+                        hpz_partition_size: int = 1) -> tuple[Setup, list[str]]:
+    """The Setup of ``loretta-ds train --ds_config DS_CONFIG`` with these settings (``config``: an HF
+    config; ``ds_config``: a shipped config's name, a path or a dict), and notes on where each
+    setting came from. The config is resolved as the trainer resolves it
+    (loretta_ds.distributed.ds_config: "auto" values, the trainer's defaults, the persistence
+    threshold raised to the largest trainable tensor; ``hpz_partition_size`` for a ZeRO-3 hpZ
+    "auto"); a setting given here (not None) replaces the config's, where the trainer would refuse
+    a flag that contradicts it."""
     import copy
 
     from .distributed.ds_config import RunFacts, load_ds_config, resolve_ds_config, zero_stage
-    from .models import load_model_config
     from .run_config import DEFAULT_GLOBAL_BATCH
     from .train_plan import parameter_shapes
 
-    config = load_model_config(model) if isinstance(model, str) else model
-    name = model_name or (model if isinstance(model, str) else "")
     raw = copy.deepcopy(ds_config) if isinstance(ds_config, dict) else load_ds_config(ds_config)
-    stage = zero_stage(raw)
-    if stage != 3:
-        raise ValueError(f"the DeepSpeed config {ds_config if not isinstance(ds_config, dict) else ''} is ZeRO stage "
-                         f"{stage}; the estimate plans ZeRO-3 runs (stage 1/2 keep every frozen weight whole on each "
-                         "GPU: about 2 bytes per parameter in bf16, before activations)")
+    zero_stage(raw)
     zero = raw["zero_optimization"]
     if micro_batch_size is not None:
         # The setting given here wins; a fixed global batch in the config would then contradict it.
@@ -449,20 +495,27 @@ def estimate_from_ds_config(model, cfg: LorettaConfig, ds_config, *, nodes: int 
     facts = RunFacts(world_size=nodes * gpus_per_node, lr=None, warmup_steps=None, total_steps=100, grad_clip=None,
                      bf16=None, hidden_size=int(config.hidden_size), max_trainable_numel=max(numels),
                      total_trainable_numel=sum(numels), frozen_numels=tuple(frozen), cuda_available=True,
-                     default_global_batch=DEFAULT_GLOBAL_BATCH)
+                     default_global_batch=DEFAULT_GLOBAL_BATCH, hpz_partition_size=hpz_partition_size)
     resolved, notes = resolve_ds_config(raw, facts)
-    zero = resolved["zero_optimization"]
-    setup = Setup(nodes=nodes, gpus_per_node=gpus_per_node, offload=_offload_of(zero),
-                  bf16=bool(resolved["bf16"]["enabled"]), micro_batch_size=int(resolved["train_micro_batch_size_per_gpu"]),
-                  seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
-                  param_persistence_threshold=int(zero["stage3_param_persistence_threshold"]),
-                  prefetch_bucket_size=int(zero.get("stage3_prefetch_bucket_size", DEFAULT_PREFETCH_BUCKET)),
-                  max_live_parameters=int(zero.get("stage3_max_live_parameters", DEFAULT_MAX_LIVE_PARAMETERS)),
-                  max_reuse_distance=int(zero.get("stage3_max_reuse_distance", DEFAULT_MAX_REUSE_DISTANCE)))
+    setup = setup_from_ds_config(resolved, nodes=nodes, gpus_per_node=gpus_per_node, seq_len=seq_len,
+                                 gradient_checkpointing=gradient_checkpointing)
     if micro_batch_size is None:
         notes.append(f"micro batch {setup.micro_batch_size}: the trainer's, from the config's batch sizes or its "
                      f"default global batch {DEFAULT_GLOBAL_BATCH} over {setup.world_size} process(es)")
     if bf16 is None:
         notes.append(f"{'bf16' if setup.bf16 else 'fp32'}: the config's bf16.enabled"
                      + (" (auto: the trainer's default, fp32, without --bf16)" if not setup.bf16 else ""))
+    return setup, notes
+
+
+def estimate_from_ds_config(model, cfg: LorettaConfig, ds_config, *, model_name: str = "",
+                            **settings) -> tuple[MemoryEstimate, list[str]]:
+    """The plan of ``loretta-ds train --ds_config DS_CONFIG`` with these settings (those of
+    ``setup_for_ds_config``), and notes on where each setting came from. ``model``: what --model
+    takes, or an HF config."""
+    from .models import load_model_config
+
+    config = load_model_config(model) if isinstance(model, str) else model
+    name = model_name or (model if isinstance(model, str) else "")
+    setup, notes = setup_for_ds_config(config, cfg, ds_config, **settings)
     return estimate_memory(config, cfg, setup, model_name=name), notes

@@ -62,8 +62,14 @@ class TrainConfig:
                           help="how records become examples: " + " | ".join(FORMATS)
                                + " (default auto: detected from the fields)")
     ds_config: str = setting(DEFAULT_DS_CONFIG,
-                             help="DeepSpeed JSON config: a file, or a shipped one by name (zero3_offload, zero3, "
-                                  f"zero2; default {DEFAULT_DS_CONFIG}); \"auto\" values are filled from these flags")
+                             help="DeepSpeed JSON config: a file, a shipped one by name (zero3_offload, zero3, "
+                                  f"zero2; default {DEFAULT_DS_CONFIG}), or auto: the fastest layout whose memory "
+                                  "fits (docs/layouts.md); \"auto\" values are filled from these flags")
+    gpu_memory: float | None = setting(None, help="memory of one accelerator in GiB, for --ds_config auto and the hpZ "
+                                                  "choice (default: the CUDA device's total memory; without CUDA, "
+                                                  "host memory / processes per node)")
+    host_memory: float | None = setting(None, help="host memory of one node in GiB, for offload under --ds_config "
+                                                   "auto (default: this machine's total)")
     method: str = setting("rep", choices=METHODS,
                           help="rep (TT-factored LoRA update, mergeable) | adp (TT bottleneck adapters) | lora "
                                "(PEFT LoRA on the same targets, a baseline) (default rep)")
@@ -284,6 +290,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _check_int(name, getattr(cfg, name), 1)
     for name in ("eval_every", "save_every", "seed", "eval_generate"):
         _check_int(name, getattr(cfg, name), 0)
+    for name in ("gpu_memory", "host_memory"):
+        value = getattr(cfg, name)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a number of GiB > 0, e.g. 80, got {value!r}")
     for name in ("lr", "epochs", "grad_clip"):
         value = getattr(cfg, name)
         if isinstance(value, float) and not math.isfinite(value):

@@ -106,6 +106,8 @@ class RunRecord:
     # Set when this run continued a checkpoint of a run with other settings (--allow_config_change):
     # {"checkpoint": path, "step": N, "changed": {setting: [there, now]}}.
     resumed_from: dict | None = None
+    # --ds_config auto: the layout chosen, why, and what each alternative would need (layout.py).
+    layout: dict | None = None
 
     def to_json(self) -> dict:
         """The JSON object, without the fields that are not set."""
@@ -117,7 +119,7 @@ class RunRecord:
         """A record from run_config.json's object; keys it does not know are ignored (a newer
         version may add some). ValueError naming ``where`` when a known one has the wrong kind."""
         kinds = {"method": str, "model": str, "model_name": str, "loretta": dict, "lora": dict, "dtype": str,
-                 "train": dict, "ds_config": dict, "final_eval": dict, "resumed_from": dict, "attn": str,
+                 "train": dict, "ds_config": dict, "final_eval": dict, "resumed_from": dict, "attn": str, "layout": dict,
                  "finished": bool}
         values = {}
         for item in dataclasses.fields(cls):

@@ -24,8 +24,7 @@ from . import output_dir as guards
 from .adapters import inject, trainable_parameter_names
 from .adapters.config import AdapterSettings, LorettaConfig
 from .distributed import checkpoint as ckpt
-from .distributed.ds_config import (RunFacts, load_ds_config, resolve_ds_config, scheduled_warmup,
-                                    zero_stage)
+from .distributed.ds_config import RunFacts, resolve_ds_config, scheduled_warmup, zero_stage
 from .run_config import (DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_GRAD_CLIP, DEFAULT_LR, LENGTH_KEYS,
                          TrainConfig, identity)
 from .run_dir import RunDir, RunRecord, read_run_record
@@ -104,6 +103,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # adjustments made to the ds_config
     warnings: list[str] = field(default_factory=list)  # settings that run but are probably not meant
     resume: ResumePoint = field(default_factory=ResumePoint)
+    layout: dict | None = None  # --ds_config auto: the layout chosen, why, and the alternatives
 
     @property
     def zero3(self) -> bool:
@@ -138,7 +138,13 @@ class Plan:
                          dtype="bfloat16" if self.bf16 else "float32", train=self.settings,
                          world_size=self.world_size, global_batch=self.global_batch, zero_stage=self.zero_stage,
                          attn=self.attn, ds_config=self.ds_config, finished=finished,
-                         resumed_from=self.resume.resumed_from, **final)
+                         resumed_from=self.resume.resumed_from, layout=self.layout, **final)
+
+
+def planned_adapter(cfg: TrainConfig, adapter: LorettaConfig | LoraBaseline) -> LorettaConfig:
+    """The adapter the memory plan counts: LoRETTA's own; for the LoRA baseline, rep on the same
+    targets (the plan models LoRETTA layers; either adapter is a fraction of a percent of the base)."""
+    return adapter if isinstance(adapter, LorettaConfig) else cfg.adapter.loretta("rep")
 
 
 def resolve_attention(choice: str) -> str:
@@ -214,10 +220,55 @@ def load_tokenizer(model_path: str):
                                 "tokenizer.model + tokenizer_config.json): copy them from the base model") from None
 
 
-def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
-    """Check and resolve everything about the run (``cfg`` is only read)."""
-    raw_ds_config = load_ds_config(cfg.ds_config)
-    stage = zero_stage(raw_ds_config)
+def run_facts(cfg: TrainConfig, world_size: int, model_config, numels: list[int], frozen_numels: list[int]) -> RunFacts:
+    """What fills the DeepSpeed config's "auto" values: the flags, the model's and adapter's sizes."""
+    return RunFacts(world_size=world_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=0,
+                    grad_clip=cfg.grad_clip, bf16=cfg.bf16, hidden_size=model_config.hidden_size,
+                    max_trainable_numel=max(numels), total_trainable_numel=sum(numels),
+                    frozen_numels=tuple(frozen_numels), micro_batch_size=cfg.micro_batch_size,
+                    grad_accum=cfg.grad_accum, cuda_available=torch.cuda.is_available(),
+                    default_lr=DEFAULT_LR, default_global_batch=DEFAULT_GLOBAL_BATCH,
+                    default_grad_clip=DEFAULT_GRAD_CLIP)
+
+
+def fit_run_layout(cfg: TrainConfig, raw_ds_config: dict | None, facts: RunFacts, model_config,
+                   adapter: LorettaConfig | LoraBaseline, per_node: int, bandwidths=None):
+    """--ds_config auto picks the layout here; a ZeRO-3 config's hpZ "auto" is sized here
+    (loretta_ds.layout.fit_layout)."""
+    from . import layout
+
+    return layout.fit_layout(raw_ds_config, facts, model_config, planned_adapter(cfg, adapter), seq_len=cfg.seq_len,
+                             gradient_checkpointing=cfg.gradient_checkpointing, per_node=per_node,
+                             gpu_memory_gib=cfg.gpu_memory, host_memory_gib=cfg.host_memory, bandwidths=bandwidths)
+
+
+def plan_layout_only(cfg: TrainConfig, world_size: int, per_node: int | None = None, bandwidths=None):
+    """The DeepSpeed layout of a run from the model's shapes alone (a LLaMA-2 preset works; no data,
+    tokenizer or weights): (the fitted layout, the DeepSpeed config as it would run, notes)."""
+    from . import layout
+    from .models import load_model_config
+
+    per_node = layout.processes_per_node(world_size, per_node)
+    raw_ds_config = layout.load_run_ds_config(cfg.ds_config)
+    model_config = load_model_config(cfg.model)
+    adapter = adapter_of(cfg)
+    shapes, frozen_numels = parameter_shapes(model_config, adapter)
+    facts = run_facts(cfg, world_size, model_config, [math.prod(shape) for shape in shapes.values()], frozen_numels)
+    facts = dataclasses.replace(facts, total_steps=cfg.max_steps or 1)
+    fitted = fit_run_layout(cfg, raw_ds_config, facts, model_config, adapter, per_node, bandwidths)
+    ds_config, notes = resolve_ds_config(fitted.ds_config, fitted.facts)
+    return fitted, ds_config, [*fitted.notes, *notes]
+
+
+def build_plan(cfg: TrainConfig, world_size: int, per_node: int | None = None) -> Plan:
+    """Check and resolve everything about the run (``cfg`` is only read). ``per_node``: processes
+    per node (default: the launcher's, see loretta_ds.layout.processes_per_node)."""
+    from . import layout
+
+    per_node = layout.processes_per_node(world_size, per_node)
+    raw_ds_config = layout.load_run_ds_config(cfg.ds_config)  # None for auto: chosen below
+    if raw_ds_config is not None:
+        zero_stage(raw_ds_config)
     # A mistyped data path or name is the commonest error: reported in seconds, before the model's
     # config and classes are read. The parsed specs are what the data preparation reads.
     from .data.loading import parse_dataset_specs
@@ -245,13 +296,7 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
 
     # The ds_config's "auto" values come from the flags, the model and the data. The number of
     # steps of --epochs depends on the batch split, which the config resolves first.
-    facts = RunFacts(world_size=world_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=0,
-                     grad_clip=cfg.grad_clip, bf16=cfg.bf16, hidden_size=model_config.hidden_size,
-                     max_trainable_numel=max(numels), total_trainable_numel=sum(numels),
-                     frozen_numels=tuple(frozen_numels), micro_batch_size=cfg.micro_batch_size,
-                     grad_accum=cfg.grad_accum, cuda_available=torch.cuda.is_available(),
-                     default_lr=DEFAULT_LR, default_global_batch=DEFAULT_GLOBAL_BATCH,
-                     default_grad_clip=DEFAULT_GRAD_CLIP)
+    facts = run_facts(cfg, world_size, model_config, numels, frozen_numels)
 
     @functools.cache
     def steps_for_batch(micro: int, accum: int) -> int:
@@ -266,7 +311,10 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
         steps_per_epoch = max(1, units // per_step // accum)
         return max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
 
-    ds_config, notes = resolve_ds_config(raw_ds_config, facts, steps_for_batch=steps_for_batch)
+    fitted = fit_run_layout(cfg, raw_ds_config, facts, model_config, adapter, per_node)
+    stage = zero_stage(fitted.ds_config)
+    ds_config, notes = resolve_ds_config(fitted.ds_config, fitted.facts, steps_for_batch=steps_for_batch)
+    notes = [*fitted.notes, *notes]
     # What runs is the resolved config: the plan (and run_config.json) take its values, not the flags'.
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     return Plan(cfg=cfg, model_path=model_path, model_config=model_config, tokenizer=tokenizer, data=data,
@@ -275,6 +323,7 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
                 warmup_steps=scheduled_warmup(ds_config), lr=float(ds_config["optimizer"]["params"]["lr"]),
                 grad_clip=float(ds_config["gradient_clipping"]), bf16=bool(ds_config["bf16"]["enabled"]),
                 attn=attn, trainable_shapes=shapes, world_size=world_size, notes=notes,
+                layout=fitted.choice.to_dict() if fitted.choice is not None else None,
                 warnings=adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels)))
 
 

@@ -325,8 +325,12 @@ def test_estimate_takes_a_ds_config_file(tmp_path, capsys):
 
 
 def test_estimate_refuses_what_it_does_not_model(tmp_path, capsys):
-    assert cli_main(["estimate", "--model", "tiny-llama", "--ds_config", "zero2"]) == 2
-    assert "is ZeRO stage 2; the estimate plans ZeRO-3 runs" in capsys.readouterr().err
+    # ZeRO-2 is planned with every weight whole on each GPU (the replicated layout).
+    assert cli_main(["estimate", "--model", "tiny-llama", "--ds_config", "zero2", "--gpus_per_node", "2",
+                     "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["setup"]["zero_stage"] == 2 and data["gathered_bytes"] == 0
+    assert data["frozen_partition_bytes"] + data["persistent_bytes"] == data["total_params"] * 4  # fp32, whole
     from loretta_ds.distributed.ds_config import load_ds_config
 
     config = load_ds_config("zero3")

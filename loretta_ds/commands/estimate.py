@@ -8,6 +8,34 @@ from ..settings import parse_bool
 from .count import add_loretta_arguments, loretta_config_from_args
 
 DEFAULT_GPU_MEMORY_GIB = 80  # H100 80GB, A100 80GB
+BANDWIDTH_FLAGS = ("pcie_gbps", "nvlink_gbps", "network_gbps", "gpu_tflops", "utilization")
+
+
+def add_bandwidth_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hardware the traffic model's step times are for (estimate and plan); defaults: an H100
+    SXM node (loretta_ds.traffic)."""
+    from .. import traffic
+
+    group = parser.add_argument_group("step time (traffic model: docs/layouts.md)")
+    group.add_argument("--pcie_gbps", type=float, default=traffic.PCIE_GEN5_X16 / 1e9,
+                       help=f"GB/s per GPU to the host, one direction (default {traffic.PCIE_GEN5_X16 / 1e9:g}: PCIe Gen5 x16)")
+    group.add_argument("--nvlink_gbps", type=float, default=traffic.NVLINK4 / 1e9,
+                       help=f"GB/s per GPU inside a node, one direction (default {traffic.NVLINK4 / 1e9:g}: NVLink 4)")
+    group.add_argument("--network_gbps", type=float, default=traffic.INFINIBAND_NDR / 1e9,
+                       help=f"GB/s per GPU across nodes, one direction (default {traffic.INFINIBAND_NDR / 1e9:g}: "
+                            "InfiniBand NDR 400 Gb/s, one adapter per GPU)")
+    group.add_argument("--gpu_tflops", type=float, default=None,
+                       help=f"peak TFLOPS of one GPU in the run's precision (default: H100 SXM, "
+                            f"{traffic.H100_BF16_TFLOPS:g} bf16, {traffic.H100_FP32_TFLOPS:g} fp32)")
+    group.add_argument("--utilization", type=float, default=traffic.DEFAULT_UTILIZATION,
+                       help=f"share of the peak the step reaches (default {traffic.DEFAULT_UTILIZATION:g})")
+
+
+def bandwidths_from_args(args: argparse.Namespace):
+    from ..traffic import Bandwidths
+
+    return Bandwidths(pcie=args.pcie_gbps * 1e9, nvlink=args.nvlink_gbps * 1e9, network=args.network_gbps * 1e9,
+                      tflops=args.gpu_tflops, utilization=args.utilization)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,11 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--gpu_memory", type=float, default=DEFAULT_GPU_MEMORY_GIB,
                      help="memory of one GPU in GiB, for the verdict (default "
                           f"{DEFAULT_GPU_MEMORY_GIB}: H100 / A100 80GB; 40 for A100 40GB, 24 for a 4090)")
+    run.add_argument("--host_memory", type=float, default=None,
+                     help="host memory of one node in GiB, for the offload layout of --ds_config auto (default: "
+                          "this machine's total)")
     run.add_argument("--ds_config", default=None,
-                     help="the DeepSpeed config the run will use, as train takes it (a file, or a shipped "
-                          "name: zero3_offload, zero3): offload, bf16, micro batch, persistence threshold, "
-                          "prefetch bucket and max live parameters come from it, resolved as the trainer "
-                          "resolves them; the flags below replace its values where given. ZeRO-3 only")
+                     help="the DeepSpeed config the run will use, as train takes it (a file, a shipped "
+                          "name: zero3_offload, zero3, zero2, or auto: the layout train would choose, with "
+                          "what each alternative needs): stage, offload, bf16, micro batch, persistence "
+                          "threshold, prefetch bucket and max live parameters come from it, resolved as the "
+                          "trainer resolves them; the flags below replace its values where given")
     run.add_argument("--offload", default=None,
                      help="what ZeRO-3 keeps in host memory: none | optimizer | param+optimizer "
                           "(the frozen weights' partitions too) (default: the ds_config's, else none)")
@@ -41,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--param_persistence_threshold", type=int, default=None,
                      help="DeepSpeed stage3_param_persistence_threshold: parameters this small stay whole "
                           "on every GPU (default: the ds_config's, as train raises it, else 100000)")
+    add_bandwidth_arguments(parser)
     run.add_argument("--json", action="store_true", help="print the estimate and the verdict as JSON")
 
 
@@ -66,17 +99,21 @@ def format_estimate(e) -> str:
     s, ds = e.setup, e.deepspeed
     gpu_optimizer = e.optimizer_bytes if s.offload == "none" else 0
     gpu_partition = 0 if s.offload == "param+optimizer" else e.frozen_partition_bytes + e.trainable_partition_bytes
+    where = ", in host memory" if s.offload == "param+optimizer" else ""
+    secondary = (f"\n    {f'hpZ copy (1/{s.hpz_partition_size}{where})':<28}{_gib(e.secondary_partition_bytes)}"
+                 if e.secondary_partition_bytes else "")
     act = e.activation_terms
     lines = [
         f"{e.model}: LoRETTA_{e.method}, {s.nodes} node(s) x {s.gpus_per_node} GPU(s) = {s.world_size}, "
-        f"ZeRO-3, offload {s.offload}, {'bf16' if s.bf16 else 'fp32'}, micro batch {s.micro_batch_size} x "
+        f"ZeRO-{s.zero_stage}{f' hpZ {s.hpz_partition_size}' if s.hpz_partition_size > 1 else ''}, offload "
+        f"{s.offload}, {'bf16' if s.bf16 else 'fp32'}, micro batch {s.micro_batch_size} x "
         f"seq {s.seq_len}, gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}",
         f"  parameters: {e.total_params:,} total, {e.trainable_params:,} trainable "
         f"({100 * e.trainable_params / e.total_params:.4f}%), {e.persistent_params:,} persistent (<= threshold)",
         "",
         "  per GPU                          LoRETTA",
-        f"    frozen weights (partition)  {_gib(gpu_partition)}",
-        f"    persistent (adapter, norms) {_gib(e.persistent_bytes)}",
+        f"    {'frozen weights (partition)' if s.zero_stage == 3 else 'frozen weights (whole)':<28}{_gib(gpu_partition)}",
+        f"    persistent (adapter, norms) {_gib(e.persistent_bytes)}{secondary}",
         f"    gathered weights (working)  {_gib(e.gathered_bytes)}" + _gathered_note(e),
         f"    gradients                   {_gib(e.gradient_bytes)}",
         f"    optimizer state             {_gib(gpu_optimizer)}",
@@ -149,22 +186,71 @@ NOT_PREDICTED = """\
   without checkpointing, fp32): docs/benchmarks.md section 3 lists each figure against its plan."""
 
 
+def format_traffic(e, traffic) -> str:
+    """The step's bytes and times (loretta_ds.traffic) under the memory plan."""
+    low, high = traffic.step_s_range
+    first = (f" (the first step: {_size(traffic.first_step_cross_node_bytes_per_node)}, before hpZ's copy exists)"
+             if traffic.first_step_cross_node_bytes_per_node else "")
+    return "\n".join([
+        "  traffic per optimizer step (after the first; docs/layouts.md)",
+        f"    across each node's boundary {_gib(traffic.cross_node_bytes_per_node)}{first}",
+        f"    NVLink, per GPU             {_gib(traffic.intra_node_bytes)}",
+        f"    PCIe (offload), per GPU     {_gib(traffic.pcie_bytes)}",
+        f"    trainable tensors            {_gib(traffic.trainable_bytes)}    (their gradients and updates: "
+        "what must cross)",
+        f"    time: communication {traffic.communication_s * 1e3:.1f} ms, compute {traffic.compute_s * 1e3:.1f} ms, "
+        f"step {low * 1e3:.1f} to {high * 1e3:.1f} ms (full to no overlap)",
+    ])
+
+
+def _zero_hpz_is_auto(ds_config: str) -> bool:
+    from ..distributed.ds_config import load_ds_config
+
+    zero = load_ds_config(ds_config).get("zero_optimization") or {}
+    return zero.get("stage") == 3 and zero.get("zero_hpz_partition_size") == "auto"
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.gpu_memory > 0:
         raise ValueError(f"--gpu_memory must be the GPU's memory in GiB (> 0), got {args.gpu_memory:g}; "
                          "e.g. --gpu_memory 80")
-    from ..estimate import Setup, estimate_from_ds_config, estimate_memory, verdict
+    if args.host_memory is not None and not args.host_memory > 0:
+        raise ValueError(f"--host_memory must be one node's memory in GiB (> 0), got {args.host_memory:g}")
+    from dataclasses import replace
+
+    from .. import layout
+    from ..estimate import Setup, estimate_memory, setup_for_ds_config, verdict
     from ..models import load_model_config
+    from ..traffic import step_traffic
 
     cfg = loretta_config_from_args(args)
     config = load_model_config(args.model)
+    bandwidths = bandwidths_from_args(args)
     notes: list[str] = []
+    choice = None
+    settings = dict(nodes=args.nodes, gpus_per_node=args.gpus_per_node, seq_len=args.seq_len,
+                    gradient_checkpointing=args.gradient_checkpointing, micro_batch_size=args.micro_batch_size,
+                    bf16=args.bf16, offload=args.offload, param_persistence_threshold=args.param_persistence_threshold)
+    hardware = None
     if args.ds_config is not None:
-        estimate, notes = estimate_from_ds_config(
-            config, cfg, args.ds_config, nodes=args.nodes, gpus_per_node=args.gpus_per_node, seq_len=args.seq_len,
-            gradient_checkpointing=args.gradient_checkpointing, micro_batch_size=args.micro_batch_size,
-            bf16=args.bf16, offload=args.offload, param_persistence_threshold=args.param_persistence_threshold,
-            model_name=args.model)
+        hardware = layout.detect_hardware(args.nodes, args.gpus_per_node, args.gpu_memory, args.host_memory)
+    if args.ds_config == layout.AUTO_LAYOUT:
+        if args.offload is not None:
+            raise ValueError("--offload chooses a layout; --ds_config auto chooses it for you: drop one of the two")
+        setup, notes = setup_for_ds_config(config, cfg, layout.LAYOUT_TEMPLATE, **settings)
+        choice = layout.choose_layout(config, cfg, hardware, replace(setup, hpz_partition_size=1),
+                                      bandwidths=bandwidths)
+        if choice.chosen is None:
+            print("\n".join(choice.lines()), file=__import__("sys").stderr)
+            raise ValueError(choice.reason)
+        estimate = replace(choice.chosen.estimate, model=args.model)
+    elif args.ds_config is not None:
+        setup, notes = setup_for_ds_config(config, cfg, args.ds_config, **settings)
+        if _zero_hpz_is_auto(args.ds_config):
+            hpz, note = layout.hpz_size(config, cfg, setup, hardware, bandwidths=bandwidths)
+            setup = replace(setup, hpz_partition_size=hpz)
+            notes.append(note)
+        estimate = estimate_memory(config, cfg, setup, model_name=args.model)
     else:
         setup = Setup(nodes=args.nodes, gpus_per_node=args.gpus_per_node, offload=args.offload or "none",
                       bf16=True if args.bf16 is None else args.bf16, micro_batch_size=args.micro_batch_size or 1,
@@ -172,13 +258,20 @@ def run(args: argparse.Namespace) -> int:
                       param_persistence_threshold=(100_000 if args.param_persistence_threshold is None
                                                    else args.param_persistence_threshold))
         estimate = estimate_memory(config, cfg, setup, model_name=args.model)
+    traffic = step_traffic(estimate, config, 1, bandwidths)
     judged = verdict(estimate, int(args.gpu_memory * 2**30))
     if args.json:
         print(json.dumps({**estimate.to_dict(), "verdict": judged.to_dict(), "ds_config": args.ds_config,
-                          "ds_config_notes": notes, "not_predicted": NOT_PREDICTED}, indent=2))
+                          "ds_config_notes": notes, "traffic": traffic.to_dict(),
+                          "layout": choice.to_dict() if choice is not None else None,
+                          "not_predicted": NOT_PREDICTED}, indent=2))
     else:
         lines = format_estimate(estimate).split("\n")
         if args.ds_config is not None:
-            lines[2:2] = format_ds_config(estimate, args.ds_config, notes).split("\n")  # under the header
-        print("\n".join(lines) + "\n\n" + format_verdict(estimate, judged) + "\n\n" + NOT_PREDICTED)
+            named = f"auto ({choice.chosen.ds_config_name})" if choice is not None else args.ds_config
+            lines[2:2] = format_ds_config(estimate, named, notes).split("\n")  # under the header
+        if choice is not None:
+            lines[0:0] = choice.lines() + [""]
+        print("\n".join(lines) + "\n\n" + format_traffic(estimate, traffic) + "\n\n" + format_verdict(estimate, judged)
+              + "\n\n" + NOT_PREDICTED)
     return 0

@@ -18,15 +18,24 @@ import json
 import os
 
 from ..run_config import add_train_arguments
+from .estimate import BANDWIDTH_FLAGS, add_bandwidth_arguments, bandwidths_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser)
     parser.add_argument("--world_size", type=int, default=None,
-                        help="processes of the run (nodes x GPUs per node; default: $WORLD_SIZE, else 1)")
-    parser.add_argument("--check", choices=("all", "batch"), default="all",
+                        help="processes of the run (default: --nodes x --gpus_per_node, else $WORLD_SIZE, else 1)")
+    parser.add_argument("--nodes", type=int, default=None, help="nodes of the run (default: 1)")
+    parser.add_argument("--gpus_per_node", type=int, default=None,
+                        help="processes per node (default: $LOCAL_WORLD_SIZE, else all on one node): the DeepSpeed "
+                             "layout and hpZ depend on it")
+    parser.add_argument("--check", choices=("all", "batch", "layout"), default="all",
                         help="all: every check of train (default); batch: only the batch split of the "
-                             "DeepSpeed config over --world_size processes (no model or data needed)")
+                             "DeepSpeed config over --world_size processes (no model or data needed); layout: "
+                             "only the DeepSpeed layout and its memory and traffic, from the model's shapes "
+                             "(presets such as llama2-70b work; no data, tokenizer or weights). A shape-only "
+                             "--model (a preset or a config.json) plans the layout only")
+    add_bandwidth_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
 
@@ -53,7 +62,7 @@ def plan_summary(plan) -> dict:
         "trainable_params": trainable, "train_examples": len(plan.data.train),
         "eval_examples": len(plan.data.eval) if plan.data.eval is not None else 0,
         "output_dir": plan.cfg.output_dir, "start": start, "notes": plan.notes, "warnings": plan.warnings,
-        "ds_config": plan.ds_config,
+        "ds_config": plan.ds_config, "layout": plan.layout,
     }
 
 
@@ -69,7 +78,7 @@ def format_summary(summary: dict) -> str:
         f"  data: {summary['train_examples']} train / {summary['eval_examples']} eval examples",
         f"  output {summary['output_dir']}: {summary['start']}",
     ]
-    lines += [f"  ds_config: {note}" for note in summary["notes"]]
+    lines += [f"  ds_config: {line}" for note in summary["notes"] for line in note.split("\n")]
     lines += [f"  warning: {warning}" for warning in summary["warnings"]]
     lines.append("  DeepSpeed config as it will run:")
     lines += ["    " + line for line in json.dumps(summary["ds_config"], indent=2).splitlines()]
@@ -79,16 +88,66 @@ def format_summary(summary: dict) -> str:
 def batch_split(cfg, world_size: int) -> str:
     """The run's batch split over ``world_size`` processes, by the trainer's own rule; ValueError
     naming the fix when the DeepSpeed config's numbers do not fit that many processes."""
-    from ..distributed.ds_config import RunFacts, load_ds_config, resolve_batch
+    from ..distributed.ds_config import RunFacts, resolve_batch
+    from ..layout import batch_ds_config
     from ..run_config import DEFAULT_GLOBAL_BATCH
 
     facts = RunFacts(world_size=world_size, lr=None, warmup_steps=0, total_steps=0, grad_clip=None, bf16=None,
                      hidden_size=1, max_trainable_numel=1, total_trainable_numel=1,
                      micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
                      default_global_batch=DEFAULT_GLOBAL_BATCH)
-    micro, accum, global_batch = resolve_batch(load_ds_config(cfg.ds_config), facts)
+    micro, accum, global_batch = resolve_batch(batch_ds_config(cfg.ds_config), facts)
     return (f"global batch {global_batch} = micro batch {micro} x grad accum {accum} x {world_size} "
             "process(es)")
+
+
+PLAN_ONLY = ("world_size", "json", "check", "nodes", "gpus_per_node", *BANDWIDTH_FLAGS)
+
+
+def world_of(args: argparse.Namespace) -> tuple[int, int | None]:
+    """(world size, processes per node or None for the launcher's) from the flags and $WORLD_SIZE."""
+    for name in ("world_size", "nodes", "gpus_per_node"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    per_node = args.gpus_per_node
+    from_layout = (args.nodes or 1) * per_node if per_node is not None else None
+    if args.world_size is not None:
+        world_size = args.world_size
+        if from_layout is not None and args.nodes is not None and from_layout != world_size:
+            raise ValueError(f"--world_size {world_size} is not --nodes {args.nodes} x --gpus_per_node {per_node}; "
+                             "give one or the other")
+    elif from_layout is not None:
+        world_size = from_layout
+    elif args.nodes is not None:
+        raise ValueError("--nodes needs --gpus_per_node (processes per node)")
+    else:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size < 1:
+        raise ValueError(f"--world_size must be at least 1, got {world_size}")
+    return world_size, per_node
+
+
+def layout_summary(cfg, world_size: int, per_node: int | None, bandwidths, shape_only: bool) -> dict:
+    from ..train_plan import plan_layout_only
+
+    fitted, ds_config, notes = plan_layout_only(cfg, world_size, per_node, bandwidths)
+    return {"model": cfg.model, "method": cfg.method, "world_size": world_size,
+            "shape_only": shape_only, "notes": notes, "layout": fitted.choice.to_dict() if fitted.choice else None,
+            "ds_config": ds_config}
+
+
+def format_layout_summary(summary: dict) -> str:
+    ds = summary["ds_config"]
+    zero = ds["zero_optimization"]
+    lines = [f"model {summary['model']}: {summary['method']}, world size {summary['world_size']}: DeepSpeed layout only"
+             + (" (a shape-only --model: no data, tokenizer or run directory checked)" if summary["shape_only"] else ""),
+             f"  ZeRO stage {zero['stage']}, {'bf16' if ds['bf16']['enabled'] else 'fp32'}; "
+             f"global batch {ds['train_batch_size']} = micro batch {ds['train_micro_batch_size_per_gpu']} x grad accum "
+             f"{ds['gradient_accumulation_steps']} x {summary['world_size']} process(es)"]
+    lines += [f"  {line}" for note in summary["notes"] for line in note.split("\n")]
+    lines.append("  DeepSpeed config as it will run:")
+    lines += ["    " + line for line in json.dumps(ds, indent=2).splitlines()]
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,18 +155,23 @@ def run(args: argparse.Namespace) -> int:
 
     from ..run_config import config_from_args
 
-    given = {k: v for k, v in vars(args).items() if k not in ("world_size", "json", "check")}
-    world_size = args.world_size if args.world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size < 1:
-        raise ValueError(f"--world_size must be at least 1, got {world_size}")
+    given = {k: v for k, v in vars(args).items() if k not in PLAN_ONLY}
+    world_size, per_node = world_of(args)
     cfg = config_from_args(given)
     if args.check == "batch":
         print(batch_split(cfg, world_size))
         return 0
+    from ..models import resolve_model
+
+    shape_only = resolve_model(cfg.model, weights=False)[0] is None  # a preset or a bare config.json
+    if args.check == "layout" or shape_only:
+        summary = layout_summary(cfg, world_size, per_node, bandwidths_from_args(args), shape_only)
+        print(json.dumps(summary, indent=2, default=str) if args.json else format_layout_summary(summary))
+        return 0
     from ..train_plan import build_plan, choose_resume  # torch, transformers: only for the full plan
 
     quiet = args.json
-    plan = build_plan(cfg, world_size)
+    plan = build_plan(cfg, world_size, per_node)
     plan = dataclasses.replace(plan, resume=choose_resume(plan, log=(lambda _: None) if quiet else print))
     summary = plan_summary(plan)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))

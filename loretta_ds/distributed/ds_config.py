@@ -52,6 +52,9 @@ class RunFacts:
     default_global_batch: int = 16
     default_lr: float = 1e-2
     default_grad_clip: float = 1.0
+    # ZeRO++ hpZ for a ZeRO-3 "auto": the processes of one node on a multi-node run where the
+    # secondary copy fits, else 1 (decided by loretta_ds.layout, which knows the memory).
+    hpz_partition_size: int = 1
 
 
 # The configs that ship with the package (the checkout's top-level ds_configs/ links here), so a
@@ -298,6 +301,14 @@ def _fill_zero(config: dict, facts: RunFacts, stage: int) -> list[str]:
                          "parameters); use ds_configs/zero3_offload.json or remove offload_param")
     hidden = facts.hidden_size
     _fill(zero, "reduce_bucket_size", hidden * hidden, "zero_optimization.reduce_bucket_size")
+    if "zero_hpz_partition_size" in zero:
+        _fill(zero, "zero_hpz_partition_size", facts.hpz_partition_size if stage == 3 else 1,
+              "zero_optimization.zero_hpz_partition_size")
+        hpz = _number(zero["zero_hpz_partition_size"], "zero_optimization.zero_hpz_partition_size")
+        if hpz > 1 and (stage != 3 or facts.world_size % hpz):
+            raise ValueError(f"zero_optimization.zero_hpz_partition_size {hpz} needs ZeRO stage 3 and a world size "
+                             f"it divides (this run: stage {stage}, {facts.world_size} process(es)); set it to the "
+                             "processes per node, or to \"auto\"")
     if stage == 3:
         _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * hidden * hidden),
               "zero_optimization.stage3_prefetch_bucket_size")
