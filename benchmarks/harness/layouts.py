@@ -11,9 +11,13 @@ DS_CONFIG value:
 
     auto           the trainer's choice (--ds_config auto)
     zero2          ds_configs/zero2.json: the frozen base replicated on every process
-    zero3          ds_configs/zero3.json: ZeRO-3 over all processes
-    hpz            zero3.json with zero_hpz_partition_size = processes per node (written into DIR)
-    zero3_offload  ds_configs/zero3_offload.json: ZeRO-3, parameters and optimizer in host memory
+    zero3          ds_configs/zero3.json with zero_hpz_partition_size 1: ZeRO-3 over all processes
+    hpz            zero3.json with zero_hpz_partition_size = processes per node
+    zero3_offload  ds_configs/zero3_offload.json as shipped: ZeRO-3, parameters and optimizer in
+                   host memory, hpZ sized by the trainer ("auto": per node where its copy fits)
+    offload_flat   zero3_offload.json with zero_hpz_partition_size 1: the offload layout without
+                   hpZ, the SLURM scripts' default before auto (the baseline of the targets)
+(the fixed-hpZ variants are written into DIR).
 
 bytes: each layout's traffic per step from node2's veth (benchmarks/harness/node_traffic.py: a
 SHORT- and a LONG-step job, their difference over the step difference). speed: REPEATS rounds,
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from .node_traffic import REPO, JobTraffic, bytes_per_step, run_job, trainable_bytes
 
-LAYOUTS = ("auto", "zero2", "zero3", "hpz", "zero3_offload")
+LAYOUTS = ("auto", "zero2", "zero3", "hpz", "zero3_offload", "offload_flat")
 SCRIPTS = {1: "tiny_cpu.sh", 2: "tiny_cpu_2node.sh"}
 PROCESSES_PER_NODE = 2  # both scripts' --ntasks-per-node
 # The second, larger model of the bytes measurement: the built-in model's shape (so the same TT
@@ -43,15 +47,18 @@ WIDE_INTERMEDIATE = 16384
 def ds_config_for(layout: str, work: Path) -> str:
     if layout == "auto":
         return "auto"
-    if layout in ("zero2", "zero3", "zero3_offload"):
+    if layout in ("zero2", "zero3_offload"):
         return str(REPO / "ds_configs" / f"{layout}.json")
-    if layout == "hpz":
-        config = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
-        config["zero_optimization"]["zero_hpz_partition_size"] = PROCESSES_PER_NODE
-        path = work / f"zero3_hpz{PROCESSES_PER_NODE}.json"
-        path.write_text(json.dumps(config, indent=2) + "\n")
-        return str(path)
-    raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    # The shipped ZeRO-3 configs size hpZ themselves ("auto"); these layouts fix it.
+    base, hpz = {"zero3": ("zero3", 1), "hpz": ("zero3", PROCESSES_PER_NODE),
+                 "offload_flat": ("zero3_offload", 1)}.get(layout, (None, None))
+    if base is None:
+        raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    config = json.loads((REPO / "ds_configs" / f"{base}.json").read_text())
+    config["zero_optimization"]["zero_hpz_partition_size"] = hpz
+    path = work / f"{layout}.json"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return str(path)
 
 
 def model_path(name: str, work: Path) -> str:
@@ -89,11 +96,9 @@ def layout_used(output_dir: Path) -> str:
         parts.append(f"hpZ {zero['zero_hpz_partition_size']}")
     if "offload_param" in zero:
         parts.append("param offload")
-    layout = run.get("layout")  # the trainer's record of an auto choice, where it writes one
-    if isinstance(layout, dict) and layout.get("name"):
-        parts.append(f"auto: {layout['name']}")
-    elif isinstance(layout, str):
-        parts.append(f"auto: {layout}")
+    layout = run.get("layout") or {}  # the trainer's record of its layout choice
+    if layout.get("requested") == "auto":
+        parts.append(f"auto chose {layout.get('chosen')}")
     return ", ".join(parts)
 
 
@@ -133,7 +138,7 @@ def measure_bytes(work: Path, model: str, layouts: list[str], short: int, long: 
 
 
 def measure_speed(work: Path, model: str, nodes: int, layouts: list[str], repeats: int, steps: int,
-                  warmup: int, extra_args: str) -> list[dict]:
+                  warmup: int, extra_args: str, master_port: int = 0) -> list[dict]:
     """Tokens/s of ``model`` under each layout on the SLURM cluster (``nodes`` x 2 processes)."""
     path = model_path(model, work)
 
@@ -142,8 +147,30 @@ def measure_speed(work: Path, model: str, nodes: int, layouts: list[str], repeat
                       MODEL=path, DS_CONFIG=ds_config_for(layout, work))
         return job.output_dir, job.seconds
 
+    def launch_here(name: str, layout: str) -> tuple[Path, float]:
+        """The deepspeed launcher on this machine (1 node x 2), as tiny_cpu.sh's job runs but
+        outside SLURM, so it can run beside a cluster job that is being measured."""
+        import os
+        import subprocess
+        import time
+
+        out = work / name
+        cmd = ["deepspeed", "--num_gpus", str(PROCESSES_PER_NODE), "--master_port", str(master_port),
+               str(REPO / "launch" / "train.py"), "--model", path, "--ds_config", ds_config_for(layout, work),
+               "--dataset", "bundled:sentiment", "--max_steps", str(steps), "--eval_every", "0",
+               "--eval_batches", "1", "--save_every", "0", "--output_dir", str(out), *extra_args.split()]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        started = time.monotonic()
+        with open(work / f"{name}.log", "w") as log:
+            status = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if status != 0:
+            raise RuntimeError(f"{name} failed ({status}):\n{(work / f'{name}.log').read_text()[-3000:]}")
+        return out, time.monotonic() - started
+
+    if master_port and nodes != 1:
+        raise ValueError("--here runs 1 node x 2 processes only")
     label = f"{model}-{nodes}n"
-    return alternate(work, label, layouts, repeats, warmup, launch,
+    return alternate(work, label, layouts, repeats, warmup, launch_here if master_port else launch,
                      {"model": model, "nodes": nodes, "processes": nodes * PROCESSES_PER_NODE, "steps": steps,
                       "extra_args": extra_args})
 
@@ -240,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--warmup", type=int, default=3, help="first steps left out of the median")
     s.add_argument("--extra_args", default="", help="more trainer flags for every job")
+    s.add_argument("--here", type=int, default=0, metavar="MASTER_PORT",
+                   help="1 node only: run with the deepspeed launcher on this machine (this rendezvous port) "
+                        "instead of a SLURM job")
     t = sub.add_parser("table", help="the markdown table of the JSON results in DIRs")
     t.add_argument("dirs", nargs="+")
     args = parser.parse_args(argv)
@@ -254,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         records = measure_bytes(work, args.model, args.layouts, args.short, args.long)
     else:
         records = measure_speed(work, args.model, args.nodes, args.layouts, args.repeats, args.steps,
-                                args.warmup, args.extra_args)
+                                args.warmup, args.extra_args, args.here)
     print(table(records))
     return 0
 

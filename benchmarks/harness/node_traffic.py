@@ -92,7 +92,8 @@ def run_job(script: str, steps: int, output_dir: Path, log: Path, node: str = "n
         time.sleep(1)
     seconds, after = time.monotonic() - started, veth_bytes(veth)
     if state != "COMPLETED":
-        subprocess.run(["scancel", job], env=env, capture_output=True, timeout=60)
+        # SIGKILL: the launcher would turn a plain scancel (SIGTERM) into a requeue.
+        subprocess.run(["scancel", "--full", "--signal=KILL", job], env=env, capture_output=True, timeout=60)
         tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
         raise RuntimeError(f"job {job} ({script}, {steps} steps) ended {state or 'not in time'}:\n{tail}")
     return JobTraffic(steps, after - before, seconds, output_dir, log)
