@@ -1,4 +1,10 @@
-"""Memory planning for a LoRETTA run under DeepSpeed ZeRO-3, from a meta-device model (no weights).
+"""Memory planning for a LoRETTA run under DeepSpeed ZeRO, from a meta-device model (no weights).
+
+ZeRO-3 below; ZeRO stage 1 or 2 (``Setup.zero_stage``) keeps every weight whole on each GPU (no
+partition, nothing gathered; stage 2 still splits gradients and optimizer state, stage 1 only the
+optimizer state). ZeRO++ hpZ (``Setup.hpz_partition_size`` = the processes of a node) adds a second
+copy of the partitioned weights split over the node, partitioned * c / hpz per GPU (in host memory
+with parameter offload, as DeepSpeed keeps it on the partition's device).
 
 Per GPU (world size W = nodes x gpus_per_node, c = 2 bytes in bf16, 4 in fp32):
 

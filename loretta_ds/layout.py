@@ -299,9 +299,10 @@ def _refusal(found: list[Candidate], hardware: Hardware) -> str:
 
 
 def choose_layout(config, cfg, hardware: Hardware, base: Setup, grad_accum: int = 1,
-                  bandwidths: Bandwidths | None = None, notes: tuple[str, ...] = ()) -> LayoutChoice:
+                  bandwidths: Bandwidths | None = None, notes: tuple[str, ...] = (),
+                  prepared: PreparedModel | None = None) -> LayoutChoice:
     """The fastest layout that fits (``chosen`` None and ``reason`` the figures when none does)."""
-    prepared = prepare_model(config, cfg)
+    prepared = prepared or prepare_model(config, cfg)
     found = candidates(config, cfg, hardware, base, grad_accum, bandwidths, prepared)
     chosen = next((c for c in found if c.fits), None)
     extra = list(notes)
@@ -332,8 +333,11 @@ LAYOUT_TEMPLATE = "zero3"
 def processes_per_node(world_size: int, given: int | None = None) -> int:
     """Processes per node: ``given``, else the launcher's LOCAL_WORLD_SIZE (torchrun, the SLURM
     scripts) or LOCAL_SIZE (deepspeed), else all of them on one node."""
-    value = given if given is not None else (os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE"))
-    per_node = int(value) if value not in (None, "") else world_size
+    if given is not None:
+        per_node = given
+    else:  # a variable left from an enclosing job can name more processes than this run has
+        value = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE")
+        per_node = min(int(value), world_size) if value else world_size
     if per_node < 1 or world_size % per_node:
         raise ValueError(f"{per_node} processes per node do not divide the world size {world_size}; every node "
                          "must run the same number of processes (--gpus_per_node / LOCAL_WORLD_SIZE)")
@@ -366,11 +370,13 @@ class RunLayout:
 
 def fit_layout(raw: dict | None, facts, model_config, adapter, *, seq_len: int, gradient_checkpointing: bool,
                per_node: int, gpu_memory_gib: float | None = None, host_memory_gib: float | None = None,
-               bandwidths: Bandwidths | None = None, hardware: Hardware | None = None) -> RunLayout:
+               bandwidths: Bandwidths | None = None, hardware: Hardware | None = None,
+               prepared: PreparedModel | None = None) -> RunLayout:
     """``raw`` None (--ds_config auto): choose the layout (ValueError with the figures when none
     fits). A given ZeRO-3 config whose zero_hpz_partition_size is "auto": the processes per node
     on several nodes when the hpZ copy fits, else 1. ``adapter``: the LorettaConfig the memory is
-    planned for. ``facts``: the run's RunFacts (world size, batch, precision)."""
+    planned for (``prepared``: its meta-device model, when already built). ``facts``: the run's
+    RunFacts (world size, batch, precision)."""
     from .distributed.ds_config import load_ds_config, resolve_batch, resolve_ds_config, zero_stage
     from .estimate import setup_from_ds_config
 
@@ -388,14 +394,14 @@ def fit_layout(raw: dict | None, facts, model_config, adapter, *, seq_len: int, 
                                 gradient_checkpointing=gradient_checkpointing)
     if raw is None:
         choice = require_layout(choose_layout(model_config, adapter, hardware, replace(base, hpz_partition_size=1),
-                                              grad_accum, bandwidths))
+                                              grad_accum, bandwidths, prepared=prepared))
         return RunLayout(choice.ds_config(), facts, choice, tuple(choice.lines()))
-    hpz, note = hpz_size(model_config, adapter, base, hardware, grad_accum, bandwidths)
+    hpz, note = hpz_size(model_config, adapter, base, hardware, grad_accum, bandwidths, prepared)
     return RunLayout(raw, replace(facts, hpz_partition_size=hpz), None, (note,))
 
 
 def hpz_size(config, cfg, base: Setup, hardware: Hardware, grad_accum: int = 1,
-             bandwidths: Bandwidths | None = None) -> tuple[int, str]:
+             bandwidths: Bandwidths | None = None, prepared: PreparedModel | None = None) -> tuple[int, str]:
     """zero_hpz_partition_size for a ZeRO-3 run of ``base`` (stage, offload, thresholds) whose
     config says "auto": the processes per node when the run spans nodes and the hpZ copy fits
     (on the device, or in host memory with parameter offload), else 1; and a note saying why."""
@@ -406,7 +412,7 @@ def hpz_size(config, cfg, base: Setup, hardware: Hardware, grad_accum: int = 1,
     name = "node" if base.offload == "none" else "offload"
     with_hpz = _candidate(name, replace(base, nodes=hardware.nodes, gpus_per_node=per_node,
                                         hpz_partition_size=per_node),
-                          hardware, config, cfg, prepare_model(config, cfg), grad_accum, bandwidths)
+                          hardware, config, cfg, prepared or prepare_model(config, cfg), grad_accum, bandwidths)
     if with_hpz.fits:
         return per_node, (f"zero_hpz_partition_size {per_node} (the processes per node): after the first step the "
                           f"frozen weights are gathered inside each node ({with_hpz.need()} with the hpZ copy)")

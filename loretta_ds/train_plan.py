@@ -232,14 +232,15 @@ def run_facts(cfg: TrainConfig, world_size: int, model_config, numels: list[int]
 
 
 def fit_run_layout(cfg: TrainConfig, raw_ds_config: dict | None, facts: RunFacts, model_config,
-                   adapter: LorettaConfig | LoraBaseline, per_node: int, bandwidths=None):
+                   adapter: LorettaConfig | LoraBaseline, per_node: int, bandwidths=None, prepared=None):
     """--ds_config auto picks the layout here; a ZeRO-3 config's hpZ "auto" is sized here
     (loretta_ds.layout.fit_layout)."""
     from . import layout
 
     return layout.fit_layout(raw_ds_config, facts, model_config, planned_adapter(cfg, adapter), seq_len=cfg.seq_len,
                              gradient_checkpointing=cfg.gradient_checkpointing, per_node=per_node,
-                             gpu_memory_gib=cfg.gpu_memory, host_memory_gib=cfg.host_memory, bandwidths=bandwidths)
+                             gpu_memory_gib=cfg.gpu_memory, host_memory_gib=cfg.host_memory, bandwidths=bandwidths,
+                             prepared=prepared)
 
 
 def plan_layout_only(cfg: TrainConfig, world_size: int, per_node: int | None = None, bandwidths=None):
@@ -250,12 +251,23 @@ def plan_layout_only(cfg: TrainConfig, world_size: int, per_node: int | None = N
 
     per_node = layout.processes_per_node(world_size, per_node)
     raw_ds_config = layout.load_run_ds_config(cfg.ds_config)
+    from .estimate import prepare_model
+
     model_config = load_model_config(cfg.model)
     adapter = adapter_of(cfg)
-    shapes, frozen_numels = parameter_shapes(model_config, adapter)
-    facts = run_facts(cfg, world_size, model_config, [math.prod(shape) for shape in shapes.values()], frozen_numels)
+    prepared = None
+    if isinstance(adapter, LorettaConfig):  # one meta-device model for the sizes and the memory plan
+        prepared = prepare_model(model_config, adapter)
+        trainable = set(trainable_parameter_names(prepared.model))
+        params = dict(prepared.model.named_parameters())
+        numels = [p.numel() for name, p in params.items() if name in trainable]
+        frozen_numels = [p.numel() for name, p in params.items() if name not in trainable]
+    else:
+        shapes, frozen_numels = parameter_shapes(model_config, adapter)
+        numels = [math.prod(shape) for shape in shapes.values()]
+    facts = run_facts(cfg, world_size, model_config, numels, frozen_numels)
     facts = dataclasses.replace(facts, total_steps=cfg.max_steps or 1)
-    fitted = fit_run_layout(cfg, raw_ds_config, facts, model_config, adapter, per_node, bandwidths)
+    fitted = fit_run_layout(cfg, raw_ds_config, facts, model_config, adapter, per_node, bandwidths, prepared)
     ds_config, notes = resolve_ds_config(fitted.ds_config, fitted.facts)
     return fitted, ds_config, [*fitted.notes, *notes]
 

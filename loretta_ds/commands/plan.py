@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--model (a preset or a config.json) plans the layout only")
     add_bandwidth_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    parser.add_argument("--table", action="store_true",
+                        help="with --ds_config auto and a layout-only plan: each layout's memory and traffic as a "
+                             "Markdown table (docs/layouts.md)")
 
 
 def plan_summary(plan) -> dict:
@@ -101,7 +104,7 @@ def batch_split(cfg, world_size: int) -> str:
             "process(es)")
 
 
-PLAN_ONLY = ("world_size", "json", "check", "nodes", "gpus_per_node", *BANDWIDTH_FLAGS)
+PLAN_ONLY = ("world_size", "json", "table", "check", "nodes", "gpus_per_node", *BANDWIDTH_FLAGS)
 
 
 def world_of(args: argparse.Namespace) -> tuple[int, int | None]:
@@ -150,6 +153,30 @@ def format_layout_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB" if n >= 1e8 else f"{n / 1e6:.3g} MB" if n >= 1e5 else f"{n / 1e3:.3g} kB" if n else "0"
+
+
+def format_layout_table(layout: dict) -> str:
+    """Each layout of an auto choice: memory per device, host memory, bytes per step, times."""
+    hw = layout["hardware"]
+    lines = ["| layout | ZeRO | fits | per device (of {:.0f} GiB) | host per node | across each node's boundary "
+             "| NVLink per GPU | PCIe per GPU | communication | step |".format(hw["device_bytes"] / 2**30),
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in layout["candidates"]:
+        t = c["traffic"]
+        zero = f"{c['zero_stage']}" + (f", hpZ {c['zero_hpz_partition_size']}" if c["zero_hpz_partition_size"] > 1 else "")
+        zero += ", offload" if c["offload"] != "none" else ""
+        first = (f" ({_gb(t['first_step_cross_node_bytes_per_node'])} first step)"
+                 if t["first_step_cross_node_bytes_per_node"] else "")
+        fits = "**chosen**" if c["name"] == layout["chosen"] else ("yes" if c["fits"] else "no")
+        lines.append(f"| {c['name']} | {zero} | {fits} | {c['device_need_bytes'] / 2**30:.1f} GiB | "
+                     f"{c['host_need_bytes_per_node'] / 2**30:.0f} GiB | {_gb(t['cross_node_bytes_per_node'])}{first} | "
+                     f"{_gb(t['intra_node_bytes'])} | {_gb(t['pcie_bytes'])} | {t['communication_s'] * 1e3:.0f} ms | "
+                     f"{t['step_s_min']:.2f}-{t['step_s_max']:.2f} s |")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -166,7 +193,12 @@ def run(args: argparse.Namespace) -> int:
     shape_only = resolve_model(cfg.model, weights=False)[0] is None  # a preset or a bare config.json
     if args.check == "layout" or shape_only:
         summary = layout_summary(cfg, world_size, per_node, bandwidths_from_args(args), shape_only)
-        print(json.dumps(summary, indent=2, default=str) if args.json else format_layout_summary(summary))
+        if args.table:
+            if summary["layout"] is None:
+                raise ValueError("--table shows the layouts of --ds_config auto; pass --ds_config auto")
+            print(format_layout_table(summary["layout"]))
+        else:
+            print(json.dumps(summary, indent=2, default=str) if args.json else format_layout_summary(summary))
         return 0
     from ..train_plan import build_plan, choose_resume  # torch, transformers: only for the full plan
 
