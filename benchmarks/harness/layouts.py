@@ -68,7 +68,7 @@ def model_path(name: str, work: Path) -> str:
 
         return str(ensure_tiny_llama())
     if name == "smollm2":
-        from loretta_ds.models import ensure_smollm2
+        from ..smollm2 import ensure_smollm2
 
         return str(ensure_smollm2())
     if name == "wide":
