@@ -179,7 +179,7 @@ def alternate(work: Path, label: str, layouts: list[str], repeats: int, warmup: 
               about: dict) -> list[dict]:
     """REPEATS rounds, each running every layout once in the given order (``launch(name, layout)``
     -> (output directory, seconds)); one record per layout, the last layout the baseline."""
-    from loretta_ds.train_metrics import read_metrics
+    from loretta_ds.run.metrics import read_metrics
 
     runs: dict[str, list[dict]] = {layout: [] for layout in layouts}
     for repeat in range(1, repeats + 1):
