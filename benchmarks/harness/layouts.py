@@ -179,23 +179,33 @@ def alternate(work: Path, label: str, layouts: list[str], repeats: int, warmup: 
               about: dict) -> list[dict]:
     """REPEATS rounds, each running every layout once in the given order (``launch(name, layout)``
     -> (output directory, seconds)); one record per layout, the last layout the baseline."""
-    from loretta_ds.run.metrics import read_metrics
-
     runs: dict[str, list[dict]] = {layout: [] for layout in layouts}
     for repeat in range(1, repeats + 1):
         for layout in layouts:
             name = f"speed-{label}-{layout}-{repeat}"
             print(f"== {name}", file=sys.stderr, flush=True)
             output_dir, seconds = launch(name, layout)
-            steps = [r for r in read_metrics(output_dir / "metrics.jsonl")
-                     if r.get("kind") == "train" and r["step"] > warmup]
-            memory = [r["cuda_max_allocated_mb"] for r in steps if "cuda_max_allocated_mb" in r]
-            runs[layout].append({"repeat": repeat, "output_dir": str(output_dir),
-                                 "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
-                                 "step_time_s": statistics.median(r["step_time_s"] for r in steps),
-                                 "cuda_max_allocated_mb": max(memory) if memory else None,
-                                 "job_seconds": seconds, "used": layout_used(output_dir)})
+            runs[layout].append(run_record(output_dir, repeat, warmup, seconds))
             print(json.dumps(runs[layout][-1]), file=sys.stderr, flush=True)
+    return summarize(work, label, layouts, runs, warmup, about)
+
+
+def run_record(output_dir: Path, repeat: int, warmup: int, seconds: float | None) -> dict:
+    """One job's figures: medians over its steps after ``warmup`` (from its metrics.jsonl)."""
+    from loretta_ds.run.metrics import read_metrics
+
+    steps = [r for r in read_metrics(output_dir / "metrics.jsonl") if r.get("kind") == "train" and r["step"] > warmup]
+    memory = [r["cuda_max_allocated_mb"] for r in steps if "cuda_max_allocated_mb" in r]
+    return {"repeat": repeat, "output_dir": str(output_dir), "measured_steps": [r["step"] for r in steps],
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
+            "step_time_s": statistics.median(r["step_time_s"] for r in steps),
+            "cuda_max_allocated_mb": max(memory) if memory else None,
+            "job_seconds": seconds, "used": layout_used(output_dir)}
+
+
+def summarize(work: Path, label: str, layouts: list[str], runs: dict[str, list[dict]], warmup: int,
+              about: dict) -> list[dict]:
+    """One record per layout from its rounds' runs; the last layout is the baseline."""
     baseline = layouts[-1]
     records = []
     for layout in layouts:
@@ -270,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--here", type=int, default=0, metavar="MASTER_PORT",
                    help="1 node only: run with the deepspeed launcher on this machine (this rendezvous port) "
                         "instead of a SLURM job")
+    c = sub.add_parser("collect", help="speed records from the finished jobs of a speed run that was stopped "
+                                       "early (the complete rounds only)")
+    c.add_argument("--work", required=True)
+    c.add_argument("--label", required=True, help="e.g. smollm2-1n")
+    c.add_argument("--layouts", nargs="+", required=True, choices=LAYOUTS)
+    c.add_argument("--warmup", type=int, default=3)
+    c.add_argument("--about", default="{}", help="JSON: model, nodes, processes, steps, extra_args")
     t = sub.add_parser("table", help="the markdown table of the JSON results in DIRs")
     t.add_argument("dirs", nargs="+")
     args = parser.parse_args(argv)
@@ -280,6 +297,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.action == "collect":
+        runs: dict[str, list[dict]] = {layout: [] for layout in args.layouts}
+        repeat = 1
+        while all((work / f"speed-{args.label}-{layout}-{repeat}" / "adapter").is_dir() for layout in args.layouts):
+            for layout in args.layouts:
+                runs[layout].append(run_record(work / f"speed-{args.label}-{layout}-{repeat}", repeat, args.warmup, None))
+            repeat += 1
+        if repeat == 1:
+            raise SystemExit(f"no complete round of {args.layouts} in {work}")
+        print(table(summarize(work, args.label, args.layouts, runs, args.warmup, json.loads(args.about))))
+        return 0
     if args.action == "bytes":
         records = measure_bytes(work, args.model, args.layouts, args.short, args.long)
     else:
