@@ -40,7 +40,7 @@ def make_model(out: Path, hidden: int, intermediate: int, heads: int, layers: in
     config = AutoConfig.from_pretrained(tokenizer_dir)
     config.update(dict(hidden_size=hidden, intermediate_size=intermediate, num_attention_heads=heads,
                        num_key_value_heads=heads, head_dim=hidden // heads, num_hidden_layers=layers,
-                       vocab_size=vocab, torch_dtype="bfloat16", tie_word_embeddings=False))
+                       vocab_size=vocab, dtype="bfloat16", tie_word_embeddings=False))
     torch.manual_seed(0)
     # Built on the GPU in bf16: a 7B model is 13.5 GB there, 27 GB and minutes in fp32 on the CPU.
     device = "cuda" if torch.cuda.is_available() else "cpu"
