@@ -453,7 +453,8 @@ def setup_from_ds_config(resolved: dict, *, nodes: int, gpus_per_node: int, seq_
     stage = int(zero["stage"])
     return Setup(nodes=nodes, gpus_per_node=gpus_per_node, offload=_offload_of(zero), zero_stage=stage,
                  hpz_partition_size=int(zero.get("zero_hpz_partition_size", 1)) if stage == 3 else 1,
-                 bf16=bool(resolved["bf16"]["enabled"]), micro_batch_size=int(resolved["train_micro_batch_size_per_gpu"]),
+                 bf16=bool(resolved["bf16"]["enabled"]),
+                 micro_batch_size=int(resolved["train_micro_batch_size_per_gpu"]),
                  seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
                  param_persistence_threshold=int(zero.get("stage3_param_persistence_threshold",
                                                           DEFAULT_PERSISTENCE_THRESHOLD)),
@@ -466,19 +467,19 @@ def setup_for_ds_config(config, cfg: LorettaConfig, ds_config, *, nodes: int = 1
                         seq_len: int = 4096, gradient_checkpointing: bool = False,
                         micro_batch_size: int | None = None, bf16: bool | None = None, offload: str | None = None,
                         param_persistence_threshold: int | None = None,
-                        hpz_partition_size: int = 1) -> tuple[Setup, list[str]]:
+                        hpz_partition_size: int = 1, prepared: PreparedModel | None = None) -> tuple[Setup, list[str]]:
     """The Setup of ``loretta-ds train --ds_config DS_CONFIG`` with these settings (``config``: an HF
     config; ``ds_config``: a shipped config's name, a path or a dict), and notes on where each
     setting came from. The config is resolved as the trainer resolves it
     (loretta_ds.distributed.ds_config: "auto" values, the trainer's defaults, the persistence
     threshold raised to the largest trainable tensor; ``hpz_partition_size`` for a ZeRO-3 hpZ
     "auto"); a setting given here (not None) replaces the config's, where the trainer would refuse
-    a flag that contradicts it."""
+    a flag that contradicts it. ``prepared``: ``prepare_model(config, cfg)`` when already built."""
     import copy
 
     from .distributed.ds_config import RunFacts, load_ds_config, resolve_ds_config, zero_stage
+    from .adapters import trainable_parameter_names
     from .run_config import DEFAULT_GLOBAL_BATCH
-    from .train_plan import parameter_shapes
 
     raw = copy.deepcopy(ds_config) if isinstance(ds_config, dict) else load_ds_config(ds_config)
     zero_stage(raw)
@@ -496,8 +497,10 @@ def setup_for_ds_config(config, cfg: LorettaConfig, ds_config, *, nodes: int = 1
         zero["offload_optimizer"] = {"device": "none" if offload == "none" else "cpu"}
     if param_persistence_threshold is not None:
         zero["stage3_param_persistence_threshold"] = param_persistence_threshold
-    shapes, frozen = parameter_shapes(config, cfg)
-    numels = [math.prod(shape) for shape in shapes.values()]
+    model = (prepared or prepare_model(config, cfg)).model
+    trainable = set(trainable_parameter_names(model))
+    numels = [int(p.numel()) for name, p in model.named_parameters() if name in trainable]
+    frozen = [int(p.numel()) for name, p in model.named_parameters() if name not in trainable]
     facts = RunFacts(world_size=nodes * gpus_per_node, lr=None, warmup_steps=None, total_steps=100, grad_clip=None,
                      bf16=None, hidden_size=int(config.hidden_size), max_trainable_numel=max(numels),
                      total_trainable_numel=sum(numels), frozen_numels=tuple(frozen), cuda_available=True,
@@ -523,5 +526,6 @@ def estimate_from_ds_config(model, cfg: LorettaConfig, ds_config, *, model_name:
 
     config = load_model_config(model) if isinstance(model, str) else model
     name = model_name or (model if isinstance(model, str) else "")
-    setup, notes = setup_for_ds_config(config, cfg, ds_config, **settings)
-    return estimate_memory(config, cfg, setup, model_name=name), notes
+    prepared = prepare_model(config, cfg)
+    setup, notes = setup_for_ds_config(config, cfg, ds_config, prepared=prepared, **settings)
+    return estimate_memory(config, cfg, setup, model_name=name, prepared=prepared), notes

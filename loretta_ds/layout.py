@@ -287,7 +287,8 @@ def _why(chosen: Candidate, found: list[Candidate], hardware: Hardware) -> str:
                 f"{hardware.world_size} processes it needs {chosen.need()}, and every step gathers the frozen "
                 "weights across nodes")
     partitioned = f"; partitioned: {found[-2].need()}" if len(found) > 2 else ""
-    return (f"nothing fits without offload (replicated: {replicated.need()}{partitioned}); with the parameters and optimizer state in host memory it needs "
+    return (f"nothing fits without offload (replicated: {replicated.need()}{partitioned}); with the parameters "
+            "and optimizer state in host memory it needs "
             f"{chosen.need()}" + (", with the hpZ copy in host memory" if chosen.hpz > 1 else ""))
 
 

@@ -239,9 +239,9 @@ def fit_run_layout(cfg: TrainConfig, raw_ds_config: dict | None, facts: RunFacts
                    adapter: LorettaConfig | LoraBaseline, per_node: int, bandwidths=None, prepared=None):
     """--ds_config auto picks the layout here; a ZeRO-3 config's hpZ "auto" is sized here
     (loretta_ds.layout.fit_layout)."""
-    from . import layout
+    from .layout import fit_layout
 
-    return layout.fit_layout(raw_ds_config, facts, model_config, planned_adapter(cfg, adapter), seq_len=cfg.seq_len,
+    return fit_layout(raw_ds_config, facts, model_config, planned_adapter(cfg, adapter), seq_len=cfg.seq_len,
                              gradient_checkpointing=cfg.gradient_checkpointing, per_node=per_node,
                              gpu_memory_gib=cfg.gpu_memory, host_memory_gib=cfg.host_memory, bandwidths=bandwidths,
                              prepared=prepared)
@@ -250,11 +250,11 @@ def fit_run_layout(cfg: TrainConfig, raw_ds_config: dict | None, facts: RunFacts
 def plan_layout_only(cfg: TrainConfig, world_size: int, per_node: int | None = None, bandwidths=None):
     """The DeepSpeed layout of a run from the model's shapes alone (a LLaMA-2 preset works; no data,
     tokenizer or weights): (the fitted layout, the DeepSpeed config as it would run, notes)."""
-    from . import layout
+    from .layout import load_run_ds_config, processes_per_node
     from .models import load_model_config
 
-    per_node = layout.processes_per_node(world_size, per_node)
-    raw_ds_config = layout.load_run_ds_config(cfg.ds_config)
+    per_node = processes_per_node(world_size, per_node)
+    raw_ds_config = load_run_ds_config(cfg.ds_config)
     from .estimate import prepare_model
 
     model_config = load_model_config(cfg.model)
@@ -279,10 +279,10 @@ def plan_layout_only(cfg: TrainConfig, world_size: int, per_node: int | None = N
 def build_plan(cfg: TrainConfig, world_size: int, per_node: int | None = None) -> Plan:
     """Check and resolve everything about the run (``cfg`` is only read). ``per_node``: processes
     per node (default: the launcher's, see loretta_ds.layout.processes_per_node)."""
-    from . import layout
+    from .layout import load_run_ds_config, processes_per_node
 
-    per_node = layout.processes_per_node(world_size, per_node)
-    raw_ds_config = layout.load_run_ds_config(cfg.ds_config)  # None for auto: chosen below
+    per_node = processes_per_node(world_size, per_node)
+    raw_ds_config = load_run_ds_config(cfg.ds_config)  # None for auto: chosen below
     if raw_ds_config is not None:
         zero_stage(raw_ds_config)
     # A mistyped data path or name is the commonest error: reported in seconds, before the model's

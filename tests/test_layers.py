@@ -21,8 +21,10 @@ LAYERS = [
     {"data", "distributed", "export"},  # siblings: none imports another
     {"tiny_llama", "run.contents", "generation", "loss"},  # run.contents reads checkpoints' and exports' own files
     {"models", "run_config", "evaluate"},
+    {"estimate", "traffic"},  # the memory plan and the step's traffic, from a meta-device model
+    {"layout"},  # --ds_config auto: the DeepSpeed layout, chosen from the memory plan
     {"train_plan"},
-    {"estimate", "trainer"},  # both take a run's settings through the plan
+    {"trainer"},
     {"commands", "cli"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -48,7 +48,8 @@ def test_four_nodes_partition_70b_inside_each_node(capsys):
     assert plan["ds_config"]["zero_optimization"]["stage"] == 3
     assert plan["ds_config"]["zero_optimization"]["zero_hpz_partition_size"] == 8
     assert "offload_param" not in plan["ds_config"]["zero_optimization"]
-    assert "does not fit" in layout["reason"] and "no frozen weight crosses nodes after the first step" in layout["reason"]
+    assert "does not fit" in layout["reason"]
+    assert "no frozen weight crosses nodes after the first step" in layout["reason"]
     by_name = {c["name"]: c for c in layout["candidates"]}
     assert not by_name["replicated"]["fits"] and by_name["all_nodes"]["fits"] and by_name["offload"]["fits"]
     # After the first step, only the trainable tensors cross nodes with hpZ; without it the frozen
@@ -95,6 +96,27 @@ def test_the_choice_follows_the_memory_plan():
     short = choose_layout(config, cfg, Hardware(1, 2, need - 1, 64 * GIB, "given", "given"), base)
     assert exact.chosen.name == "replicated" and short.chosen.name == "node"
     assert any("--gradient_checkpointing" in note for note in short.notes)
+
+
+@pytest.mark.slow  # the trainer's plan reads the tokenizer and prepares the bundled data: seconds
+def test_train_plan_and_estimate_make_the_same_choice(tmp_path, capsys):
+    """The trainer's own plan (model, tokenizer, data) and `estimate` choose alike from the same figures."""
+    flags = ["--ds_config", "auto", "--gpu_memory", "3", "--seq_len", "128"]
+    assert cli_main(["plan", "--model", "tiny-llama", "--world_size", "2", *flags,
+                     "--output_dir", str(tmp_path / "run"), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["layout"]["chosen"] == "replicated" and plan["zero_stage"] == 2
+    assert plan["start"] == "a new run from step 0"
+    assert cli_main(["estimate", "--model", "tiny-llama", "--gpus_per_node", "2", *flags, "--json"]) == 0
+    estimate = json.loads(capsys.readouterr().out)
+    assert estimate["layout"]["chosen"] == "replicated" and estimate["setup"]["zero_stage"] == 2
+    needs = lambda layout: [(c["name"], c["device_need_bytes"]) for c in layout["candidates"]]  # noqa: E731
+    assert needs(estimate["layout"]) == needs(plan["layout"])
+    assert estimate["traffic"]["cross_node_bytes_per_node"] == 0 and estimate["traffic"]["pcie_bytes"] == 0
+    assert cli_main(["estimate", "--model", "tiny-llama", "--gpus_per_node", "2", *flags]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("layout auto: replicated") and "traffic per optimizer step" in out
+    assert "DeepSpeed config auto (zero2)" in out and "ZeRO-2, offload none" in out
 
 
 # ---------------------------------------------------------------- the traffic model, by hand

@@ -14,21 +14,23 @@ BANDWIDTH_FLAGS = ("pcie_gbps", "nvlink_gbps", "network_gbps", "gpu_tflops", "ut
 def add_bandwidth_arguments(parser: argparse.ArgumentParser) -> None:
     """The hardware the traffic model's step times are for (estimate and plan); defaults: an H100
     SXM node (loretta_ds.traffic)."""
-    from .. import traffic
+    from ..traffic import (DEFAULT_UTILIZATION, H100_BF16_TFLOPS, H100_FP32_TFLOPS, INFINIBAND_NDR, NVLINK4,
+                           PCIE_GEN5_X16)
 
     group = parser.add_argument_group("step time (traffic model: docs/layouts.md)")
-    group.add_argument("--pcie_gbps", type=float, default=traffic.PCIE_GEN5_X16 / 1e9,
-                       help=f"GB/s per GPU to the host, one direction (default {traffic.PCIE_GEN5_X16 / 1e9:g}: PCIe Gen5 x16)")
-    group.add_argument("--nvlink_gbps", type=float, default=traffic.NVLINK4 / 1e9,
-                       help=f"GB/s per GPU inside a node, one direction (default {traffic.NVLINK4 / 1e9:g}: NVLink 4)")
-    group.add_argument("--network_gbps", type=float, default=traffic.INFINIBAND_NDR / 1e9,
-                       help=f"GB/s per GPU across nodes, one direction (default {traffic.INFINIBAND_NDR / 1e9:g}: "
+    group.add_argument("--pcie_gbps", type=float, default=PCIE_GEN5_X16 / 1e9,
+                       help=f"GB/s per GPU to the host, one direction (default {PCIE_GEN5_X16 / 1e9:g}: "
+                            "PCIe Gen5 x16)")
+    group.add_argument("--nvlink_gbps", type=float, default=NVLINK4 / 1e9,
+                       help=f"GB/s per GPU inside a node, one direction (default {NVLINK4 / 1e9:g}: NVLink 4)")
+    group.add_argument("--network_gbps", type=float, default=INFINIBAND_NDR / 1e9,
+                       help=f"GB/s per GPU across nodes, one direction (default {INFINIBAND_NDR / 1e9:g}: "
                             "InfiniBand NDR 400 Gb/s, one adapter per GPU)")
     group.add_argument("--gpu_tflops", type=float, default=None,
                        help=f"peak TFLOPS of one GPU in the run's precision (default: H100 SXM, "
-                            f"{traffic.H100_BF16_TFLOPS:g} bf16, {traffic.H100_FP32_TFLOPS:g} fp32)")
-    group.add_argument("--utilization", type=float, default=traffic.DEFAULT_UTILIZATION,
-                       help=f"share of the peak the step reaches (default {traffic.DEFAULT_UTILIZATION:g})")
+                            f"{H100_BF16_TFLOPS:g} bf16, {H100_FP32_TFLOPS:g} fp32)")
+    group.add_argument("--utilization", type=float, default=DEFAULT_UTILIZATION,
+                       help=f"share of the peak the step reaches (default {DEFAULT_UTILIZATION:g})")
 
 
 def bandwidths_from_args(args: argparse.Namespace):
@@ -86,7 +88,8 @@ def _gib(n: int) -> str:
 def _gathered_note(e) -> str:
     """What bounds the gathered weights and how to lower them, unless they are the whole partitioned model."""
     s = e.setup
-    if e.gathered_bytes >= (e.frozen_params + e.trainable_params - e.persistent_params) * s.compute_bytes:
+    if s.zero_stage != 3 or \
+            e.gathered_bytes >= (e.frozen_params + e.trainable_params - e.persistent_params) * s.compute_bytes:
         return ""
     return (f"    (ZeRO-3's prefetch fills stage3_max_live_parameters, {s.max_live_parameters:,}, and "
             f"stage3_max_reuse_distance, {s.max_reuse_distance:,}, keeps the weights reused within it: "
@@ -110,7 +113,7 @@ def format_estimate(e) -> str:
         f"({100 * e.trainable_params / e.total_params:.4f}%), {e.persistent_params:,} persistent (<= threshold)",
         "",
         "  per GPU                          LoRETTA",
-        f"    {'frozen weights (partition)' if s.zero_stage == 3 else 'frozen weights (whole)':<28}{_gib(gpu_partition)}",
+        f"    {'frozen weights (' + ('partition' if s.zero_stage == 3 else 'whole') + ')':<28}{_gib(gpu_partition)}",
         f"    persistent (adapter, norms) {_gib(e.persistent_bytes)}{secondary}",
         f"    gathered weights (working)  {_gib(e.gathered_bytes)}" + _gathered_note(e),
         f"    gradients                   {_gib(e.gradient_bytes)}",
@@ -162,10 +165,11 @@ def format_verdict(e, v) -> str:
 
 def format_ds_config(e, ds_config: str, notes: list[str]) -> str:
     s = e.setup
-    lines = [f"  DeepSpeed config {ds_config}: offload {s.offload}, {'bf16' if s.bf16 else 'fp32'}, micro batch "
-             f"{s.micro_batch_size}, persistence threshold {s.param_persistence_threshold:,}, prefetch bucket "
-             f"{s.prefetch_bucket_size:,}, max live parameters {s.max_live_parameters:,}, max reuse distance "
-             f"{s.max_reuse_distance:,}"]
+    zero3 = (f", persistence threshold {s.param_persistence_threshold:,}, prefetch bucket {s.prefetch_bucket_size:,}, "
+             f"max live parameters {s.max_live_parameters:,}, max reuse distance {s.max_reuse_distance:,}"
+             if s.zero_stage == 3 else "")
+    lines = [f"  DeepSpeed config {ds_config}: ZeRO-{s.zero_stage}, offload {s.offload}, {'bf16' if s.bf16 else 'fp32'}, "
+             f"micro batch {s.micro_batch_size}{zero3}"]
     lines += [f"    {note}" for note in notes]
     return "\n".join(lines)
 
@@ -216,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--host_memory must be one node's memory in GiB (> 0), got {args.host_memory:g}")
     from dataclasses import replace
 
-    from .. import layout
+    from ..estimate import prepare_model
+    from ..layout import AUTO_LAYOUT, LAYOUT_TEMPLATE, choose_layout, detect_hardware, hpz_size
     from ..estimate import Setup, estimate_memory, setup_for_ds_config, verdict
     from ..models import load_model_config
     from ..traffic import step_traffic
@@ -224,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = loretta_config_from_args(args)
     config = load_model_config(args.model)
     bandwidths = bandwidths_from_args(args)
+    prepared = prepare_model(config, cfg)  # one meta-device model for every plan below
     notes: list[str] = []
     choice = None
     settings = dict(nodes=args.nodes, gpus_per_node=args.gpus_per_node, seq_len=args.seq_len,
@@ -231,31 +237,31 @@ def run(args: argparse.Namespace) -> int:
                     bf16=args.bf16, offload=args.offload, param_persistence_threshold=args.param_persistence_threshold)
     hardware = None
     if args.ds_config is not None:
-        hardware = layout.detect_hardware(args.nodes, args.gpus_per_node, args.gpu_memory, args.host_memory)
-    if args.ds_config == layout.AUTO_LAYOUT:
+        hardware = detect_hardware(args.nodes, args.gpus_per_node, args.gpu_memory, args.host_memory)
+    if args.ds_config == AUTO_LAYOUT:
         if args.offload is not None:
             raise ValueError("--offload chooses a layout; --ds_config auto chooses it for you: drop one of the two")
-        setup, notes = setup_for_ds_config(config, cfg, layout.LAYOUT_TEMPLATE, **settings)
-        choice = layout.choose_layout(config, cfg, hardware, replace(setup, hpz_partition_size=1),
-                                      bandwidths=bandwidths)
+        setup, notes = setup_for_ds_config(config, cfg, LAYOUT_TEMPLATE, prepared=prepared, **settings)
+        choice = choose_layout(config, cfg, hardware, replace(setup, hpz_partition_size=1), bandwidths=bandwidths,
+                               prepared=prepared)
         if choice.chosen is None:
             print("\n".join(choice.lines()), file=__import__("sys").stderr)
             raise ValueError(choice.reason)
         estimate = replace(choice.chosen.estimate, model=args.model)
     elif args.ds_config is not None:
-        setup, notes = setup_for_ds_config(config, cfg, args.ds_config, **settings)
+        setup, notes = setup_for_ds_config(config, cfg, args.ds_config, prepared=prepared, **settings)
         if _zero_hpz_is_auto(args.ds_config):
-            hpz, note = layout.hpz_size(config, cfg, setup, hardware, bandwidths=bandwidths)
+            hpz, note = hpz_size(config, cfg, setup, hardware, bandwidths=bandwidths, prepared=prepared)
             setup = replace(setup, hpz_partition_size=hpz)
             notes.append(note)
-        estimate = estimate_memory(config, cfg, setup, model_name=args.model)
+        estimate = estimate_memory(config, cfg, setup, model_name=args.model, prepared=prepared)
     else:
         setup = Setup(nodes=args.nodes, gpus_per_node=args.gpus_per_node, offload=args.offload or "none",
                       bf16=True if args.bf16 is None else args.bf16, micro_batch_size=args.micro_batch_size or 1,
                       seq_len=args.seq_len, gradient_checkpointing=args.gradient_checkpointing,
                       param_persistence_threshold=(100_000 if args.param_persistence_threshold is None
                                                    else args.param_persistence_threshold))
-        estimate = estimate_memory(config, cfg, setup, model_name=args.model)
+        estimate = estimate_memory(config, cfg, setup, model_name=args.model, prepared=prepared)
     traffic = step_traffic(estimate, config, 1, bandwidths)
     judged = verdict(estimate, int(args.gpu_memory * 2**30))
     if args.json:

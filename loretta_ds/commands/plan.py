@@ -143,7 +143,8 @@ def format_layout_summary(summary: dict) -> str:
     ds = summary["ds_config"]
     zero = ds["zero_optimization"]
     lines = [f"model {summary['model']}: {summary['method']}, world size {summary['world_size']}: DeepSpeed layout only"
-             + (" (a shape-only --model: no data, tokenizer or run directory checked)" if summary["shape_only"] else ""),
+             + (" (a shape-only --model: no data, tokenizer or run directory checked)"
+                if summary["shape_only"] else ""),
              f"  ZeRO stage {zero['stage']}, {'bf16' if ds['bf16']['enabled'] else 'fp32'}; "
              f"global batch {ds['train_batch_size']} = micro batch {ds['train_micro_batch_size_per_gpu']} x grad accum "
              f"{ds['gradient_accumulation_steps']} x {summary['world_size']} process(es)"]
@@ -165,13 +166,15 @@ def format_layout_table(layout: dict) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in layout["candidates"]:
         t = c["traffic"]
-        zero = f"{c['zero_stage']}" + (f", hpZ {c['zero_hpz_partition_size']}" if c["zero_hpz_partition_size"] > 1 else "")
+        hpz = c["zero_hpz_partition_size"]
+        zero = f"{c['zero_stage']}" + (f", hpZ {hpz}" if hpz > 1 else "")
         zero += ", offload" if c["offload"] != "none" else ""
         first = (f" ({_gb(t['first_step_cross_node_bytes_per_node'])} first step)"
                  if t["first_step_cross_node_bytes_per_node"] else "")
         fits = "**chosen**" if c["name"] == layout["chosen"] else ("yes" if c["fits"] else "no")
         lines.append(f"| {c['name']} | {zero} | {fits} | {c['device_need_bytes'] / 2**30:.1f} GiB | "
-                     f"{c['host_need_bytes_per_node'] / 2**30:.0f} GiB | {_gb(t['cross_node_bytes_per_node'])}{first} | "
+                     f"{c['host_need_bytes_per_node'] / 2**30:.0f} GiB | "
+                     f"{_gb(t['cross_node_bytes_per_node'])}{first} | "
                      f"{_gb(t['intra_node_bytes'])} | {_gb(t['pcie_bytes'])} | {t['communication_s'] * 1e3:.0f} ms | "
                      f"{t['step_s_min']:.2f}-{t['step_s_max']:.2f} s |")
     return "\n".join(lines)
