@@ -250,10 +250,11 @@ def table(records: list[dict]) -> str:
                   "|---|---|---|---|---:|---|---:|---:|"]
         lines = [line for line in lines if line is not None]
         for r in speed:
-            rounds = ", ".join(f"{run['tokens_per_s']:.0f}" for run in r["runs"])
+            fmt = (lambda x: f"{x:,.0f}") if r["tokens_per_s"] >= 100 else (lambda x: f"{x:.2f}")
+            rounds = ", ".join(fmt(run["tokens_per_s"]) for run in r["runs"])
             per_node = r["processes"] // r["nodes"]
             lines.append(f"| {r['model']} | {r['nodes']} x {per_node} | {r['layout']} | {r['used']} "
-                         f"| {r['tokens_per_s']:,.0f} | {rounds} | {r['vs_baseline']:.2f}x ({r['baseline']}) "
+                         f"| {fmt(r['tokens_per_s'])} | {rounds} | {r['vs_baseline']:.2f}x ({r['baseline']}) "
                          f"| {r['adapter_max_abs_diff']:.1e} |")
     return "\n".join(lines)
 
