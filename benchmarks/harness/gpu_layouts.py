@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"{name} failed with exit {status}:\n{tail}")
         return out, time.monotonic() - started
 
-    about = {"model": f"LLaMA-2-7B shape, {args.layers} layers", "nodes": 1, "processes": args.gpus,
+    shape = ("LLaMA-2-7B shape" if (args.hidden, args.intermediate, args.heads) == (4096, 11008, 32)
+             else f"LLaMA hidden {args.hidden}")
+    about = {"model": f"{shape}, {args.layers} layers", "nodes": 1, "processes": args.gpus,
              "steps": args.steps, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
              "gradient_checkpointing": args.gradient_checkpointing}
     records = alternate(work, f"gpu-{args.gpus}", args.layouts, args.repeats, args.warmup, launch, about)
