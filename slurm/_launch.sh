@@ -257,7 +257,7 @@ run_main() {
     [[ -n ${MODEL:-} ]] || errors+=("MODEL is not set. Set MODEL to a HF model directory, e.g. MODEL=/models/Llama-2-7b-hf sbatch ...")
     [[ -n ${DATA:-} ]] || errors+=("DATA is not set. Set DATA to a dataset name or file.")
     [[ -n ${OUTPUT_DIR:-} ]] || errors+=("OUTPUT_DIR is not set. Set OUTPUT_DIR to a directory on a shared file system.")
-    [[ -n ${DS_CONFIG:-} ]] || errors+=("DS_CONFIG is not set. Set DS_CONFIG=auto (the fastest layout that fits) or to a DeepSpeed JSON such as ds_configs/zero3_offload.json.")
+    [[ -n ${DS_CONFIG:-} ]] || errors+=("DS_CONFIG is not set. Set DS_CONFIG to auto (the fastest layout that fits) or to a DeepSpeed JSON such as ds_configs/zero3_offload.json.")
     if ! [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]]; then
         errors+=("GPUS_PER_NODE='$GPUS_PER_NODE' is not a positive whole number. Set it to the GPUs per node (one process each).")
     fi
@@ -294,7 +294,7 @@ run_main() {
         else
             local known
             known="$(cd "$ROOT" && find ds_configs/ -maxdepth 1 -name '*.json' 2>/dev/null | sort | tr '\n' ' ')"
-            errors+=("DS_CONFIG=$DS_CONFIG not found (looked in $PWD and $ROOT). Set DS_CONFIG=$AUTO_LAYOUT (the fastest layout that fits) or to an existing DeepSpeed JSON${known:+; available: ${known% }}.")
+            errors+=("DS_CONFIG=$DS_CONFIG not found (looked in $PWD and $ROOT). Set DS_CONFIG to $AUTO_LAYOUT (the fastest layout that fits) or to an existing DeepSpeed JSON${known:+; available: ${known% }}.")
             DS_CONFIG=""
         fi
     fi

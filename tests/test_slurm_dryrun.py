@@ -204,7 +204,7 @@ def test_a_file_named_like_a_layout_word_is_not_auto(tmp_path):
     """Only the exact word auto asks the trainer to choose; a near miss is a missing file, and the
     message offers auto."""
     res, out_dir = run_bad(tmp_path, True, DS_CONFIG="Auto")
-    assert_refused(res, out_dir, "DS_CONFIG=Auto not found", "Set DS_CONFIG=auto")
+    assert_refused(res, out_dir, "DS_CONFIG=Auto not found", "Set DS_CONFIG to auto")
 
 
 def test_explicit_offload_config_is_still_passed_through(tmp_path):
