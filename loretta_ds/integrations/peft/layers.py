@@ -29,9 +29,11 @@ class LorettaLayer(BaseTunerLayer):
         self.merged_adapters = []
 
     def _factory(self) -> dict:
-        """Adapter tensors are created where the base weight is, in its dtype."""
+        """Adapter tensors are created where the base weight is, in its dtype (float32 when the
+        base weight is not floating point, e.g. packed quantized weights)."""
         weight = self.get_base_layer().weight
-        return {"dtype": weight.dtype, "device": weight.device}
+        dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+        return {"dtype": dtype, "device": weight.device}
 
     def _active(self, container: nn.ModuleDict) -> list[str]:
         return [name for name in self.active_adapters if name in container]
