@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="train every run again")
     args = parser.parse_args(argv)
 
-    from loretta_ds.models import ensure_smollm2
+    from benchmarks.smollm2 import ensure_smollm2
 
     args.model = args.model or str(ensure_smollm2())
     lrs = parse_lrs(args.lr)

@@ -21,8 +21,9 @@ import loretta_ds
 from loretta_ds import LorettaConfig, count_parameters, inject, load_adapter, save_adapter
 from loretta_ds.adapters.config import AdapterSettings
 from loretta_ds.integrations.peft import LorettaAdpConfig, LorettaRepConfig, register
-from loretta_ds.integrations.peft.names import PEFT_KEY_PREFIX, PEFT_TYPES, SUPPORTED_PEFT
-from loretta_ds.integrations.peft.registry import check_peft_version
+from loretta_ds.adapters.peft_export import PEFT_PREFIX as PEFT_KEY_PREFIX
+from loretta_ds.adapters.io import PEFT_TYPES
+from loretta_ds.integrations.peft.registry import SUPPORTED_PEFT, check_peft_version
 
 TOKENS = torch.randint(0, 128, (3, 16), generator=torch.Generator().manual_seed(7))
 CONFIGS = {"rep": LorettaRepConfig, "adp": LorettaAdpConfig}
@@ -244,6 +245,7 @@ def test_peft_saved_adapter_loads_into_the_projects_model(tmp_path, method):
     torch.testing.assert_close(logits(loaded), logits(own), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_peft_saved_rep_adapter_exports_merged_and_as_lora(tmp_path):
     from loretta_ds.export import export
 
@@ -271,7 +273,7 @@ def test_peft_model_equals_the_projects_injected_model_on_smollm2(method):
     pytest.importorskip("gguf", reason="the gguf package reads SmolLM2's GGUF file")
     from transformers import AutoModelForCausalLM
 
-    from loretta_ds.models import ensure_smollm2
+    from benchmarks.smollm2 import ensure_smollm2
 
     try:
         path = ensure_smollm2()

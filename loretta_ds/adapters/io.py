@@ -26,14 +26,27 @@ import torch
 from torch import nn
 
 from ..file_io import read_json_object, read_safetensors, replace_atomically, write_safetensors
-from ..integrations.peft.names import METHOD_OF_PEFT_TYPE, PEFT_KEY_PREFIX, PEFT_WEIGHTS_NAME, peft_header
 from .config import LorettaConfig
 from .injection import adapter_layers, inject, linear_shape, plan_injection, trainable_parameter_names
+from .peft_export import PEFT_PREFIX, PEFT_WEIGHTS
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
+# The file transformers reads a tokenizer's chat template from; a chat run writes the template its
+# data was rendered with into adapter/ under this name, and the merged export carries it.
+CHAT_TEMPLATE_NAME = "chat_template.jinja"
+# PEFT dispatches on the config's ``peft_type`` string; these are LoRETTA's (not members of PEFT's
+# PeftType enum, which only PEFT itself can extend). loretta_ds.integrations.peft registers them.
+PEFT_TYPES = {"rep": "LORETTA_REP", "adp": "LORETTA_ADP"}
+METHOD_OF_PEFT_TYPE = {peft_type: method for method, peft_type in PEFT_TYPES.items()}
 FORMAT_VERSION = 2  # 2: one tensor per TT matrix (tt_cores); 1: one per core
 _PER_CORE_KEY = re.compile(r"^(?P<matrix>.+\.loretta_[A-Za-z]+)\.cores\.(?P<index>\d+)$")
+
+
+def peft_header(method: str, base_model_name_or_path: str | None) -> dict:
+    """The keys a PEFT reader needs at the top of a LoRETTA ``adapter_config.json``."""
+    return {"peft_type": PEFT_TYPES[method], "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model_name_or_path}
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -79,8 +92,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     }
     replace_atomically(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata={"format": "pt"}))
     # PEFT reads only its own file name and key names: the same tensors again (a LoRETTA adapter is small).
-    peft_state = {PEFT_KEY_PREFIX + name: tensor for name, tensor in state.items()}
-    replace_atomically(directory / PEFT_WEIGHTS_NAME,
+    peft_state = {PEFT_PREFIX + name: tensor for name, tensor in state.items()}
+    replace_atomically(directory / PEFT_WEIGHTS,
                        lambda tmp: write_safetensors(tmp, peft_state, metadata={"format": "pt"}))
     replace_atomically(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return directory
@@ -93,7 +106,7 @@ def read_adapter_config(directory: str | os.PathLike) -> tuple[LorettaConfig, di
     if not path.is_file() or _weights_file(directory) is None:
         raise FileNotFoundError(
             f"{directory} is not a LoRETTA adapter: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
-            f"(written by save_adapter or a training run's OUTPUT_DIR/adapter) or {PEFT_WEIGHTS_NAME} "
+            f"(written by save_adapter or a training run's OUTPUT_DIR/adapter) or {PEFT_WEIGHTS} "
             "(written by PeftModel.save_pretrained)"
         )
     meta = read_json_object(path, "adapter config", "save the adapter again")
@@ -118,7 +131,7 @@ def _config_of_peft_file(meta: dict) -> LorettaConfig:
 
 def _weights_file(directory: Path) -> Path | None:
     """save_adapter's tensor file, else PEFT's (the only one PeftModel.save_pretrained writes)."""
-    for name in (WEIGHTS_NAME, PEFT_WEIGHTS_NAME):
+    for name in (WEIGHTS_NAME, PEFT_WEIGHTS):
         if (directory / name).is_file():
             return directory / name
     return None
@@ -132,10 +145,10 @@ def read_adapter_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor
     """
     weights = _weights_file(Path(directory))
     if weights is None:
-        raise FileNotFoundError(f"{directory} has neither {WEIGHTS_NAME} nor {PEFT_WEIGHTS_NAME}")
+        raise FileNotFoundError(f"{directory} has neither {WEIGHTS_NAME} nor {PEFT_WEIGHTS}")
     stored = read_safetensors(weights, what="adapter")
-    if weights.name == PEFT_WEIGHTS_NAME:
-        stored = {key.removeprefix(PEFT_KEY_PREFIX): tensor for key, tensor in stored.items()}
+    if weights.name == PEFT_WEIGHTS:
+        stored = {key.removeprefix(PEFT_PREFIX): tensor for key, tensor in stored.items()}
     tensors, per_core = {}, {}
     for key, tensor in stored.items():
         match = _PER_CORE_KEY.match(key)

@@ -14,13 +14,13 @@ from typing import Callable
 
 import torch
 
-from ..adapters.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter_tensors
-from ..integrations.peft.names import PEFT_WEIGHTS_NAME
-from .checkpoint import BaseCheckpoint, open_base_checkpoint
+from ..adapters.io import CHAT_TEMPLATE_NAME, CONFIG_NAME, WEIGHTS_NAME, read_adapter_tensors
+from ..adapters.peft_export import PEFT_WEIGHTS
+from .base_weights import BaseCheckpoint, open_base_checkpoint
 from .lora import write_lora
 from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_config, write_merged,
                      write_model_files)
-from ..run_dir import RUN_CONFIG, RunDir, RunRecord, write_run_record
+from ..run.directory import RUN_CONFIG, RunDir, RunRecord, write_run_record
 from .provenance import PROVENANCE_NAME, foreign_files, write_provenance
 from .sources import ExportSource, resolve_source
 from .staging import StagedOutput
@@ -180,7 +180,7 @@ def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, o
         write_merged(plan, checkpoint, staged.path, log)
         files = [shard.filename for shard in plan] + (["model.safetensors.index.json"] if len(plan) > 1 else [])
         files += write_model_files(base_dir, config, dtype, staged.path)
-        trained_template = source.adapter_dir / "chat_template.jinja"  # the chat template the run trained with
+        trained_template = source.adapter_dir / CHAT_TEMPLATE_NAME  # the chat template the run trained with
         if trained_template.is_file():
             shutil.copyfile(trained_template, staged.path / trained_template.name)
             files.append(trained_template.name)
@@ -238,7 +238,7 @@ def _export_adapter(source: ExportSource, out_dir: Path, _dtype, _shards, overwr
     if source.base_name and not record.model:
         record = record.replace(model=source.base_name)
     # save_adapter's files, and PEFT's where the adapter has them (then PeftModel loads the export too)
-    names = [name for name in (CONFIG_NAME, WEIGHTS_NAME, PEFT_WEIGHTS_NAME) if (source.adapter_dir / name).is_file()]
+    names = [name for name in (CONFIG_NAME, WEIGHTS_NAME, PEFT_WEIGHTS) if (source.adapter_dir / name).is_file()]
     _check_disk(staged, sum((source.adapter_dir / name).stat().st_size for name in names))
     with staged:
         for name in names:

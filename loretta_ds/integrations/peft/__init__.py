@@ -6,15 +6,15 @@
 
 Creating a config registers the methods; ``register_peft()`` does it explicitly (needed before
 ``PeftModel.from_pretrained`` in a process that has created no config). Names are imported on
-first use: ``names`` (what save_adapter writes) needs neither peft nor torch.
+first use. The PEFT type names an adapter directory carries are loretta_ds.adapters.io's.
 """
 from __future__ import annotations
 
 import importlib
 
 _WHERE = {
-    "config": ("LorettaRepConfig", "LorettaAdpConfig", "config_for"),
-    "registry": ("register", "is_registered", "check_peft_version"),
+    "config": ("LorettaRepConfig", "LorettaAdpConfig", "config_for", "register"),
+    "registry": ("is_registered", "check_peft_version", "SUPPORTED_PEFT"),
     "tuner": ("LorettaModel",),
     "layers": ("RepLinear", "AdpLinear", "LorettaLayer"),
 }

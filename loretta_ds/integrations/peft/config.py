@@ -18,7 +18,8 @@ from typing import ClassVar, Optional
 from peft import PeftConfig
 
 from ...adapters.config import LorettaConfig
-from .names import PEFT_TYPES
+from ...adapters.io import PEFT_TYPES
+from .registry import register_methods
 
 # The sections of this project's adapter_config.json that are not config fields.
 _PROJECT_SECTIONS = ("loretta", "base", "format_version")
@@ -55,8 +56,6 @@ class _LorettaPeftConfig(PeftConfig, LorettaConfig):
         self.peft_type = PEFT_TYPES[self.method]
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
-        from .registry import register  # registry imports this module
-
         register()
 
     def to_loretta(self) -> LorettaConfig:
@@ -106,3 +105,11 @@ def config_for(loretta: LorettaConfig, **peft_fields) -> _LorettaPeftConfig:
     ``peft_fields`` (task_type, inference_mode, ...) on top."""
     values = {f.name: copy.deepcopy(getattr(loretta, f.name)) for f in dataclasses.fields(LorettaConfig)}
     return CONFIG_CLASSES[loretta.method](**values, **peft_fields)
+
+
+def register() -> None:
+    """Make LoRETTA_rep and LoRETTA_adp PEFT methods (explicit; idempotent: a second call changes
+    nothing). ValueError for an unsupported peft, or if another class holds one of the names."""
+    from .tuner import LorettaModel  # the tuner's modules never import this one
+
+    register_methods(CONFIG_CLASSES, LorettaModel)

@@ -1,4 +1,5 @@
-"""Registering LoRETTA_rep and LoRETTA_adp with PEFT, explicitly and once.
+"""Registering LoRETTA_rep and LoRETTA_adp with PEFT, explicitly and once (``config.register``
+passes the classes; this module fills PEFT's tables and checks the peft version).
 
 ``peft.register_peft_method`` accepts only names of PEFT's own ``PeftType`` enum, so this fills
 what it fills, the three mappings that PEFT dispatches on (``peft.mapping``): peft_type -> config
@@ -12,7 +13,11 @@ from importlib import metadata
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from .names import PEFT_TYPES, SUPPORTED_PEFT
+from ...adapters.io import PEFT_TYPES
+
+# The releases whose internals (the three dispatch mappings, BaseTuner's hooks, the state-dict
+# key rules) the integration was written and tested against; pyproject.toml bounds peft alike.
+SUPPORTED_PEFT = ">=0.21.2,<0.22"
 
 
 def check_peft_version(installed: str | None = None) -> str:
@@ -26,22 +31,18 @@ def check_peft_version(installed: str | None = None) -> str:
     return installed
 
 
-def register() -> None:
-    """Make LoRETTA_rep and LoRETTA_adp PEFT methods. Idempotent: a second call changes nothing.
-
-    Raises ValueError for an unsupported peft, or if another class already holds one of the names.
-    """
+def register_methods(config_classes: dict, tuner_cls) -> None:
+    """Put ``config_classes`` ({method: config class}) and ``tuner_cls`` into PEFT's mappings under
+    PEFT_TYPES[method]. Idempotent; a conflict (another class under one of the names) raises
+    ValueError and leaves the mappings as they were."""
     check_peft_version()
     from peft import mapping
 
-    from .config import CONFIG_CLASSES
-    from .tuner import LorettaModel
-
     wanted = {}
     for method, peft_type in PEFT_TYPES.items():
-        wanted[peft_type] = ((mapping.PEFT_TYPE_TO_CONFIG_MAPPING, CONFIG_CLASSES[method]),
-                             (mapping.PEFT_TYPE_TO_TUNER_MAPPING, LorettaModel),
-                             (mapping.PEFT_TYPE_TO_PREFIX_MAPPING, LorettaModel.prefix))
+        wanted[peft_type] = ((mapping.PEFT_TYPE_TO_CONFIG_MAPPING, config_classes[method]),
+                             (mapping.PEFT_TYPE_TO_TUNER_MAPPING, tuner_cls),
+                             (mapping.PEFT_TYPE_TO_PREFIX_MAPPING, tuner_cls.prefix))
     # Check every entry first, so a conflict leaves PEFT's mappings as they were.
     for peft_type, entries in wanted.items():
         for table, value in entries:
