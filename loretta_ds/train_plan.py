@@ -26,6 +26,7 @@ from .adapters.config import AdapterSettings, LorettaConfig
 from .distributed import checkpoint as ckpt
 from .distributed.ds_config import (RunFacts, load_ds_config, resolve_ds_config, scheduled_warmup,
                                     zero_stage)
+from .quantization import QuantSpec, require_bitsandbytes
 from .run_config import (DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_GRAD_CLIP, DEFAULT_LR, LENGTH_KEYS,
                          TrainConfig, identity)
 from .run_dir import RunDir, RunRecord, read_run_record
@@ -102,6 +103,7 @@ class Plan:
     trainable_shapes: dict[str, tuple[int, ...]]
     world_size: int
     notes: list[str] = field(default_factory=list)  # adjustments made to the ds_config
+    quantization: QuantSpec | None = None  # --load_in_4bit: how the frozen base is quantized
     warnings: list[str] = field(default_factory=list)  # settings that run but are probably not meant
     resume: ResumePoint = field(default_factory=ResumePoint)
 
@@ -214,8 +216,18 @@ def load_tokenizer(model_path: str):
                                 "tokenizer.model + tokenizer_config.json): copy them from the base model") from None
 
 
+def check_quantized_run(cfg: TrainConfig) -> None:
+    """--load_in_4bit: refuse, before anything loads, what cannot work on a 4-bit base."""
+    require_bitsandbytes()
+    if cfg.verify_frozen:
+        raise ValueError("--verify_frozen compares the frozen weights with the checkpoint bit for bit, but a 4-bit "
+                         "base holds quantized codes, not those weights; drop --verify_frozen or --load_in_4bit")
+
+
 def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     """Check and resolve everything about the run (``cfg`` is only read)."""
+    if cfg.load_in_4bit:
+        check_quantized_run(cfg)
     raw_ds_config = load_ds_config(cfg.ds_config)
     stage = zero_stage(raw_ds_config)
     # A mistyped data path or name is the commonest error: reported in seconds, before the model's
@@ -269,11 +281,14 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     ds_config, notes = resolve_ds_config(raw_ds_config, facts, steps_for_batch=steps_for_batch)
     # What runs is the resolved config: the plan (and run_config.json) take its values, not the flags'.
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    bf16 = bool(ds_config["bf16"]["enabled"])
+    quantization = (QuantSpec.for_run(cfg.bnb_4bit_quant_type, cfg.bnb_4bit_use_double_quant,
+                                      cfg.bnb_4bit_compute_dtype, bf16) if cfg.load_in_4bit else None)
     return Plan(cfg=cfg, model_path=model_path, model_config=model_config, tokenizer=tokenizer, data=data,
                 adapter=adapter, ds_config=ds_config, zero_stage=stage, micro_batch_size=micro, grad_accum=accum,
                 global_batch=ds_config["train_batch_size"], total_steps=steps_for_batch(micro, accum),
                 warmup_steps=scheduled_warmup(ds_config), lr=float(ds_config["optimizer"]["params"]["lr"]),
-                grad_clip=float(ds_config["gradient_clipping"]), bf16=bool(ds_config["bf16"]["enabled"]),
+                grad_clip=float(ds_config["gradient_clipping"]), bf16=bf16, quantization=quantization,
                 attn=attn, trainable_shapes=shapes, world_size=world_size, notes=notes,
                 warnings=adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels)))
 

@@ -245,13 +245,18 @@ class Trainer:
             self.log(f"ds_config: {note}")
         for warning in plan.warnings:
             self.log(f"warning: {warning}")
-        self.log(f"model {plan.model_path} ({plan.dtype}, attention {plan.attn}); ZeRO stage "
+        base = f"{plan.dtype}" + (f", {plan.quantization.describe()}" if plan.quantization else "")
+        self.log(f"model {plan.model_path} ({base}, attention {plan.attn}); ZeRO stage "
                  f"{plan.zero_stage}, {self.world_size} process(es); {batch_summary(plan.ds_config)}")
         # Must stay alive until the end: transformers checks it through a weak reference.
         self._load_context = dist.Zero3LoadContext(plan.ds_config, plan.zero3)
+        quantized = {"quantization_config": plan.quantization.bnb_config()} if plan.quantization else {}
         model = AutoModelForCausalLM.from_pretrained(plan.model_path, dtype=plan.dtype,
-                                                     attn_implementation=plan.attn)
+                                                     attn_implementation=plan.attn, **quantized)
         model.config.use_cache = False
+        if plan.quantization:
+            # save_adapter records it: an export or a reload of the adapter rebuilds this base.
+            model.loretta_base_quantization = plan.quantization.to_dict()
         model, self.trainable_names = attach_adapter(model, plan.adapter)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

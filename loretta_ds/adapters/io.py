@@ -67,6 +67,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "target_shapes": {name: list(linear_shape(layer.base_layer))
                           for name, layer in adapter_layers(model).items()},
     }
+    if getattr(model, "loretta_base_quantization", None):
+        meta["base_quantization"] = model.loretta_base_quantization  # trained on a 4-bit base (QuantSpec)
     replace_atomically(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata={"format": "pt"}))
     replace_atomically(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return directory
