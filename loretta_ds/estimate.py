@@ -63,6 +63,7 @@ from dataclasses import asdict, dataclass, field, replace
 from torch import nn
 
 from .adapters import LorettaAdpLinear, LorettaConfig, LorettaRepLinear, adapter_layers, inject
+from .quantization import pack_quantized_weights
 
 OFFLOADS = ("none", "optimizer", "param+optimizer")
 DEFAULT_PERSISTENCE_THRESHOLD = 100_000   # DeepSpeed's stage3_param_persistence_threshold default
@@ -93,6 +94,8 @@ class Setup:
     prefetch_bucket_size: int = DEFAULT_PREFETCH_BUCKET  # reported; the working set stops at max live
     max_live_parameters: int = DEFAULT_MAX_LIVE_PARAMETERS
     max_reuse_distance: int = DEFAULT_MAX_REUSE_DISTANCE
+    load_in_4bit: bool = False        # the frozen linear weights in 4 bits (loretta_ds.quantization)
+    double_quant: bool = True
 
     def __post_init__(self) -> None:
         if self.offload not in OFFLOADS:
@@ -149,13 +152,15 @@ class MemoryEstimate:
     adapter_file_bytes: int = 0
     training_checkpoint_bytes: int = 0
     deepspeed: DeepSpeedEstimate | None = None
+    # A 4-bit base: the block scales (whole on every GPU) and one layer's weight dequantized for its matmul.
+    quantization_bytes: int = 0
 
     @property
     def gpu_weight_bytes(self) -> int:
         """Weights resident on one GPU: its partition (unless offloaded), persistent, gathered."""
         partition = self.frozen_partition_bytes + self.trainable_partition_bytes
         on_gpu_partition = 0 if self.setup.offload == "param+optimizer" else partition
-        return on_gpu_partition + self.persistent_bytes + self.gathered_bytes
+        return on_gpu_partition + self.persistent_bytes + self.gathered_bytes + self.quantization_bytes
 
     @property
     def gpu_model_state_bytes(self) -> int:
@@ -345,6 +350,12 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
     ds = deepspeed_zero3_estimate(sum(int(p.numel()) for p in base.parameters()),
                                   _largest_module_params(base), setup)
     model = inject(base, cfg)
+    real_total = sum(int(p.numel()) for p in model.parameters())
+    quantization_bytes = 0
+    if setup.load_in_4bit:
+        # From here the quantized weights count as their packed codes (what ZeRO-3 holds of them).
+        scales, largest_quantized = pack_quantized_weights(model, c, setup.double_quant)
+        quantization_bytes = scales + largest_quantized * c
 
     total = trainable = persistent = partitioned_frozen = partitioned_trainable = 0
     for param in model.parameters():
@@ -375,8 +386,8 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
         host_per_gpu += frozen_partition + trainable_partition
     return MemoryEstimate(
         model=model_name or str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "")),
-        method=cfg.method, setup=setup, total_params=total, trainable_params=trainable,
-        frozen_params=total - trainable, persistent_params=persistent, largest_module_params=largest,
+        method=cfg.method, setup=setup, total_params=real_total, trainable_params=trainable,
+        frozen_params=real_total - trainable, persistent_params=persistent, largest_module_params=largest,
         frozen_partition_bytes=frozen_partition, trainable_partition_bytes=trainable_partition,
         persistent_bytes=persistent * c, gathered_bytes=gathered,
         gradient_bytes=trainable * c // world, optimizer_bytes=optimizer,
@@ -384,7 +395,7 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
         checkpointed_activation_bytes=checkpointed["total_bytes"],
         host_bytes_per_node=host_per_gpu * setup.gpus_per_node,
         adapter_file_bytes=trainable * c, training_checkpoint_bytes=trainable * (c + optimizer_per_param),
-        deepspeed=ds,
+        deepspeed=ds, quantization_bytes=quantization_bytes,
     )
 
 
@@ -404,8 +415,8 @@ def _offload_of(zero: dict) -> str:
 def estimate_from_ds_config(model, cfg: LorettaConfig, ds_config, *, nodes: int = 1, gpus_per_node: int = 1,
                             seq_len: int = 4096, gradient_checkpointing: bool = False,
                             micro_batch_size: int | None = None, bf16: bool | None = None, offload: str | None = None,
-                            param_persistence_threshold: int | None = None,
-                            model_name: str = "") -> tuple[MemoryEstimate, list[str]]:
+                            param_persistence_threshold: int | None = None, load_in_4bit: bool = False,
+                            double_quant: bool = True, model_name: str = "") -> tuple[MemoryEstimate, list[str]]:
     """The plan of ``loretta-ds train --ds_config DS_CONFIG`` with these settings, and notes on where
     each setting came from.
 
@@ -458,7 +469,8 @@ def estimate_from_ds_config(model, cfg: LorettaConfig, ds_config, *, nodes: int 
                   param_persistence_threshold=int(zero["stage3_param_persistence_threshold"]),
                   prefetch_bucket_size=int(zero.get("stage3_prefetch_bucket_size", DEFAULT_PREFETCH_BUCKET)),
                   max_live_parameters=int(zero.get("stage3_max_live_parameters", DEFAULT_MAX_LIVE_PARAMETERS)),
-                  max_reuse_distance=int(zero.get("stage3_max_reuse_distance", DEFAULT_MAX_REUSE_DISTANCE)))
+                  max_reuse_distance=int(zero.get("stage3_max_reuse_distance", DEFAULT_MAX_REUSE_DISTANCE)),
+                  load_in_4bit=load_in_4bit, double_quant=double_quant)
     if micro_batch_size is None:
         notes.append(f"micro batch {setup.micro_batch_size}: the trainer's, from the config's batch sizes or its "
                      f"default global batch {DEFAULT_GLOBAL_BATCH} over {setup.world_size} process(es)")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 EXTRA = "qlora"
 INSTALL = f'pip install "loretta_ds[{EXTRA}]"'
@@ -83,7 +83,10 @@ class QuantSpec:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "QuantSpec | None":
-        return cls(**data) if data else None
+        """From ``to_dict`` or ``base_record``'s record (which also lists the quantized weights)."""
+        if not data:
+            return None
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,6 +140,17 @@ def load_quantized(model_dir, spec: QuantSpec, float32: bool = False):
     return model
 
 
+def base_record(model, spec: QuantSpec) -> dict:
+    """What an adapter trained on this 4-bit model records of its base: the spec and the names of
+    the weights the loader quantized (an export dequantizes exactly those)."""
+    return {**spec.to_dict(), "weights": sorted(name for name, param in model.named_parameters() if is_quantized(param))}
+
+
+def recorded_weights(record: dict) -> set[str]:
+    """The quantized weights' names of a ``base_record``."""
+    return set(record.get("weights") or ())
+
+
 def spec_from_settings(train: dict | None, bf16: bool) -> QuantSpec | None:
     """The QuantSpec of a run's settings (TrainConfig.flat() or run_config.json's "train")."""
     if not train or not train.get("load_in_4bit"):
@@ -167,14 +181,6 @@ def quantized_linear_names(model) -> list[str]:
     head = output_head(model)
     return [name for name, module in model.named_modules()
             if isinstance(module, nn.Linear) and module is not head and not _inside_adapter(name)]
-
-
-def quantized_weight_names(model_dir) -> set[str]:
-    """The checkpoint names of the weights a 4-bit load of ``model_dir`` quantizes (from its config
-    alone, on the meta device)."""
-    from .models import load_model_config, meta_model
-
-    return {f"{name}.weight" for name in quantized_linear_names(meta_model(load_model_config(str(model_dir))))}
 
 
 def _inside_adapter(name: str) -> bool:
@@ -222,3 +228,23 @@ def state_bytes(param) -> int:
         for tensor in (nested.absmax, nested.code):
             total += tensor.numel() * tensor.element_size()
     return total
+
+
+def pack_quantized_weights(model, storage_bytes: int, double_quant: bool = True) -> tuple[int, int]:
+    """On a meta-device model: give every weight a 4-bit load quantizes its storage tensor's size
+    (the packed codes, ``packed_numel`` elements of ``storage_bytes`` each: what ZeRO-3 counts,
+    partitions and gathers), so that a memory plan counts them as it counts any weight. Returns
+    (the bytes of the block scales, which stay whole on every process: they are not parameters;
+    the weights of the largest quantized layer, dequantized in full for its matmul)."""
+    import torch
+    from torch import nn
+
+    scale_bytes = largest = 0
+    for name in quantized_linear_names(model):
+        module = model.get_submodule(name)
+        numel = module.weight.numel()
+        scale_bytes += quantized_bytes(numel, double_quant) - math.ceil(numel / 2)
+        largest = max(largest, numel)
+        packed = torch.empty(packed_numel(numel, storage_bytes), 1, device="meta")
+        module.weight = nn.Parameter(packed, requires_grad=False)
+    return scale_bytes, largest

@@ -41,6 +41,7 @@ from .data.chat import CHAT_TEMPLATE_FILE
 from .data.loader import model_inputs, real_token_count, target_count
 from .file_io import write_json_atomically
 from .output_dir import clear_previous_run
+from .quantization import base_record
 from .run_config import TrainConfig
 from .run_dir import RunDir, write_run_record
 from .run_lock import OutputDirBusy, RunLock
@@ -256,7 +257,7 @@ class Trainer:
         model.config.use_cache = False
         if plan.quantization:
             # save_adapter records it: an export or a reload of the adapter rebuilds this base.
-            model.loretta_base_quantization = plan.quantization.to_dict()
+            model.loretta_base_quantization = base_record(model, plan.quantization)
         model, self.trainable_names = attach_adapter(model, plan.adapter)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ..adapters.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter_tensors
-from ..quantization import QuantSpec, quantized_weight_names, require_bitsandbytes
+from ..quantization import QuantSpec, recorded_weights, require_bitsandbytes
 from .checkpoint import BaseCheckpoint, open_base_checkpoint
 from .lora import write_lora
 from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_config, write_merged,
@@ -171,11 +171,12 @@ def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, o
     tensors = read_adapter_tensors(source.adapter_dir)
     updates, norms = rep_updates(source.config, source.meta, tensors), norm_tensors(tensors)
     checkpoint = open_base_checkpoint(base_dir)
-    spec = QuantSpec.from_dict(source.meta.get("base_quantization"))
+    record = source.meta.get("base_quantization")
+    spec = QuantSpec.from_dict(record)
     if spec is not None:
         require_bitsandbytes()  # the base is quantized here as it was for training
         log(f"the adapter trained on a {spec.describe()}: its weights are written dequantized, as the run saw them")
-    quantized = (spec, quantized_weight_names(base_dir)) if spec is not None else None
+    quantized = (spec, recorded_weights(record)) if spec is not None else None
     plan = plan_merged(checkpoint, updates, norms, dtype, shard_limit, quantized)
     total = sum(shard.nbytes for shard in plan)
     _check_disk(staged, total)
