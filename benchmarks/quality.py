@@ -90,6 +90,7 @@ def train(args, task: str, data_dir: Path, method: str, seed: int, lr: float, ru
                "--micro_batch_size", str(args.micro_batch_size), "--grad_accum", "1",
                "--seq_len", str(args.seq_len), "--bf16", str(args.bf16).lower(), "--ds_config", "zero2",
                "--eval_every", str(args.eval_every), "--save_every", "0", "--keep_last", "1",
+               *(["--eval_batches", str(-(-args.eval_items // args.micro_batch_size))] if args.eval_items else []),
                "--export", "false", "--output_dir", str(run_dir), "--overwrite_output_dir", "true"]
     if method.endswith(QUANTIZED_SUFFIX):
         command += ["--load_in_4bit", "true"]
@@ -338,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "quality"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality"))
     parser.add_argument("--fresh", action="store_true", help="train every run again")
+    parser.add_argument("--eval_items", type=int, default=None,
+                        help="score on the first N held-out items of each task (default: all 200)")
     args = parser.parse_args(argv)
 
     from loretta_ds.models import ensure_smollm2
@@ -351,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     data = quality_data.write_tasks(work / f"data-{args.data_seed}", seed=args.data_seed)
-    eval_records = {task: read_jsonl(folder / "validation.jsonl") for task, folder in data.items()}
+    eval_records = {task: read_jsonl(folder / "validation.jsonl")[:args.eval_items] for task, folder in data.items()}
 
     started, load_before = time.perf_counter(), load_average()
     base = {}
@@ -377,6 +380,14 @@ def main(argv: list[str] | None = None) -> int:
                               f"{base['reviews']['score']:.3f}", flush=True)
                 print(f"{task} {method} seed {seed}: {record['score']:.3f} (step {record['step_time_s']:.2f} s, "
                       f"run {wall:.0f} s, load {load_average()})", flush=True)
+        write_results(args, argv, runs, base, seeds[:seeds.index(seed) + 1], lrs, methods, eval_records, started,
+                      load_before, out)
+    return 0
+
+
+def write_results(args, argv, runs, base, seeds, lrs, methods, eval_records, started, load_before, out) -> None:
+    """quality.json, quality.md and quality.png of the runs so far (rewritten after every seed, so
+    an interrupted benchmark leaves the tables of the seeds it finished)."""
     summary = summarize(runs, base)
     command = "nice -n 10 python benchmarks/quality.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
                                                             if (argv if argv is not None else sys.argv[1:]) else "")
@@ -390,8 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(summary, meta)
     (out / "quality.md").write_text(table + "\n")
     plot(summary, runs, out / "quality.png")
-    print(table)
-    return 0
+    print(table, flush=True)
 
 
 if __name__ == "__main__":

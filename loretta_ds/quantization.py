@@ -19,7 +19,6 @@ or dequantized, so counts and memory plans of 4-bit models work without it; nor 
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -39,21 +38,20 @@ def _dtype(name: str):
     return getattr(torch, name)
 
 
-class MissingQuantizationExtra(ImportError):
-    """--load_in_4bit without bitsandbytes installed."""
-
-
-def bitsandbytes_available() -> bool:
-    return importlib.util.find_spec("bitsandbytes") is not None
+class MissingQuantizationExtra(ValueError):
+    """--load_in_4bit without bitsandbytes installed (a user error: the command says how to fix it)."""
 
 
 def require_bitsandbytes() -> None:
-    """Refuse a 4-bit run before anything loads when bitsandbytes is missing, naming the extra."""
-    if not bitsandbytes_available():
+    """Refuse a 4-bit run before anything loads when bitsandbytes is missing (or cannot be imported
+    here), naming the extra."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
         raise MissingQuantizationExtra(
             f"--load_in_4bit needs bitsandbytes, which is not installed: install the optional extra "
             f"'{EXTRA}' ({INSTALL}, or pip install -e \".[{EXTRA}]\" in a checkout), or train without "
-            "--load_in_4bit")
+            "--load_in_4bit") from None
 
 
 @dataclass(frozen=True)
