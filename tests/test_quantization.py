@@ -55,6 +55,23 @@ def test_the_plan_counts_the_quantized_weights_as_packed_codes_and_keeps_the_res
     assert quant.quantization_bytes == scales + 2 * largest and full.quantization_bytes == 0
 
 
+def test_4bit_settings_are_part_of_the_runs_identity_and_verify_frozen_is_refused():
+    from loretta_ds.run_config import config_from_args, identity
+    from loretta_ds.train_plan import check_quantized_run
+
+    plain, quantized = config_from_args({}), config_from_args({"load_in_4bit": "true"})
+    assert identity(plain.flat()) != identity(quantized.flat())  # a run dir refuses to continue under the other
+    assert identity(quantized.flat()) != identity(config_from_args({"load_in_4bit": True,
+                                                                   "bnb_4bit_quant_type": "fp4"}).flat())
+    assert identity({})["load_in_4bit"] is False  # a record written before the flag: a full-precision base
+    check_quantized_run(quantized)
+    with pytest.raises(ValueError, match="--verify_frozen"):
+        check_quantized_run(config_from_args({"load_in_4bit": True, "verify_frozen": True}))
+    spec = QuantSpec.for_run("nf4", True, None, bf16=True)
+    assert (spec.compute_dtype, spec.weight_dtype, spec.storage_dtype) == ("bfloat16", "bfloat16", torch.bfloat16)
+    assert QuantSpec.from_dict({**spec.to_dict(), "weights": ["x.weight"]}) == spec
+
+
 @pytest.mark.slow
 def test_llama2_70b_fits_two_40gb_and_one_80gb_gpus_only_in_4_bits():
     config = load_model_config("llama2-70b")
@@ -93,12 +110,12 @@ def test_without_bitsandbytes_4_bits_are_planned_and_training_is_refused(tmp_pat
     cli = [sys.executable, "-m", "loretta_ds.cli"]
     out = tmp_path / "run"
     train = subprocess.run([*cli, "train", "--load_in_4bit", *flags(out)], env=env, capture_output=True,
-                           text=True, timeout=120)
+                           text=True, timeout=900)
     assert train.returncode == 2, train.stderr[-2000:]
     assert f"'{EXTRA}'" in train.stderr and "loretta_ds[qlora]" in train.stderr and "Traceback" not in train.stderr
     assert "Loading weights" not in train.stderr + train.stdout and not out.exists()
     estimate = subprocess.run([*cli, "estimate", "--model", "llama2-7b", "--load_in_4bit", "--json"], env=env,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=900)
     assert estimate.returncode == 0, estimate.stderr[-2000:]
     assert json.loads(estimate.stdout)["quantization_bytes"] > 0
 
@@ -120,7 +137,7 @@ def test_a_4bit_run_trains_resumes_bit_exactly_and_exports(tmp_path):
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     settings = dict(max_steps=4, save_every=2, eval_every=4, load_in_4bit="true", export="true")
-    code, output = run_to_end(single_command(straight, **settings), tmp_path / "straight.log", timeout=400)
+    code, output = run_to_end(single_command(straight, **settings), tmp_path / "straight.log", timeout=1200)
     assert code == 0, output[-3000:]
     assert "4-bit NF4 base (double quantization" in output
     report = json.loads((straight / "param_report.json").read_text())
@@ -132,7 +149,7 @@ def test_a_4bit_run_trains_resumes_bit_exactly_and_exports(tmp_path):
     assert all(t.dtype == torch.float32 for t in _adapter(straight).values())
 
     code, output = run_to_end(single_command(resumed, resume=str(straight / "checkpoints" / "step-2"),
-                                             **{**settings, "export": "false"}), tmp_path / "resumed.log", timeout=400)
+                                             **{**settings, "export": "false"}), tmp_path / "resumed.log", timeout=1200)
     assert code == 0, output[-3000:]
     first, second = _adapter(straight), _adapter(resumed)
     assert all(torch.equal(first[name], second[name]) for name in first)
@@ -164,7 +181,7 @@ def test_two_ranks_train_a_4bit_base_under_zero3_and_export(tmp_path):
 
     out = tmp_path / "run"
     code, output = run_to_end(deepspeed_command(out, ds_config=ZERO3, max_steps=2, save_every=2,
-                                                load_in_4bit="true", export="true"), tmp_path / "run.log", timeout=500)
+                                                load_in_4bit="true", export="true"), tmp_path / "run.log", timeout=1200)
     assert code == 0, output[-3000:]
     report = json.loads((out / "param_report.json").read_text())
     assert report["world_size"] == 2 and report["zero_stage"] == 3 and report["frozen_partitioned_tensors"] >= 14
