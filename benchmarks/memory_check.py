@@ -218,7 +218,7 @@ def activation_peak(model_dir: str, method: str, seq_len: int, micro_batch_size:
     from transformers import AutoModelForCausalLM
 
     from loretta_ds import LorettaConfig, inject
-    from loretta_ds.trainer import token_loss_sum
+    from loretta_ds.loss import token_loss_sum
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32,

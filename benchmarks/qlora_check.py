@@ -53,7 +53,7 @@ def weight_saving_mb(model_dir: str, element_bytes: int) -> float:
 
 
 def memory(args) -> dict:
-    from loretta_ds.models import ensure_smollm2
+    from benchmarks.smollm2 import ensure_smollm2
 
     model = str(ensure_smollm2())
     work = Path(tempfile.mkdtemp(prefix="qlora_memory-"))

@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="score on the first N held-out items of each task (default: all 200)")
     args = parser.parse_args(argv)
 
-    from loretta_ds.models import ensure_smollm2
+    from benchmarks.smollm2 import ensure_smollm2
 
     args.model = args.model or str(ensure_smollm2())
     lrs = parse_lrs(args.lr)

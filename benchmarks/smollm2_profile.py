@@ -59,7 +59,7 @@ def breakdown(path: str | Path) -> tuple[int, collections.Counter]:
         stack, _, count = line.rpartition(" ")
         if not stack.startswith("<module>"):  # other threads (tqdm monitor, heartbeat): idle
             continue
-        if "Trainer.train (" not in stack or "Trainer.evaluate (" in stack or "save_checkpoint (" in stack:
+        if "Trainer.train (" not in stack or "Trainer.evaluate_and_log (" in stack or "save_checkpoint (" in stack:
             continue  # setup, the final evaluation and checkpoint, shutdown: not a training step
         frames = _frame_names(stack)
         total += int(count)

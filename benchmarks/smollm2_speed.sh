@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step time of SmolLM2-135M-Instruct (the real checkpoint, loretta_ds.models.ensure_smollm2) under
+# Step time of SmolLM2-135M-Instruct (the real checkpoint, benchmarks.smollm2.ensure_smollm2) under
 # 2-process ZeRO-3 with CPU offload, through the real trainer (launch/train.py), LoRETTA against
 # stock PEFT LoRA r=8 (--method lora) with the same DeepSpeed config, data, batch and steps.
 #
@@ -35,7 +35,7 @@ WARMUP=${WARMUP:-2}
 MEASURE=${MEASURE:-6}
 PORT=${PORT:-29741}
 mkdir -p "$WORK" "$OUT"
-MODEL=$("$PY" -c "from loretta_ds.models import ensure_smollm2; print(ensure_smollm2())" | tail -1)
+MODEL=$("$PY" -c "from benchmarks.smollm2 import ensure_smollm2; print(ensure_smollm2())" | tail -1)
 
 runs=()
 for repeat in $(seq 1 "${REPEATS:-3}"); do

@@ -16,13 +16,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .adapters.config import METHODS as LORETTA_METHODS
 from .adapters.config import AdapterSettings
+from .data.formats import FORMATS
 from .quantization import COMPUTE_DTYPES, EXTRA as QUANT_EXTRA, QUANT_TYPES
 from .settings import add_flags, coerce, parse_bool, setting
 from .tiny_llama import TINY_LLAMA_NAME as BUILTIN_MODEL
 
-FORMATS = ("auto", "text", "prompt_completion", "instruction", "classification", "chat")
-METHODS = ("rep", "adp", "lora")
+# The adapter methods (adapters.config.METHODS) and the LoRA baseline.
+TRAIN_METHODS = (*LORETTA_METHODS, "lora")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 # A config shipped with the package (loretta_ds/ds_configs/, linked from the checkout's ds_configs/):
 # the default resolves in a checkout and in a non-editable install alike.
@@ -65,7 +67,7 @@ class TrainConfig:
     ds_config: str = setting(DEFAULT_DS_CONFIG,
                              help="DeepSpeed JSON config: a file, or a shipped one by name (zero3_offload, zero3, "
                                   f"zero2; default {DEFAULT_DS_CONFIG}); \"auto\" values are filled from these flags")
-    method: str = setting("rep", choices=METHODS,
+    method: str = setting("rep", choices=TRAIN_METHODS,
                           help="rep (TT-factored LoRA update, mergeable) | adp (TT bottleneck adapters) | lora "
                                "(PEFT LoRA on the same targets, a baseline) (default rep)")
     adapter: AdapterSettings = setting(default_factory=AdapterSettings, flag=False,
@@ -278,7 +280,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     dataset = (cfg.dataset,) if isinstance(cfg.dataset, str) else tuple(str(d) for d in (cfg.dataset or ()))
     if dataset != cfg.dataset:
         changes["dataset"] = dataset
-    for name, allowed in (("format", FORMATS), ("method", METHODS), ("attn", ATTENTION)):
+    for name, allowed in (("format", FORMATS), ("method", TRAIN_METHODS), ("attn", ATTENTION)):
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"unknown {name} {getattr(cfg, name)!r}: use one of {', '.join(allowed)}")
     for name in ("bf16", "gradient_checkpointing", "export", "verify_frozen", "overwrite_output_dir",

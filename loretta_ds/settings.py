@@ -146,7 +146,3 @@ def _number(key: str, value, base: str):
         if isinstance(number, int) or (math.isfinite(number) and float(number).is_integer()):
             return int(number)
     raise ValueError(f"{key} must be {'a whole number' if base == 'int' else 'a number'}, got {value!r}")
-
-
-def field_help(cls, key: str) -> str:
-    return {f.name: f for f in dataclasses.fields(cls)}[key].metadata["help"]

@@ -4,7 +4,7 @@ any model weight loads and before anything is written.
 ``build_plan`` reads the DeepSpeed config, the model's config (never its weights), a meta-device
 copy of the model with the adapter (for target names and tensor sizes), the tokenizer and the
 data; it fills the config's "auto" values and fixes the number of steps. ``choose_resume`` then
-checks the output directory against the run (loretta_ds.output_dir: whose files are there) and
+checks the output directory against the run (loretta_ds.run.contents: whose files are there) and
 picks the checkpoint to continue from. The run config is only read: what is resolved lives in the
 ``Plan`` (and ``Plan.settings`` is what run_config.json records as "train").
 """
@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from . import output_dir as guards
+from .run import contents as guards
 from .adapters import inject, trainable_parameter_names
 from .adapters.config import AdapterSettings, LorettaConfig
 from .distributed import checkpoint as ckpt
@@ -29,7 +29,7 @@ from .distributed.ds_config import (RunFacts, load_ds_config, resolve_ds_config,
 from .quantization import QuantSpec, require_bitsandbytes
 from .run_config import (DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_GRAD_CLIP, DEFAULT_LR, LENGTH_KEYS,
                          TrainConfig, identity)
-from .run_dir import RunDir, RunRecord, read_run_record
+from .run.directory import RunDir, RunRecord, read_run_record
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,10 @@ class Plan:
     quantization: QuantSpec | None = None  # --load_in_4bit: how the frozen base is quantized
     warnings: list[str] = field(default_factory=list)  # settings that run but are probably not meant
     resume: ResumePoint = field(default_factory=ResumePoint)
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.cfg.output_dir)
 
     @property
     def zero3(self) -> bool:
@@ -232,7 +236,7 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     stage = zero_stage(raw_ds_config)
     # A mistyped data path or name is the commonest error: reported in seconds, before the model's
     # config and classes are read. The parsed specs are what the data preparation reads.
-    from .data.loading import parse_dataset_specs
+    from .data.files import parse_dataset_specs
 
     specs = parse_dataset_specs(list(cfg.dataset) or None)
     attn = resolve_attention(cfg.attn)
@@ -295,7 +299,7 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
 
 def make_batches(plan: Plan, rank: int):
     """This rank's training batches (loretta_ds.data's sharded, seeded, resumable order)."""
-    from .data.loader import ShardedBatches
+    from .data.batches import ShardedBatches
     from .data.packing import PackedBatches
 
     seed = plan.cfg.seed
@@ -357,101 +361,74 @@ def compare_with_source_run(plan: Plan, checkpoint: ckpt.CheckpointInfo, log: Ca
     return changes
 
 
-def _previous_run(cfg: TrainConfig) -> RunRecord | None:
+def _previous_run(cfg: TrainConfig, run_dir: RunDir) -> RunRecord | None:
     """The record of the run OUTPUT_DIR already holds, if any."""
     try:
-        return read_run_record(cfg.output_dir)
+        return read_run_record(run_dir)
     except ValueError:
         if cfg.overwrite_output_dir:
             return None  # a damaged record of a run that is being started over
-        raise ValueError(f"{RunDir(cfg.output_dir).run_config} is not a valid run record (not JSON, or not "
+        raise ValueError(f"{run_dir.run_config} is not a valid run record (not JSON, or not "
                          "written by this trainer); this directory holds a damaged run: choose another "
                          "--output_dir, or pass --overwrite_output_dir to start over there") from None
 
 
-def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
-    """Check OUTPUT_DIR against this run and decide where it starts.
+def _new_length(plan: Plan, previous: RunRecord | None) -> tuple[int, int] | None:
+    """(steps there, steps now) when this run continues the one OUTPUT_DIR holds to another length;
+    refuses a run there with any other setting changed."""
+    if previous is None:
+        return None
+    mine, theirs = identity(plan.settings), identity(previous.train)
+    changed = [k for k in mine if mine[k] != theirs.get(k)]
+    if set(changed) - set(LENGTH_KEYS):
+        diffs = [f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in changed]
+        raise ValueError(f"{plan.run_dir} holds another run with a different config ({'; '.join(diffs)}). "
+                         "Only its length (--max_steps, --epochs, --warmup_steps) may change when it is "
+                         "continued; for other settings choose another --output_dir (and --resume PATH "
+                         "--allow_config_change true to start from one of its checkpoints), or pass "
+                         "--overwrite_output_dir to start over there.")
+    return (theirs.get("max_steps"), plan.total_steps) if changed else None
 
-    Refuses the base model's directory; a directory with files of a user's where the run
-    replaces files; a new run in a directory holding files that are not a run's; a directory
-    holding a run with a different config; --resume none over an existing run; and every
-    checkpoint damaged. --overwrite_output_dir starts over instead of the last three (what to
-    clear goes into ``start_over``). ``finished`` when this exact run already finished there
-    (nothing to do). Reads only; nothing is written.
-    """
-    cfg = plan.cfg
-    output_dir = Path(cfg.output_dir)
-    guards.check_not_model_dir(output_dir, plan.model_path)
-    found = guards.survey(output_dir)
-    guards.check_collisions(output_dir, found)
-    previous = _previous_run(cfg)
-    complete, torn = ckpt.list_checkpoints(output_dir)
-    if cfg.overwrite_output_dir:
-        if cfg.resume not in ("auto", "none"):
-            raise ValueError(f"--overwrite_output_dir starts the run over in {output_dir}, so it cannot also "
-                             f"--resume {cfg.resume}; drop one of the two")
-        return ResumePoint(start_over=found)
-    if previous is None and not complete and not torn:
-        guards.check_new_run_dir(output_dir, found, overwrite_output_dir=False)
-    new_length = None  # (steps there, steps now) when this run continues that one to another length
-    if previous is not None:
-        mine, theirs = identity(plan.settings), identity(previous.train)
-        changed = [k for k in mine if mine[k] != theirs.get(k)]
-        if set(changed) - set(LENGTH_KEYS):
-            diffs = [f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in changed]
-            raise ValueError(f"{output_dir} holds another run with a different config ({'; '.join(diffs)}). "
-                             "Only its length (--max_steps, --epochs, --warmup_steps) may change when it is "
-                             "continued; for other settings choose another --output_dir (and --resume PATH "
-                             "--allow_config_change true to start from one of its checkpoints), or pass "
-                             "--overwrite_output_dir to start over there.")
-        if changed:
-            new_length = (theirs.get("max_steps"), plan.total_steps)
-    if cfg.resume == "none":
-        if previous is not None or complete or torn:
-            raise ValueError(f"{output_dir} already holds a run and --resume none would overwrite it; "
-                             "pass --resume auto to continue it, --overwrite_output_dir to start over, "
-                             "or choose another --output_dir")
-        return ResumePoint()
-    resumed_from = None
-    if cfg.resume == "auto":
-        finished = previous is not None and previous.finished and RunDir(output_dir).adapter.is_dir()
-        if finished and new_length is None:
-            log(f"{output_dir} holds this run, finished at step {previous.final_step}: nothing to do "
-                f"(the adapter is in {RunDir(output_dir).adapter})")
-            return ResumePoint(finished=True)
-        if new_length is not None:
-            log(f"continuing {output_dir}, a {new_length[0]}-step run, to {new_length[1]} steps: the lr schedule "
-                f"is recomputed for {new_length[1]} steps ({plan.warmup_steps} of warmup)")
-        # An interrupted save (a temporary directory) was never a checkpoint; a step-N directory was.
-        damaged = [info for info in torn if info.path.name.startswith("step-")]
-        if damaged and not complete:
-            names = "; ".join(f"{info.path.name}: {info.problem}" for info in damaged)
-            raise ValueError(f"every checkpoint in {ckpt.checkpoints_dir(output_dir)} is damaged ({names}), so "
-                             "--resume auto has nothing to continue from, and it does not start over by itself "
-                             "(that would replace them and metrics.jsonl). Keep what you need, then pass "
-                             "--overwrite_output_dir to start over there, or choose another --output_dir")
-        for info in torn:
-            log(f"ignoring torn checkpoint {info.path}: {info.problem}")
-        if previous is not None:  # a continued run still started where it started
-            resumed_from = previous.resumed_from
-        checkpoint = complete[-1] if complete else None
-    else:
-        path = Path(cfg.resume)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--resume {path}: no such checkpoint directory; pass "
-                                    "OUTPUT_DIR/checkpoints/step-N, auto or none")
-        problem = ckpt.check_checkpoint(path)
-        if problem:
-            raise ValueError(f"--resume {path} is not a complete checkpoint: {problem}")
-        ckpt.refuse_pickles(path)
-        checkpoint = ckpt.CheckpointInfo(path, int(ckpt.load_trainer_state(path)["step"]))
-    if checkpoint is None:
-        return ResumePoint(resumed_from=resumed_from)
-    path = checkpoint.path
+
+def _newest_of_this_run(plan: Plan, complete: list, torn: list, log: Callable[[str], None]
+                        ) -> ckpt.CheckpointInfo | None:
+    """--resume auto: the newest complete checkpoint in OUTPUT_DIR (None: none there). Refuses a
+    directory whose every checkpoint is damaged; interrupted saves are reported and skipped."""
+    # An interrupted save (a temporary directory) was never a checkpoint; a step-N directory was.
+    damaged = [info for info in torn if info.path.name.startswith("step-")]
+    if damaged and not complete:
+        names = "; ".join(f"{info.path.name}: {info.problem}" for info in damaged)
+        raise ValueError(f"every checkpoint in {plan.run_dir.checkpoints} is damaged ({names}), so "
+                         "--resume auto has nothing to continue from, and it does not start over by itself "
+                         "(that would replace them and metrics.jsonl). Keep what you need, then pass "
+                         "--overwrite_output_dir to start over there, or choose another --output_dir")
+    for info in torn:
+        log(f"ignoring torn checkpoint {info.path}: {info.problem}")
+    return complete[-1] if complete else None
+
+
+def _named_checkpoint(resume: str) -> ckpt.CheckpointInfo:
+    """--resume PATH: that checkpoint, which must be complete."""
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint directory; pass "
+                                "OUTPUT_DIR/checkpoints/step-N, auto or none")
+    problem = ckpt.check_checkpoint(path)
+    if problem:
+        raise ValueError(f"--resume {path} is not a complete checkpoint: {problem}")
+    ckpt.refuse_pickles(path)
+    return ckpt.CheckpointInfo(path, int(ckpt.load_trainer_state(path)["step"]))
+
+
+def _resume_from(plan: Plan, checkpoint: ckpt.CheckpointInfo, resumed_from: dict | None,
+                 log: Callable[[str], None]) -> ResumePoint:
+    """Check that ``checkpoint`` fits this run (tensors, settings when it is another run's, data
+    position, length) before anything loads."""
+    cfg, path = plan.cfg, checkpoint.path
     ckpt.refuse_pickles(path)  # first: nothing of a planted checkpoint is read beyond its names
     ckpt.check_fits(path, plan.trainable_shapes)
     ckpt.check_loadable(path)
-    if cfg.resume != "auto" and path.resolve().parent != ckpt.checkpoints_dir(output_dir).resolve():
+    if cfg.resume != "auto" and path.resolve().parent != plan.run_dir.checkpoints.resolve():
         # Another run's checkpoint: its tensors fit; do its settings match this run's?
         changes = compare_with_source_run(plan, checkpoint, log)
         if changes:
@@ -467,3 +444,49 @@ def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
     if step > plan.total_steps:
         raise ValueError(f"checkpoint {path} is at step {step}, beyond this run's {plan.total_steps} steps")
     return ResumePoint(checkpoint=checkpoint, state=state, resumed_from=resumed_from)
+
+
+def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
+    """Check OUTPUT_DIR against this run and decide where it starts.
+
+    Refuses the base model's directory; a directory with files of a user's where the run
+    replaces files; a new run in a directory holding files that are not a run's; a directory
+    holding a run with a different config; --resume none over an existing run; and every
+    checkpoint damaged. --overwrite_output_dir starts over instead of the last three (what to
+    clear goes into ``start_over``). ``finished`` when this exact run already finished there
+    (nothing to do). Reads only; nothing is written.
+    """
+    cfg, run_dir = plan.cfg, plan.run_dir
+    guards.check_not_model_dir(run_dir, plan.model_path)
+    found = guards.survey(run_dir)
+    guards.check_collisions(run_dir, found)
+    previous = _previous_run(cfg, run_dir)
+    complete, torn = ckpt.list_checkpoints(run_dir)
+    if cfg.overwrite_output_dir:
+        if cfg.resume not in ("auto", "none"):
+            raise ValueError(f"--overwrite_output_dir starts the run over in {run_dir}, so it cannot also "
+                             f"--resume {cfg.resume}; drop one of the two")
+        return ResumePoint(start_over=found)
+    if previous is None and not complete and not torn:
+        guards.check_new_run_dir(run_dir, found, overwrite_output_dir=False)
+    new_length = _new_length(plan, previous)
+    if cfg.resume == "none":
+        if previous is not None or complete or torn:
+            raise ValueError(f"{run_dir} already holds a run and --resume none would overwrite it; "
+                             "pass --resume auto to continue it, --overwrite_output_dir to start over, "
+                             "or choose another --output_dir")
+        return ResumePoint()
+    if cfg.resume != "auto":
+        return _resume_from(plan, _named_checkpoint(cfg.resume), None, log)
+    if previous is not None and previous.finished and run_dir.adapter.is_dir() and new_length is None:
+        log(f"{run_dir} holds this run, finished at step {previous.final_step}: nothing to do "
+            f"(the adapter is in {run_dir.adapter})")
+        return ResumePoint(finished=True)
+    if new_length is not None:
+        log(f"continuing {run_dir}, a {new_length[0]}-step run, to {new_length[1]} steps: the lr schedule "
+            f"is recomputed for {new_length[1]} steps ({plan.warmup_steps} of warmup)")
+    resumed_from = previous.resumed_from if previous is not None else None  # a continued run started there
+    checkpoint = _newest_of_this_run(plan, complete, torn, log)
+    if checkpoint is None:
+        return ResumePoint(resumed_from=resumed_from)
+    return _resume_from(plan, checkpoint, resumed_from, log)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import PREEMPTED_EXIT_CODE
 from .adapters import save_adapter
+from .adapters.io import CHAT_TEMPLATE_NAME
 from .adapters.config import MERGEABLE_METHODS
 from .distributed import checkpoint as ckpt
 from .distributed import engine as dist
@@ -37,43 +37,17 @@ from .distributed.ds_config import batch_summary
 from .distributed.errors import LostRank, RunFailure
 from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat
 from .distributed.stop import StopRequest
-from .data.chat import CHAT_TEMPLATE_FILE
-from .data.loader import model_inputs, real_token_count, target_count
+from .data.batches import real_token_count
 from .file_io import write_json_atomically
-from .output_dir import clear_previous_run
 from .quantization import base_record
+from .run.contents import clear_previous_run
 from .run_config import TrainConfig
-from .run_dir import RunDir, write_run_record
-from .run_lock import OutputDirBusy, RunLock
-from .train_metrics import MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
+from .run.directory import RunDir, write_run_record
+from .run.lock import OutputDirBusy, RunLock
+from .run.metrics import MetricsLog, Progress, StepTimer, memory_stats, plot_losses, read_metrics
 from .train_plan import Plan, attach_adapter, build_plan, choose_resume, make_batches
-
-IGNORE_INDEX = -100
-
-
-def token_loss_sum(model, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
-    """Summed next-token cross-entropy of a training batch (padded or packed) over its targets."""
-    inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-    if "attention_mask" not in inputs:
-        # Packed rows: without a cache transformers masks attention by the position_ids' sequences.
-        inputs["use_cache"] = False
-    logits = model(**inputs).logits
-    targets = batch["labels"][:, 1:].to(device)
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def global_loss_scale(micro_batches: list[dict], grad_accum: int, world_size: int) -> tuple[float, int]:
-    """(factor for each micro batch's summed loss, target tokens of the global batch).
-
-    DeepSpeed divides each loss by grad_accum and averages the gradients over the ranks; with
-    this factor the step's gradient is that of the mean loss over every target token of the
-    global batch, however its tokens fall into rows, micro batches and ranks (packed and padded
-    runs optimize the same objective). One all-reduce of a count per step.
-    """
-    (targets,) = dist.sum_over_ranks([sum(target_count(b) for b in micro_batches)])
-    targets = max(int(targets), 1)
-    return grad_accum * world_size / targets, targets
+from .evaluate import describe_eval, evaluate, sample_generations
+from .loss import global_loss_scale, token_loss_sum
 
 
 class TrainingDiverged(RunFailure):
@@ -110,8 +84,7 @@ class Trainer:
         self.cfg = cfg
         self.callbacks = tuple(callbacks)
         self.rank, self.local_rank, self.world_size = dist.world_from_environment()
-        self.output_dir = Path(cfg.output_dir)
-        self.run_dir = RunDir(self.output_dir)
+        self.run_dir = RunDir(cfg.output_dir)
         self.plan: Plan | None = None
         self.model = None
         self.engine = None
@@ -174,7 +147,7 @@ class Trainer:
             if self.world_size > 1 and dist.is_collective_failure(err):
                 lost = self._heartbeat.lost_ranks() if self._heartbeat is not None else []
                 reporter = min(r for r in range(self.world_size) if r not in lost)
-                newest = ckpt.latest_checkpoint(self.output_dir, log=lambda message: None)
+                newest = ckpt.latest_checkpoint(self.run_dir, log=lambda message: None)
                 message = describe_lost_rank(err, lost, self.world_size, self.step, self.cfg.dist_timeout,
                                              newest.path if newest else None)
                 raise LostRank(message, reporter=reporter) from err
@@ -215,7 +188,7 @@ class Trainer:
 
     def _try_lock(self, create: bool) -> RunLock | None:
         try:
-            return RunLock.acquire(self.output_dir, create=create, log=self.log)
+            return RunLock.acquire(self.run_dir, create=create, log=self.log)
         except OutputDirBusy as err:
             self._lock_refusal = err
             return None
@@ -224,16 +197,16 @@ class Trainer:
         """Every rank learns whether rank 0 holds OUTPUT_DIR (a refusal ends them all, at once,
         with rank 0's message); then a start-over clears the earlier run's own files."""
         if self.world_size > 1 and dist.any_rank(self._lock_refusal is not None):
-            raise self._lock_refusal or OutputDirBusy(f"{self.output_dir} is in use by another run (see rank 0)")
+            raise self._lock_refusal or OutputDirBusy(f"{self.run_dir} is in use by another run (see rank 0)")
         if self.rank == 0 and self.plan.resume.start_over is not None:
-            clear_previous_run(self.output_dir, self.plan.resume.start_over, self.log)
+            clear_previous_run(self.run_dir, self.plan.resume.start_over, self.log)
 
     def write_run_config(self, finished: bool, **final) -> None:
         """OUTPUT_DIR/run_config.json: what was trained on what (export and generate read it)."""
         if self.rank != 0:
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_run_record(self.output_dir, self.plan.record(finished, **final))
+        self.run_dir.root.mkdir(parents=True, exist_ok=True)
+        write_run_record(self.run_dir, self.plan.record(finished, **final))
 
     # --- 2. model: partitioned as it loads, adapter injected into the partitioned model -----
 
@@ -324,9 +297,9 @@ class Trainer:
 
     def train(self) -> int:
         plan, cfg, engine = self.plan, self.cfg, self.engine
-        metrics = MetricsLog(self.output_dir, self.rank == 0, resume_step=self.step)
+        metrics = MetricsLog(self.run_dir, self.rank == 0, resume_step=self.step)
         if metrics.tensorboard:
-            self.log(f"TensorBoard logs in {self.output_dir / 'tensorboard'}")
+            self.log(f"TensorBoard logs in {self.run_dir.tensorboard}")
         if self.step == 0 and plan.data.eval is not None:
             with dist.untraced_forwards(engine) if plan.zero3 else contextlib.nullcontext():
                 self.evaluate_and_log(metrics)
@@ -388,7 +361,7 @@ class Trainer:
                 last = self.step == plan.total_steps
                 if plan.data.eval is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
                     self.evaluate_and_log(metrics)
-                    progress.write(self.describe_eval(self.history[-1]))
+                    progress.write(describe_eval(self.history[-1]))
                     if not math.isfinite(self.history[-1]["loss"]):
                         raise TrainingDiverged(self.divergence_message(
                             f"the evaluation at step {self.step} gave a non-finite loss "
@@ -420,7 +393,7 @@ class Trainer:
         """Why the run stops, and the checkpoint to trust: the newest one written before the update
         that started the divergence (a later one may hold parameters that are finite but broken)."""
         suspect_from = suspect_from if suspect_from is not None else self.suspect_from
-        complete, _ = ckpt.list_checkpoints(self.output_dir)
+        complete, _ = ckpt.list_checkpoints(self.run_dir)
         good = [c for c in complete if suspect_from is None or c.step < suspect_from]
         # A run started from another directory's checkpoint: that one is sound if it came first.
         started_from = self.plan.resume.checkpoint
@@ -428,7 +401,7 @@ class Trainer:
             if not good or good[-1].step < started_from.step:
                 good.append(started_from)
         where = (f"the last good checkpoint is {good[-1].path} (step {good[-1].step})" if good
-                 else f"no checkpoint in {ckpt.checkpoints_dir(self.output_dir)} is from before the divergence")
+                 else f"no checkpoint in {self.run_dir.checkpoints} is from before the divergence")
         return (f"the training diverged: {what}; stopping without saving this state (no adapter, no merged "
                 f"export), and {where}. Lower --lr (or raise --warmup_steps), enable --grad_clip, or check "
                 "the data, and train again in a new --output_dir")
@@ -436,84 +409,17 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {"data": self.batches.state_dict(), "bad_streak": self.bad_streak, "bad_total": self.bad_total,
                  "world_size": self.world_size, "global_batch": self.plan.global_batch}
-        ckpt.save_checkpoint(self.output_dir, self.step, self.engine, self.model, self.trainable_names, state,
+        ckpt.save_checkpoint(self.run_dir, self.step, self.engine, self.model, self.trainable_names, state,
                              self.cfg.keep_last, self.rank, log=self.log)
 
     def evaluate_and_log(self, metrics: MetricsLog) -> None:
-        metrics.log(self.evaluate())
-        if self.cfg.eval_generate:
-            metrics.log(self.sample_generations())
-
-    @torch.no_grad()
-    def sample_generations(self) -> dict:
-        """Greedy completions of the first --eval_generate eval prompts, beside their references (the
-        way a fine-tune is checked by eye). Every rank generates the same ones: under ZeRO-3 each
-        forward is a collective, so all ranks step together (synced_gpus)."""
-        from .data.evaluation import generation_prompts
-        from .generation import generation_config
-
-        plan, tokenizer = self.plan, self.plan.tokenizer
-        device = dist.device()
-        model = self.engine.module
-        model.eval()
-        samples = []
-        for prompt, reference in generation_prompts(plan.data.eval, self.cfg.eval_generate):
-            ids = torch.tensor([prompt], device=device)
-            config = generation_config(model, tokenizer, max_new_tokens=min(64, len(reference) + 16))
-            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                                    synced_gpus=plan.zero3 and self.world_size > 1,
-                                    use_cache=not self.cfg.gradient_checkpointing)
-            samples.append({"prompt": tokenizer.decode(prompt, skip_special_tokens=True),
-                            "prompt_ids": prompt, "max_new_tokens": config.max_new_tokens,
-                            "reference": tokenizer.decode(reference, skip_special_tokens=True),
-                            "output": tokenizer.decode(output[0, len(prompt):].tolist(), skip_special_tokens=True)})
-        self.engine.train()
-        return {"kind": "generation", "step": self.step, "samples": samples}
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Eval loss and perplexity on the eval split (sharded over ranks); accuracy by label-word
-        likelihood for classification data. Every rank runs the same number of forwards."""
-        from .data.evaluation import sharded_label_word_hits
-        from .data.loader import eval_batches
-
-        plan, engine = self.plan, self.engine
-        data, device = plan.data, dist.device()
-        engine.eval()
-        loss_sum, token_count = 0.0, 0
-        batches = eval_batches(data.eval, plan.micro_batch_size, data.pad_id, self.rank, self.world_size)
-        for index, batch in enumerate(batches):
-            if self.cfg.eval_batches is not None and index >= self.cfg.eval_batches:
-                break
-            logits = engine(input_ids=batch["input_ids"].to(device),
-                            attention_mask=batch["attention_mask"].to(device)).logits
-            targets = batch["labels"][:, 1:].to(device)
-            loss_sum += F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                        ignore_index=IGNORE_INDEX, reduction="sum").item()
-            token_count += int((targets != IGNORE_INDEX).sum())
-        correct = counted = 0
-        records = self.classification_records
-        if records is not None:
-            limit = (None if self.cfg.eval_batches is None
-                     else self.cfg.eval_batches * plan.micro_batch_size * self.world_size)
-            correct, counted = sharded_label_word_hits(engine, plan.tokenizer, records, data.label_words,
-                                                       data.seq_len, 2 * plan.micro_batch_size,
-                                                       self.rank, self.world_size, limit)
-        loss_sum, token_count, correct, counted = dist.sum_over_ranks([loss_sum, token_count, correct, counted])
-        engine.train()
-        mean = loss_sum / max(token_count, 1)
-        record = {"kind": "eval", "step": self.step, "loss": mean, "perplexity": math.exp(min(mean, 50.0))}
-        if counted:
-            record["accuracy"] = correct / counted
+        record = evaluate(self.engine, self.plan, self.classification_records, self.cfg.eval_batches,
+                          self.rank, self.world_size, self.step)
         self.history.append(record)
-        return record
-
-    @staticmethod
-    def describe_eval(record: dict) -> str:
-        text = f"eval step {record['step']}: loss {record['loss']:.4f}, perplexity {record['perplexity']:.2f}"
-        if "accuracy" in record:
-            text += f", accuracy {record['accuracy']:.3f}"
-        return text
+        metrics.log(record)
+        if self.cfg.eval_generate:
+            metrics.log(sample_generations(self.engine, self.plan, self.cfg.eval_generate, self.world_size,
+                                           self.step))
 
     # --- 6. save: adapter, plot, finished run config, merged export -------------------------
 
@@ -539,10 +445,10 @@ class Trainer:
             if plan.data.chat_template is not None:
                 # The template the chat data was rendered with travels with the adapter (and into
                 # the merged export), so generation uses the same turns as training.
-                (adapter_dir / CHAT_TEMPLATE_FILE).write_text(plan.data.chat_template, encoding="utf-8")
+                (adapter_dir / CHAT_TEMPLATE_NAME).write_text(plan.data.chat_template, encoding="utf-8")
             if frozen is not None:
                 write_json_atomically(self.run_dir.param_report, self.param_report)
-            plot = plot_losses(self.output_dir)
+            plot = plot_losses(self.run_dir)
             elapsed = time.perf_counter() - self.started
             summary = self.summary()
             self.write_run_config(finished=True, final_step=self.step, bad_steps=self.bad_total,
@@ -580,7 +486,7 @@ class Trainer:
         from .export import export_run_merged
 
         try:
-            out = export_run_merged(self.output_dir)
+            out = export_run_merged(self.run_dir)
         except (ValueError, FileNotFoundError, OSError) as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             return 1

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "launch" / "train.py")
 ZERO3 = str(REPO / "ds_configs" / "zero3.json")
 ZERO3_OFFLOAD = str(REPO / "ds_configs" / "zero3_offload.json")
-SAVE_DELAY_ENV = "LORETTA_DS_TEST_SAVE_DELAY"
+SAVE_DELAY_ENV = "LORETTA_DS_TEST_SAVE_DELAY"  # read by tests/hooks/sitecustomize.py
+HOOKS = str(Path(__file__).resolve().parent / "hooks")
 
 # Small and fast: the built-in model on the bundled task, short sequences, no eval, no export.
 # Enough steps that a signal sent after a few of them always lands before the end.
@@ -43,6 +44,8 @@ def clean_env(**extra: str) -> dict:
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SAVE_DELAY_ENV)}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra)
+    if extra.get(SAVE_DELAY_ENV):  # the hook that slows saves down loads at start-up from HOOKS
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (HOOKS, env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -147,7 +150,7 @@ def run_to_end(command: list[str], log: Path, timeout: float = 300, **env: str) 
 def metric_records(output_dir: Path, kind: str = "train") -> list[dict]:
     """OUTPUT_DIR/metrics.jsonl records of one kind (train, eval, generation), read as the trainer
     reads them back (a line being written is ignored): every test reads metrics through here."""
-    from loretta_ds.train_metrics import read_metrics
+    from loretta_ds.run.metrics import read_metrics
 
     return [r for r in read_metrics(Path(output_dir) / "metrics.jsonl") if r.get("kind") == kind]
 

@@ -187,7 +187,7 @@ def test_llama2_7b_rep_checkpoint_is_over_10x_smaller_than_lora():
     from benchmarks.harness.checkpoints import checkpoint_table, trainable_file_bytes
     rep_params, rep_bytes = trainable_file_bytes("llama2-7b", "rep")
     lora_params, lora_bytes = trainable_file_bytes("llama2-7b", "lora")
-    assert (rep_params, lora_params) == (368_640, 4_194_304)  # LORETTA.md's table (norms included)
+    assert (rep_params, lora_params) == (368_640, 4_194_304)  # the reference implementation's counts (norms included)
     assert lora_bytes >= 10 * rep_bytes
     # bf16 values plus the safetensors header: one entry per TT matrix and norm, not per core
     # (one per core made the header 10% of the file).

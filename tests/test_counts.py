@@ -1,4 +1,4 @@
-"""Exact trainable-parameter counts on meta-device LLaMA-2 models (the table in LORETTA.md)."""
+"""Exact trainable-parameter counts on meta-device LLaMA-2 models (the reference implementation's counts)."""
 import pytest
 
 from loretta_ds import LorettaConfig, count_parameters, inject

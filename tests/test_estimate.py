@@ -14,7 +14,7 @@ from loretta_ds.models import load_model_config, meta_model
 from benchmarks.harness.memory import saved_tensor_bytes
 from tiny_models import tiny_llama_config
 
-# LORETTA.md's parameter table (reference code's counts, norms included).
+# The reference implementation's parameter counts (loretta 0.1.0, norms included).
 PAPER_COUNTS = {("llama2-7b", "rep"): 368_640, ("llama2-7b", "adp"): 876_800,
                 ("llama2-13b", "rep"): 531_520, ("llama2-13b", "adp"): 1_292_400,
                 ("llama2-70b", "rep"): 1_667_712, ("llama2-70b", "adp"): 3_991_552}

@@ -1,8 +1,8 @@
 """The package's import graph keeps its layers: nothing imports a layer above it or a sibling of its
-own layer, and deepspeed is imported only in distributed/.
+own layer, no module imports itself back through others (no cycle), and deepspeed is imported only in distributed/.
 
 Every import statement of every module is read (those inside functions too), so a lazy import
-cannot hide a dependency. The layers, bottom to top, are LAYERS below (README.md, "Layout").
+cannot hide a dependency. The layers, bottom to top, are LAYERS below (docs/architecture.md, "Layout").
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "loretta_ds"
 
 LAYERS = [
     {"loretta_ds", "settings", "file_io"},  # helpers every layer uses; the package root's constants
-    {"run_dir"},  # the run directory's names and run_config.json
-    {"tt"},  # tensor-train maths
+    {"run", "run.directory"},  # the run directory's names and run_config.json
+    {"run.lock", "run.metrics"},  # one run per directory; what a run reports
+    {"tt", "quantization"},  # tensor-train maths; the 4-bit base's settings and byte counts (siblings)
     {"adapters"},  # LorettaConfig, the layers, inject / merge / save / load
     {"data", "distributed", "export"},  # siblings: none imports another
-    {"tiny_llama", "train_metrics", "run_lock", "output_dir", "generation"},
-    {"models", "run_config"},
+    {"tiny_llama", "run.contents", "generation", "loss"},  # run.contents reads checkpoints' and exports' own files
+    {"models", "run_config", "evaluate"},
     {"train_plan"},
     {"estimate", "trainer"},  # both take a run's settings through the plan
     {"commands", "cli"},
@@ -27,9 +28,16 @@ LAYERS = [
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 
+# Packages whose modules sit in different layers: their unit is the module, not the package.
+SPLIT_PACKAGES = {"run"}
+
+
 def unit_of(module: str) -> str:
-    """The layer unit of a dotted module name: its first component below loretta_ds."""
+    """The layer unit of a dotted module name: its first component below loretta_ds (the first two
+    in a package of SPLIT_PACKAGES)."""
     parts = module.split(".")
+    if len(parts) > 2 and parts[1] in SPLIT_PACKAGES:
+        return ".".join(parts[1:3])
     return parts[1] if len(parts) > 1 else parts[0]
 
 
@@ -79,6 +87,49 @@ def test_no_module_imports_upward_or_sideways():
     assert not problems, "\n".join(problems)
 
 
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (``from PACKAGE import MODULE`` names the module)."""
+    names = {module_name(path): path for path in package_modules()}
+    graph = {}
+    for module, path in names.items():
+        targets = set()
+        tree = ast.parse(path.read_text())
+        for (target, _), node in zip(imports_of(path), [n for n in ast.walk(tree)
+                                                       if isinstance(n, (ast.Import, ast.ImportFrom))]):
+            if not target.startswith("loretta_ds"):
+                continue
+            submodules = [f"{target}.{a.name}" for a in getattr(node, "names", []) if f"{target}.{a.name}" in names]
+            targets.update(submodules or ([target] if target in names else []))
+        graph[module] = targets - {module}
+    return graph
+
+
+def test_no_import_cycle():
+    """No module imports one that imports it back, directly or through others (a package's
+    __init__ re-exporting its modules is not a cycle: modules import their siblings directly)."""
+    graph = {m: {t for t in ts if not (m.startswith(t + ".") and t in graph_packages())}
+             for m, ts in module_graph().items()}
+    state, cycles = {}, []
+
+    def visit(module, trail):
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                cycles.append(" -> ".join(trail[trail.index(target):] + [target]))
+            elif target not in state:
+                visit(target, trail + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(cycles)
+
+
+def graph_packages() -> set[str]:
+    return {module_name(path) for path in package_modules() if path.name == "__init__.py"}
+
+
 def test_deepspeed_is_imported_only_in_distributed():
     problems = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
                 for path in package_modules() for target, line in imports_of(path)
@@ -111,14 +162,14 @@ def test_help_imports_no_heavy_library():
     assert "usage: loretta-ds train" in done.stdout and "--tt_shapes" in done.stdout
 
 
-def test_the_readme_layout_names_every_module():
-    """README.md's Layout block lists every module and package of loretta_ds (the tree, not a memory
-    of it)."""
-    readme = (PACKAGE.parent / "README.md").read_text()
+def test_the_documented_layout_names_every_module():
+    """docs/architecture.md's Layout block lists every module and package of loretta_ds (the tree,
+    not a memory of it)."""
+    readme = (PACKAGE.parent / "docs" / "architecture.md").read_text()
     layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
     listed = set(re.findall(r"^loretta_ds/([a-z_]+)(?:\.py|/)", layout, re.M))
     present = {path.stem for path in PACKAGE.iterdir()
                if (path.suffix == ".py" and path.stem != "__init__")
                or (path.is_dir() and not path.name.startswith("__"))}
-    assert present == listed, f"missing from README's layout: {sorted(present - listed)}; " \
+    assert present == listed, f"missing from docs/architecture.md's layout: {sorted(present - listed)}; " \
                               f"listed but absent: {sorted(listed - present)}"

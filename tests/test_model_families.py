@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loretta_ds import LorettaConfig, inject, load_adapter, save_adapter
 from loretta_ds.adapters import trainable_parameter_names
-from loretta_ds.data.loader import collate
+from loretta_ds.data.batches import collate
 from loretta_ds.data.prepare import prepare_data
 from loretta_ds.data.tokenization import IGNORE_INDEX, pad_id_of, special_ids
 from loretta_ds.export import export

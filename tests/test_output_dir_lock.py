@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from loretta_ds import PREEMPTED_EXIT_CODE
-from loretta_ds.run_lock import LOCK_FILE, OutputDirBusy, RunLock
+from loretta_ds.run.directory import LOCK as LOCK_FILE
+from loretta_ds.run.lock import OutputDirBusy, RunLock
 from reliability_support import (FAST, SAVE_DELAY_ENV, Run, checkpoint_steps, deepspeed_command, error_lines,
                                  run_to_end, single_command, train_records, wait_for_step)
 
-HOLD = ("import sys, time; from loretta_ds.run_lock import RunLock; lock = RunLock.acquire(sys.argv[1], create=True); "
+HOLD = ("import sys, time; from loretta_ds.run.lock import RunLock; lock = RunLock.acquire(sys.argv[1], create=True); "
         "lock.record_holder(); print('locked', flush=True); time.sleep(120)")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loretta_ds import output_dir as run_dir
+from loretta_ds.run import contents as run_dir
 from loretta_ds.cli import main
 from loretta_ds.export import export_adapter, export_lora, export_merged
 from test_export import make_base, make_run

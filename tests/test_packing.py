@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from loretta_ds.data import (IGNORE_INDEX, PackedBatches, ShardedBatches, collate, collate_packed, pack_rows,
                              prepare_data, target_count)
-from loretta_ds.trainer import global_loss_scale, token_loss_sum
+from loretta_ds.loss import global_loss_scale, token_loss_sum
 from tiny_models import tiny_llama_config
 
 

@@ -132,7 +132,7 @@ def test_a_4bit_run_trains_resumes_bit_exactly_and_exports(tmp_path):
 
     from loretta_ds.commands.generate import load_for_generation
     from loretta_ds.export import export
-    from loretta_ds.export.checkpoint import open_base_checkpoint
+    from loretta_ds.export.base_weights import open_base_checkpoint
     from loretta_ds.quantization import is_quantized
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -1,6 +1,7 @@
-"""Every command README.md shows, run as written where this machine can run it.
+"""Every command README.md shows, and the docs pages that carry the README's former sections
+(DOCS), run as written where this machine can run it.
 
-The commands are taken from README.md itself: each line of its ```bash blocks (backslash
+The commands are taken from those pages themselves: each line of its ```bash blocks (backslash
 continuations joined, a trailing `# comment` dropped), the lines of its untagged code blocks that
 start with a command, and every inline `code` span that starts with one (``pip``, ``python``,
 ``loretta-ds`` ..., after any VAR=value prefix). ```python blocks are API examples, not commands.
@@ -25,6 +26,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+# The README and the pages its sections moved to: every command a user is told to run there is checked.
+DOCS = [README] + [REPO / "docs" / name for name in ("training.md", "data.md", "results.md", "contributing.md")]
+
+
+def docs_text() -> str:
+    return "\n\n".join(path.read_text() for path in DOCS)
 
 # The programs a command line of the README starts with (after VAR=value assignments).
 LAUNCHERS = ("pip", "python", "python3", "deepspeed", "loretta-ds", "bash", "sbatch", "srun")
@@ -176,7 +183,7 @@ def test_extraction_finds_blocks_continuations_and_inline_commands():
 
 
 def test_every_readme_command_is_classified():
-    found = readme_commands(README.read_text())
+    found = readme_commands(docs_text())
     assert COUNT in found and SLURM_DRY_RUN in found, "the extractor missed known commands"
     classified = {**RUNS_HERE, **CANNOT_RUN_HERE}
     assert not set(RUNS_HERE) & set(CANNOT_RUN_HERE)
@@ -244,7 +251,7 @@ def check_estimate(res: subprocess.CompletedProcess, cwd: Path) -> None:
     # gradient checkpointing 8.5 GiB"): the output must still say so, or the README must change.
     assert "verdict: does NOT fit on one 80 GiB GPU: 102.87 GiB per GPU" in res.stdout, res.stdout
     assert "the total to 9.28 GiB per GPU (fits on 80 GiB)" in res.stdout, res.stdout
-    readme = " ".join(README.read_text().split())
+    readme = " ".join(docs_text().split())
     assert "does not fit on 80 GiB (102.9 GiB, 98% activations); with gradient checkpointing 9.3 GiB" in readme
 
 
@@ -344,8 +351,8 @@ def test_export_and_generate_on_a_trained_run(tmp_path):
 
 
 def readme_yaml_block() -> str:
-    blocks = re.findall(r"^```yaml\n(.*?)^```", README.read_text(), re.S | re.M)
-    assert len(blocks) == 1, "README.md should show one run.yaml"
+    blocks = re.findall(r"^```yaml\n(.*?)^```", docs_text(), re.S | re.M)
+    assert len(blocks) == 1, "README.md and DOCS should show one run.yaml"
     return blocks[0]
 
 
@@ -393,12 +400,13 @@ def test_plan_of_the_readme_run_yaml(tmp_path):
 
 
 def test_tested_versions_are_the_lower_bounds_of_every_runtime_dependency():
-    """README's "Tested versions" names each runtime dependency at the version pyproject.toml takes
+    """docs/contributing.md's "Tested versions" (the one place they are listed) names each runtime dependency at the version pyproject.toml takes
     as its lower bound, and the upper bound is the next minor release (none is left unbounded)."""
     import tomllib
 
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    tested = re.search(r"Tested versions.*?:(.*?)\n\n", README.read_text(), re.S).group(1)
+    tested = re.search(r"Tested versions.*?:(.*?)\n\n", (REPO / "docs" / "contributing.md").read_text() + "\n",
+                       re.S).group(1)
     for requirement in dependencies:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([\d.]+),<([\d.]+)", requirement)
         assert match, f"{requirement!r} is not bounded as NAME>=LOW,<NEXT_MINOR"

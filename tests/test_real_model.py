@@ -31,7 +31,7 @@ LOGIT_ATOL = 2e-3
 
 @pytest.fixture(scope="module")
 def smollm2_dir() -> Path:
-    from loretta_ds.models import ensure_smollm2
+    from benchmarks.smollm2 import ensure_smollm2
 
     try:
         import gguf  # noqa: F401

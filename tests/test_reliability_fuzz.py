@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loretta_ds.data import load_records, parse_dataset_specs, prepare_data
-from loretta_ds.data.loading import CANONICAL_COLUMNS
+from loretta_ds.data.files import CANONICAL_COLUMNS
 
 DOCUMENTED = (ValueError, FileNotFoundError)
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,

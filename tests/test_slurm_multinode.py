@@ -183,7 +183,7 @@ def checkpoint_steps(out_dir: Path) -> list[int]:
 
 
 def train_steps(out_dir: Path) -> list[int]:
-    from loretta_ds.train_metrics import read_metrics
+    from loretta_ds.run.metrics import read_metrics
 
     return [r["step"] for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "train"]
 

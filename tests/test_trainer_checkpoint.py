@@ -8,7 +8,7 @@ import pytest
 from loretta_ds.distributed.checkpoint import (MARKER, check_checkpoint, latest_checkpoint, list_checkpoints, rotate,
                                                write_marker)
 from loretta_ds.distributed.stop import StopRequest
-from loretta_ds.train_metrics import MetricsLog, plot_losses, read_metrics
+from loretta_ds.run.metrics import MetricsLog, plot_losses, read_metrics
 
 
 def make_checkpoint(root, step: int, sealed: bool = True):

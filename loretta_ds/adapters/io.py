@@ -24,6 +24,9 @@ from .injection import adapter_layers, inject, linear_shape, plan_injection, tra
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
+# The file transformers reads a tokenizer's chat template from; a chat run writes the template its
+# data was rendered with into adapter/ under this name, and the merged export carries it.
+CHAT_TEMPLATE_NAME = "chat_template.jinja"
 FORMAT_VERSION = 2  # 2: one tensor per TT matrix (tt_cores); 1: one per core
 _PER_CORE_KEY = re.compile(r"^(?P<matrix>.+\.loretta_[A-Za-z]+)\.cores\.(?P<index>\d+)$")
 

@@ -18,6 +18,10 @@ from .config import LorettaConfig, check_mergeable
 from .injection import adapter_layers, trainable_parameter_names
 from .layers import LorettaRepLinear
 
+# A PEFT LoRA adapter directory's files (the names PEFT reads; its save_pretrained writes them too).
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+
 # PEFT wraps the base model twice (PeftModel.base_model is a LoraModel, whose .model is the base),
 # so every parameter of a PEFT checkpoint is named with this prefix.
 PEFT_PREFIX = "base_model.model."
@@ -73,6 +77,6 @@ def export_peft_lora(model: nn.Module, directory: str | os.PathLike) -> Path:
     config = peft_lora_config(model.loretta_config, norm_names, base_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    write_safetensors(directory / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
-    (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_safetensors(directory / PEFT_WEIGHTS, tensors, metadata={"format": "pt"})
+    (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return directory

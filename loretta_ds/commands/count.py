@@ -19,10 +19,15 @@ def loretta_config_from_args(args: argparse.Namespace) -> LorettaConfig:
     return adapter_settings_from_args(args).loretta(args.method)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """--model of the commands that read a model's shapes only (count, estimate)."""
     parser.add_argument("--model", required=True,
                         help="llama2-7b | llama2-13b | llama2-70b (shapes only) | tiny-llama | an HF model dir, "
                              "config.json or cached hub id: what train --model takes")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
     add_loretta_arguments(parser)
 
 

@@ -5,15 +5,13 @@ import argparse
 import json
 
 from ..settings import parse_bool
-from .count import add_loretta_arguments, loretta_config_from_args
+from .count import add_loretta_arguments, add_model_argument, loretta_config_from_args
 
 DEFAULT_GPU_MEMORY_GIB = 80  # H100 80GB, A100 80GB
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="llama2-7b | llama2-13b | llama2-70b (shapes only) | tiny-llama | an HF model dir, "
-                             "config.json or cached hub id: what train --model takes")
+    add_model_argument(parser)
     add_loretta_arguments(parser)
     run = parser.add_argument_group("hardware and DeepSpeed")
     run.add_argument("--nodes", type=int, default=1, help="nodes in the job (default 1)")

@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from ..run_dir import RUN_CONFIG, RunDir, read_run_record
+from ..run.directory import RUN_CONFIG, RunDir, read_run_record
 
 CHAT_CHOICES = ("auto", "true", "false")
 

@@ -1,6 +1,7 @@
 """Data for training and evaluation: dataset specs and formats, chat templates, tokenization with
 answer-only loss, sharded resumable batches (padded or packed), label-word classification
-accuracy, and the bundled demo data.
+accuracy, and the bundled demo data. Names are imported from their modules on first use, so
+``from loretta_ds.data.formats import FORMATS`` (the settings, --help) stays free of datasets and torch.
 
     data = prepare_data(tokenizer, ["bundled:sentiment"], fmt="auto", seq_len=128, seed=0)
     batches = ShardedBatches(data.train, micro_batch_size=8, rank=r, world_size=w, seed=0,
@@ -9,22 +10,29 @@ accuracy, and the bundled demo data.
                                   data.label_words, seq_len=128, batch_size=32)
 """
 
-from .bundled import BUNDLED_DIR, DEFAULT_DATASET, bundled_path, bundled_task_names, corpus_path
-from .evaluation import classification_accuracy, classification_predictions, label_word_scores
-from .formats import FORMATS, FORMAT_SPECS, render, resolve_format
-from .chat import DEFAULT_CHAT_TEMPLATE, resolve_chat_template
-from .loader import ShardedBatches, collate, eval_batches, model_inputs, real_token_count, target_count
-from .packing import PackedBatches, collate_packed, pack_rows
-from .loading import DatasetSpec, canonicalize, load_records, mix, parse_dataset_specs, read_raw
-from .prepare import PreparedData, SourceSummary, prepare_data
-from .tokenization import IGNORE_INDEX, TruncationStats, build_example, pad_id_of, tokenize_dataset
+from __future__ import annotations
 
-__all__ = [
-    "BUNDLED_DIR", "DEFAULT_CHAT_TEMPLATE", "DEFAULT_DATASET", "FORMATS", "FORMAT_SPECS", "IGNORE_INDEX",
-    "DatasetSpec", "PackedBatches", "PreparedData", "ShardedBatches", "SourceSummary", "TruncationStats",
-    "build_example", "bundled_path", "bundled_task_names", "canonicalize", "classification_accuracy",
-    "classification_predictions", "collate", "collate_packed", "corpus_path", "eval_batches",
-    "label_word_scores", "load_records", "mix", "model_inputs", "pack_rows", "pad_id_of",
-    "parse_dataset_specs", "prepare_data", "read_raw", "real_token_count", "render",
-    "resolve_chat_template", "resolve_format", "target_count", "tokenize_dataset",
-]
+import importlib
+
+_WHERE = {
+    "bundled": ("BUNDLED_DIR", "DEFAULT_DATASET", "bundled_path", "bundled_task_names", "corpus_path"),
+    "evaluation": ("classification_accuracy", "classification_predictions", "label_word_scores"),
+    "formats": ("FORMATS", "FORMAT_SPECS", "IGNORE_INDEX", "render", "resolve_format"),
+    "chat": ("DEFAULT_CHAT_TEMPLATE", "resolve_chat_template"),
+    "batches": ("ShardedBatches", "collate", "eval_batches", "model_inputs", "real_token_count", "target_count"),
+    "packing": ("PackedBatches", "collate_packed", "pack_rows"),
+    "files": ("DatasetSpec", "canonicalize", "load_records", "mix", "parse_dataset_specs", "read_raw"),
+    "prepare": ("PreparedData", "SourceSummary", "prepare_data"),
+    "tokenization": ("TruncationStats", "build_example", "pad_id_of", "tokenize_dataset"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,16 +26,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .tokenization import IGNORE_INDEX
+from .formats import IGNORE_INDEX
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant"}
 CHAT_COLUMNS = ("messages", "conversations")
-# The file transformers reads a tokenizer's chat template from; a run writes the template its chat
-# data was rendered with into adapter/ under this name, and the merged export carries it.
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
-
 DEFAULT_CHAT_TEMPLATE = (
     "{{- bos_token -}}"
     "{%- for message in messages -%}"

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import torch
 
 from .formats import FORMAT_SPECS, classification_prompt
-from .loader import collate
-from .tokenization import IGNORE_INDEX, build_example, encode_pairs, pad_id_of, special_ids
+from .batches import collate
+from .formats import IGNORE_INDEX
+from .tokenization import build_example, encode_pairs, pad_id_of, special_ids
 
 
 def _prompts_and_labels(records) -> tuple[list[str], list[str]]:

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The label of a token that is not trained on (prompt, padding): the ignore_index of the loss.
+IGNORE_INDEX = -100
+
 FORMATS = ("auto", "text", "prompt_completion", "instruction", "classification", "chat")
 
 CLASSIFICATION_TEMPLATE = "{text}\nAnswer:"

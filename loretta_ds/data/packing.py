@@ -9,7 +9,7 @@ example is ignored, so no token is trained to predict the next example's first t
 position 0 predicts nothing either). The slots left at a row's end are padding: pad_id,
 ignored labels, and positions of their own so they form a separate sequence.
 
-Rows of epoch e: the examples in the same seeded permutation as unpacked training (loader.py),
+Rows of epoch e: the examples in the same seeded permutation as unpacked training (batches.py),
 placed one by one into the open row with the least room that still fits them (best fit), then
 the rows in a seeded order. So the rows are a pure function of (data, seq_len, seed, epoch), and
 PackedBatches resumes at an exact row like ShardedBatches does at an exact example.
@@ -23,8 +23,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .loader import ShardedBatches, _rows
-from .tokenization import IGNORE_INDEX
+from .batches import ShardedBatches, _rows
+from .formats import IGNORE_INDEX
 
 
 def pack_rows(lengths: Sequence[int], order: Sequence[int], seq_len: int) -> list[list[int]]:

@@ -12,7 +12,7 @@ import datasets
 
 from .chat import resolve_chat_template
 from .formats import check_format_name
-from .loading import (DatasetSpec, as_specs, canonicalize, combined_format, has_split, mix, mix_counts,
+from .files import (DatasetSpec, as_specs, canonicalize, combined_format, has_split, mix, mix_counts,
                       parse_dataset_specs, read_raw)
 from .tokenization import TruncationStats, pad_id_of, tokenize_dataset
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import datasets
 
-from .formats import FORMAT_SPECS
-
-IGNORE_INDEX = -100
+from .chat import chat_examples
+from .formats import FORMAT_SPECS, IGNORE_INDEX
 
 
 @dataclass
@@ -134,8 +133,6 @@ def _chunk_examples(rows: dict, tokenizer, seq_len: int, chat_template: str | No
     chat_rows = [i for i, fmt in enumerate(rows["format"]) if fmt == "chat"]
     chat = {}
     if chat_rows:
-        from .chat import chat_examples  # chat data only
-
         if chat_template is None:
             raise ValueError("chat records need a chat template; pass chat_template (see data/chat.py)")
         names = _record_names(rows)

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,7 +42,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from ..file_io import fsync_dir
-from ..run_dir import CHECKPOINTS
+from ..run.directory import RunDir
 from . import engine as dist_engine
 from . import rng_state as rng
 from .errors import CheckpointError
@@ -59,7 +58,6 @@ RNG_SUFFIX = ".safetensors"
 # Format 1 kept the optimizer and RNG state in these pickles; they are recognized, never read.
 PICKLED_FILES = ("optimizer.pt", "rng/rank-*.pt")
 FORMAT_VERSION = 2
-SAVE_DELAY_ENV = "LORETTA_DS_TEST_SAVE_DELAY"  # a test hook, see _test_save_delay
 
 
 @dataclass
@@ -73,8 +71,8 @@ class CheckpointInfo:
         return self.problem is None
 
 
-def checkpoints_dir(output_dir: str | Path) -> Path:
-    return Path(output_dir) / CHECKPOINTS
+def checkpoints_dir(run_dir: RunDir | str | Path) -> Path:
+    return RunDir(run_dir).checkpoints
 
 
 def _sha256(path: Path) -> str:
@@ -135,9 +133,9 @@ def remove_own_checkpoint(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def list_checkpoints(output_dir: str | Path) -> tuple[list[CheckpointInfo], list[CheckpointInfo]]:
+def list_checkpoints(run_dir: RunDir | str | Path) -> tuple[list[CheckpointInfo], list[CheckpointInfo]]:
     """(complete checkpoints oldest first, torn ones: interrupted saves and damaged directories)."""
-    root = checkpoints_dir(output_dir)
+    root = checkpoints_dir(run_dir)
     complete, torn = [], []
     if not root.is_dir():
         return complete, torn
@@ -160,9 +158,9 @@ def list_checkpoints(output_dir: str | Path) -> tuple[list[CheckpointInfo], list
     return complete, torn
 
 
-def latest_checkpoint(output_dir: str | Path, log: Callable[[str], None] = print) -> CheckpointInfo | None:
+def latest_checkpoint(run_dir: RunDir | str | Path, log: Callable[[str], None] = print) -> CheckpointInfo | None:
     """The newest complete checkpoint; torn ones are reported through ``log`` and skipped."""
-    complete, torn = list_checkpoints(output_dir)
+    complete, torn = list_checkpoints(run_dir)
     for info in torn:
         log(f"ignoring torn checkpoint {info.path}: {info.problem}")
     return complete[-1] if complete else None
@@ -474,7 +472,7 @@ def write_marker(directory: Path, step: int) -> None:
         fsync_dir(sub)
 
 
-def save_checkpoint(output_dir: str | Path, step: int, engine, model: torch.nn.Module, names: list[str],
+def save_checkpoint(run_dir: RunDir | str | Path, step: int, engine, model: torch.nn.Module, names: list[str],
                     trainer_state: dict, keep_last: int, rank: int,
                     log: Callable[[str], None] = print) -> Path:
     """Write ``checkpoints/step-<step>`` atomically (a collective: every rank calls it).
@@ -482,7 +480,7 @@ def save_checkpoint(output_dir: str | Path, step: int, engine, model: torch.nn.M
     Raises CheckpointError on every rank when any rank fails to write (a full disk, say); the
     partial directory is removed and the previous checkpoints stay as they were.
     """
-    root = checkpoints_dir(output_dir)
+    root = checkpoints_dir(run_dir)
     final = root / f"step-{step}"
     tmp = root / f"{TMP_PREFIX}{step}"
     if dist_engine.any_rank(final.is_dir() and check_checkpoint(final) is None):
@@ -501,7 +499,7 @@ def save_checkpoint(output_dir: str | Path, step: int, engine, model: torch.nn.M
         if dist_engine.any_rank(failed is not None):
             if rank == 0 and tmp.is_dir() and not foreign_files(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)  # give the space back
-            previous = latest_checkpoint(output_dir, log=lambda message: None)
+            previous = latest_checkpoint(run_dir, log=lambda message: None)
             cause = f"{type(failed).__name__}: {failed}" if failed is not None else "failed on another rank"
             raise CheckpointError(
                 f"writing checkpoint {final} failed ({cause}). The newest complete checkpoint is "
@@ -531,29 +529,19 @@ def save_checkpoint(output_dir: str | Path, step: int, engine, model: torch.nn.M
                 remove_own_checkpoint(final)  # a damaged directory of the same step (reported as torn)
             os.rename(tmp, final)
             fsync_dir(root)
-            rotate(output_dir, keep_last, log)
+            rotate(run_dir, keep_last, log)
 
     stage(create)
     stage(write_files)
-    _test_save_delay()
     stage(publish)
     return final
 
 
-def _test_save_delay() -> None:
-    """Test hook, read here only: with LORETTA_DS_TEST_SAVE_DELAY=SECONDS every save waits that long
-    between its data files and its COMPLETE marker, so that a test can kill a run in the middle of
-    a save (tests/test_reliability_faults.py). Unset in real runs."""
-    delay = os.environ.get(SAVE_DELAY_ENV)
-    if delay:
-        time.sleep(float(delay))
-
-
-def rotate(output_dir: str | Path, keep_last: int, log: Callable[[str], None] = print) -> None:
+def rotate(run_dir: RunDir | str | Path, keep_last: int, log: Callable[[str], None] = print) -> None:
     """Keep the ``keep_last`` newest complete checkpoints; remove older ones and leftovers of
     interrupted saves older than the newest complete checkpoint (never a directory holding
     files this trainer does not write)."""
-    complete, torn = list_checkpoints(output_dir)
+    complete, torn = list_checkpoints(run_dir)
     if not complete:
         return
     newest = complete[-1].step

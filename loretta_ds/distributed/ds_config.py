@@ -98,10 +98,6 @@ def zero_stage(config: dict) -> int:
     return int(stage)
 
 
-def is_zero3(config: dict) -> bool:
-    return zero_stage(config) == 3
-
-
 def offloads_optimizer(config: dict) -> bool:
     device = (config.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
     return device in ("cpu", "nvme")

@@ -14,13 +14,13 @@ from typing import Callable
 
 import torch
 
-from ..adapters.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter_tensors
+from ..adapters.io import CHAT_TEMPLATE_NAME, CONFIG_NAME, WEIGHTS_NAME, read_adapter_tensors
 from ..quantization import QuantSpec, recorded_weights, require_bitsandbytes
-from .checkpoint import BaseCheckpoint, open_base_checkpoint
+from .base_weights import BaseCheckpoint, open_base_checkpoint
 from .lora import write_lora
 from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_config, write_merged,
                      write_model_files)
-from ..run_dir import RUN_CONFIG, RunDir, RunRecord, write_run_record
+from ..run.directory import RUN_CONFIG, RunDir, RunRecord, write_run_record
 from .provenance import PROVENANCE_NAME, foreign_files, write_provenance
 from .sources import ExportSource, resolve_source
 from .staging import StagedOutput
@@ -187,7 +187,7 @@ def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, o
         write_merged(plan, checkpoint, staged.path, log)
         files = [shard.filename for shard in plan] + (["model.safetensors.index.json"] if len(plan) > 1 else [])
         files += write_model_files(base_dir, config, dtype, staged.path)
-        trained_template = source.adapter_dir / "chat_template.jinja"  # the chat template the run trained with
+        trained_template = source.adapter_dir / CHAT_TEMPLATE_NAME  # the chat template the run trained with
         if trained_template.is_file():
             shutil.copyfile(trained_template, staged.path / trained_template.name)
             files.append(trained_template.name)

@@ -15,12 +15,10 @@ from pathlib import Path
 import torch
 
 from ..adapters.config import LorettaConfig
-from ..adapters.peft_export import PEFT_PREFIX, peft_lora_config
+from ..adapters.peft_export import PEFT_CONFIG, PEFT_PREFIX, PEFT_WEIGHTS, peft_lora_config
 from ..file_io import write_safetensors
 from .updates import RepUpdate
 
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
 
 
 def lora_tensors(updates: dict[str, RepUpdate], norms: dict[str, torch.Tensor],

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import BaseCheckpoint, ShardReader, TensorInfo
+from .base_weights import BaseCheckpoint, ShardReader, TensorInfo
 from .safetensors_stream import StreamingSafetensorsWriter, dtype_name
 from .updates import RepUpdate
 from ..quantization import QuantSpec

@@ -1,6 +1,6 @@
 """What an export reads: the trained adapter, the run's config, and where the base model lives.
 
-A training OUTPUT_DIR holds ``run_config.json`` (a RunRecord, loretta_ds.run_dir: ``model``, the
+A training OUTPUT_DIR holds ``run_config.json`` (a RunRecord, loretta_ds.run.directory: ``model``, the
 base path or hub id, ``method``, ``loretta``, the LorettaConfig) and ``adapter/`` (save_adapter's
 output), so nothing is typed twice. ``--adapter DIR --base MODEL`` names the two directly. An ``adapter``-format export is
 itself a valid RUN_DIR (adapter files and run_config.json side by side).
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..adapters.config import LorettaConfig
 from ..adapters.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
-from ..run_dir import RUN_CONFIG, RunDir, RunRecord, read_run_record
+from ..run.directory import RUN_CONFIG, RunDir, RunRecord, read_run_record
 # A Hugging Face repo id: "name" or "owner/name" made of letters, digits, '-', '_' and '.'.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

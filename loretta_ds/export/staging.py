@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..file_io import fsync_dir
-from ..run_dir import CHECKPOINTS, RUN_CONFIG
+from ..run.directory import CHECKPOINTS, RUN_CONFIG
 
 TEMP_SUFFIX = ".export-incomplete"
 REPLACED_SUFFIX = ".export-replaced"

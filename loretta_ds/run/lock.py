@@ -19,7 +19,8 @@ import socket
 import time
 from pathlib import Path
 
-from .run_dir import LOCK as LOCK_FILE
+from .directory import RunDir
+
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
 
@@ -38,24 +39,24 @@ def _holder(path: Path) -> str:
 class RunLock:
     """An exclusive lock on OUTPUT_DIR's lock file, held while this object lives (or release())."""
 
-    def __init__(self, output_dir: Path, handle, locked: bool):
-        self.path = Path(output_dir) / LOCK_FILE
+    def __init__(self, run_dir: RunDir | Path, handle, locked: bool):
+        self.path = RunDir(run_dir).lock
         self._handle = handle
         self.locked = locked  # False on a filesystem without locks (then only a warning was given)
 
     @classmethod
-    def acquire(cls, output_dir: str | os.PathLike, create: bool, log=print) -> "RunLock | None":
+    def acquire(cls, run_dir: RunDir | str | os.PathLike, create: bool, log=print) -> "RunLock | None":
         """Lock OUTPUT_DIR or raise OutputDirBusy naming the holder.
 
         create=False: lock the lock file only if it exists (None otherwise), writing nothing;
         a run takes the lock this way before it reads the directory, and with create=True (which
         makes the directory and the file) once its checks have passed.
         """
-        output_dir = Path(output_dir)
-        path = output_dir / LOCK_FILE
+        run_dir = RunDir(run_dir)
+        path = run_dir.lock
         while True:
             if create:
-                output_dir.mkdir(parents=True, exist_ok=True)
+                run_dir.root.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file
             else:
                 try:
@@ -69,19 +70,19 @@ class RunLock:
                 handle.close()
                 if err.errno in _BUSY:
                     raise OutputDirBusy(
-                        f"{output_dir} is in use by another run ({_holder(path)}); two runs in one output "
+                        f"{run_dir} is in use by another run ({_holder(path)}); two runs in one output "
                         "directory would overwrite each other's checkpoints. Wait for it to end (or stop it), "
                         "or choose another --output_dir") from None
                 log(f"warning: cannot lock {path} ({err.strerror}; a file system without locks): a second run "
                     "started in this directory at the same time would not be detected")
-                return cls(output_dir, None, locked=False)
+                return cls(run_dir, None, locked=False)
             # The file we locked must still be the one at the path (not one unlinked meanwhile).
             try:
                 same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
             except FileNotFoundError:
                 same = False
             if same:
-                return cls(output_dir, handle, locked=True)
+                return cls(run_dir, handle, locked=True)
             handle.close()
 
     def record_holder(self) -> None:

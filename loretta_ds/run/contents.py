@@ -15,16 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .distributed import checkpoint as ckpt
-from .export.provenance import foreign_files as export_foreign_files
-from .export.staging import MARKER_NAME as EXPORT_MARKER
-from .run_dir import ADAPTER, CHECKPOINTS, LOCK, MERGED, METRICS, PARAM_REPORT, PLOT, RUN_CONFIG, TENSORBOARD
+from ..adapters.io import CONFIG_NAME, WEIGHTS_NAME
+from ..adapters.peft_export import PEFT_CONFIG, PEFT_WEIGHTS
+from ..distributed import checkpoint as ckpt
+from ..export.provenance import foreign_files as export_foreign_files
+from ..export.staging import MARKER_NAME as EXPORT_MARKER
+from .directory import ADAPTER, CHECKPOINTS, LOCK, MERGED, METRICS, PARAM_REPORT, PLOT, RUN_CONFIG, TENSORBOARD
 
 RUN_FILES = {RUN_CONFIG, PARAM_REPORT, METRICS, PLOT, LOCK}
 # What an interrupted atomic replacement of a run file leaves (file_io.replace_atomically).
 _RUN_FILE_TEMP = re.compile(r"^\.(%s)\.\d+\.tmp$" % "|".join(re.escape(name) for name in (RUN_CONFIG, PARAM_REPORT)))
-ADAPTER_FILES = {"adapter_config.json", "adapter.safetensors",  # LoRETTA (save_adapter)
-                 "adapter_model.safetensors", "README.md"}  # the PEFT LoRA baseline
+ADAPTER_FILES = {CONFIG_NAME, WEIGHTS_NAME,  # LoRETTA (save_adapter)
+                 PEFT_CONFIG, PEFT_WEIGHTS, "README.md"}  # the PEFT LoRA baseline (PEFT's save_pretrained)
 STAGING = (f"{MERGED}.export-incomplete", f"{MERGED}.export-replaced")
 
 

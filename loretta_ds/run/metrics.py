@@ -13,9 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .run_dir import METRICS as METRICS_FILE
-from .run_dir import PLOT as PLOT_FILE
-from .run_dir import TENSORBOARD
+from .directory import RunDir
 
 
 def memory_stats() -> dict:
@@ -41,9 +39,10 @@ class MetricsLog:
     have logged steps that the resumed run repeats, and each step must appear once.
     """
 
-    def __init__(self, output_dir: Path, enabled: bool, resume_step: int = 0):
+    def __init__(self, run_dir: RunDir | Path, enabled: bool, resume_step: int = 0):
+        run_dir = RunDir(run_dir)
         self.enabled = enabled
-        self.path = Path(output_dir) / METRICS_FILE
+        self.path = run_dir.metrics
         self._tb = None
         if not enabled:
             return
@@ -53,7 +52,7 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(output_dir) / TENSORBOARD), purge_step=resume_step + 1)
+            self._tb = SummaryWriter(log_dir=str(run_dir.tensorboard), purge_step=resume_step + 1)
         except ImportError:  # tensorboard is optional
             self._tb = None
 
@@ -127,9 +126,10 @@ class StepTimer:
         return elapsed
 
 
-def plot_losses(output_dir: Path) -> Path | None:
+def plot_losses(run_dir: RunDir | Path) -> Path | None:
     """OUTPUT_DIR/loss.png: train and eval loss over steps, eval accuracy on a second axis."""
-    records = read_metrics(Path(output_dir) / METRICS_FILE)
+    run_dir = RunDir(run_dir)
+    records = read_metrics(run_dir.metrics)
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and _finite(r.get("loss"))]
     evals = [r for r in records if r.get("kind") == "eval"]
     if not train and not evals:
@@ -159,7 +159,7 @@ def plot_losses(output_dir: Path) -> Path | None:
     ax.legend(handles, labels, loc="upper right")
     ax.set_title("training run")
     fig.tight_layout()
-    path = Path(output_dir) / PLOT_FILE
+    path = run_dir.plot
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

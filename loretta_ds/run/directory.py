@@ -14,7 +14,7 @@ read only through ``RunRecord``. Imports nothing of the package but file_io.
       loss.png             the loss plot
       param_report.json    what DeepSpeed partitions and what stays whole
       tensorboard/         TensorBoard logs, when tensorboard is installed
-      .loretta-run.lock    held by the run that owns the directory (run_lock.py)
+      .loretta-run.lock    held by the run that owns the directory (run/lock.py)
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .file_io import read_json_object, write_json_atomically
+from ..file_io import read_json_object, write_json_atomically
 
 RUN_CONFIG = "run_config.json"
 ADAPTER = "adapter"
@@ -43,6 +43,13 @@ class RunDir:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+
+    def __fspath__(self) -> str:
+        # A RunDir is accepted wherever a path is (``RunDir(run_dir)``, ``Path(run_dir)``, open()).
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
 
     @property
     def run_config(self) -> Path:

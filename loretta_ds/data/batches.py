@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .tokenization import IGNORE_INDEX
+from .formats import IGNORE_INDEX
 
 
 def collate(examples: Sequence[dict], pad_id: int, pad_to_multiple_of: int | None = None
