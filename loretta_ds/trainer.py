@@ -39,7 +39,7 @@ from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat
 from .distributed.stop import StopRequest
 from .data.batches import real_token_count
 from .file_io import write_json_atomically
-from .quantization import base_record
+from .quantization import base_record, release_checkpoint_mapping
 from .run.contents import clear_previous_run
 from .run_config import TrainConfig
 from .run.directory import RunDir, write_run_record
@@ -231,6 +231,7 @@ class Trainer:
         if plan.quantization:
             # save_adapter records it: an export or a reload of the adapter rebuilds this base.
             model.loretta_base_quantization = base_record(model, plan.quantization)
+            release_checkpoint_mapping(model)
         model, self.trainable_names = attach_adapter(model, plan.adapter)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
