@@ -41,7 +41,15 @@ import quality_data  # noqa: E402  (the sibling module, not a package)
 TASK_FORMATS = {"reviews": "classification", "dates": "prompt_completion"}
 TASK_METRIC = {"reviews": "accuracy (label-word likelihood)", "dates": "exact match (greedy)"}
 METHOD_NAMES = {"base": "base model, no training", "rep": "LoRETTA_rep", "adp": "LoRETTA_adp",
-                "lora": "LoRA r=8 (PEFT)"}
+                "lora": "LoRA r=8 (PEFT)", "rep-4bit": "LoRETTA_rep, 4-bit NF4 base",
+                "adp-4bit": "LoRETTA_adp, 4-bit NF4 base", "lora-4bit": "QLoRA: LoRA r=8 (PEFT), 4-bit NF4 base"}
+# A method name ending in -4bit trains that method on the base loaded with --load_in_4bit (NF4,
+# double quantization, compute in the run's precision); its lr is the method's.
+QUANTIZED_SUFFIX = "-4bit"
+
+
+def base_method(method: str) -> str:
+    return method.removesuffix(QUANTIZED_SUFFIX)
 # One learning rate per method, picked on a dev split (the same generators, --data_seed 99, seed 0,
 # same steps and batch) from two values each, by the mean of the two tasks: LoRA {1e-3, 3e-3},
 # rep and adp {3e-3, 1e-2}. All three chose 3e-3 (benchmarks/results/quality/lr_selection.md).
@@ -77,17 +85,25 @@ def train(args, task: str, data_dir: Path, method: str, seed: int, lr: float, ru
     if run_finished(run_dir) and not args.fresh:
         return float(json.loads((run_dir / "run_config.json").read_text()).get("wall_time_s", 0.0))
     command = [sys.executable, str(ROOT / "launch" / "train.py"), "--model", args.model,
-               "--dataset", str(data_dir), "--format", TASK_FORMATS[task], "--method", method,
+               "--dataset", str(data_dir), "--format", TASK_FORMATS[task], "--method", base_method(method),
                "--seed", str(seed), "--lr", str(lr), "--max_steps", str(args.steps),
                "--micro_batch_size", str(args.micro_batch_size), "--grad_accum", "1",
                "--seq_len", str(args.seq_len), "--bf16", str(args.bf16).lower(), "--ds_config", "zero2",
                "--eval_every", str(args.eval_every), "--save_every", "0", "--keep_last", "1",
+               *(["--eval_batches", str(-(-args.eval_items // args.micro_batch_size))] if args.eval_items else []),
                "--export", "false", "--output_dir", str(run_dir), "--overwrite_output_dir", "true"]
+    if method.endswith(QUANTIZED_SUFFIX):
+        command += ["--load_in_4bit", "true"]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     log = run_dir.with_suffix(".log")
     started = time.perf_counter()
     with open(log, "w") as handle:
-        done = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        # wait4: the peak resident memory of this training process alone (ru_maxrss, KiB on Linux).
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    run_dir.with_suffix(".peak_rss_mb").write_text(f"{usage.ru_maxrss / 1024:.1f}\n")
+    done = process
     if done.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise SystemExit(f"training failed ({' '.join(command)}):\n{tail}")
@@ -126,7 +142,7 @@ def exact_match(path: Path, records: list[dict], bf16: bool, threads: int) -> tu
 
     torch.set_num_threads(threads)
     model, tokenizer, _ = load_for_generation(path)
-    if bf16:
+    if bf16 and not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit base loads in the run's precision
         model = model.to(torch.bfloat16)
     answers = batched_greedy(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=16)
     return [a.strip() == r["completion"].strip() for a, r in zip(answers, records)], answers
@@ -159,6 +175,7 @@ def run_record(args, task: str, method: str, seed: int, lr: float, run_dir: Path
     record = {"task": task, "method": method, "seed": seed, "lr": lr, "run_dir": str(run_dir),
               "trainable": report["trainable"]["numel"], "adapter_bytes": adapter_bytes(run_dir),
               "step_time_s": statistics.median(m["step_time_s"] for m in steps[1:]),
+              "peak_rss_mb": _peak_rss(run_dir),
               "wall_time_s": round(wall, 1),
               "curve": [{"step": e["step"], "loss": e["loss"], **({"accuracy": e["accuracy"]} if "accuracy" in e else {})}
                         for e in evals]}
@@ -171,6 +188,11 @@ def run_record(args, task: str, method: str, seed: int, lr: float, run_dir: Path
         record["samples"] = [{"prompt": r["prompt"].split("Date: ")[1].split("\n")[0], "gold": r["completion"].strip(),
                               "answer": a} for r, a in zip(eval_records[:5], answers[:5])]
     return record
+
+
+def _peak_rss(run_dir: Path) -> float | None:
+    path = run_dir.with_suffix(".peak_rss_mb")
+    return float(path.read_text()) if path.is_file() else None
 
 
 def spread(values: list[float]) -> dict:
@@ -187,7 +209,7 @@ def summarize(runs: list[dict], base: dict[str, dict]) -> dict:
         rows = {"base": {"score": spread([base[task]["score"]]), "trainable": 0, "adapter_bytes": 0,
                          **({"format_only": spread([base[task]["score_format_only"]]),
                              "add_days": spread([base[task]["score_add_days"]])} if task == "dates" else {})}}
-        for method in ("rep", "adp", "lora"):
+        for method in dict.fromkeys(r["method"] for r in task_runs):
             mine = sorted((r for r in task_runs if r["method"] == method), key=lambda r: r["seed"])
             if not mine:
                 continue
@@ -196,6 +218,7 @@ def summarize(runs: list[dict], base: dict[str, dict]) -> dict:
                                 "add_days": spread([r["score_add_days"] for r in mine])} if task == "dates" else {}),
                             "adapter_bytes": mine[0]["adapter_bytes"], "lr": mine[0]["lr"],
                             "step_time_s": statistics.median(r["step_time_s"] for r in mine),
+                            "peak_rss_mb": max((r.get("peak_rss_mb") or 0.0 for r in mine), default=0.0),
                             "seeds": [r["seed"] for r in mine]}
         lora = rows.get("lora")
         for method, row in rows.items():
@@ -229,8 +252,9 @@ def markdown(summary: dict, meta: dict) -> str:
     for task, rows in summary.items():
         lines += [f"**{task}** ({TASK_METRIC[task]}, {meta['eval_items']} held-out items; % correct):", "",
                   "| method | trainable params | adapter file | mean | std | min-max | per seed | gap to LoRA (pts) "
-                  "| vs LoRA's seed range | step time s | step / LoRA (mean of per-seed ratios, range) |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|"]
+                  "| vs LoRA's seed range | step time s | step / LoRA (mean of per-seed ratios, range) "
+                  "| peak RSS MiB (max over seeds) |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|"]
         for method, row in rows.items():
             score = row["score"]
             per_seed = ", ".join(_pct(v) for v in score["values"])
@@ -244,7 +268,7 @@ def markdown(summary: dict, meta: dict) -> str:
             trainable = f"{row['trainable']:,}" if row["trainable"] else "0"
             lines.append(f"| {METHOD_NAMES[method]} | {trainable} | {size} | {_pct(score['mean'])} | "
                          f"{_pct(score['std'])} | {_pct(score['min'])}-{_pct(score['max'])} | {per_seed} | {gap} | "
-                         f"{verdict} | {step} | {ratio_text} |")
+                         f"{verdict} | {step} | {ratio_text} | {row.get('peak_rss_mb') or '-'} |")
         lines.append("")
         if task == "dates":
             lines += ["Exact match by kind of item (mean over seeds, min-max):", "",
@@ -315,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "quality"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality"))
     parser.add_argument("--fresh", action="store_true", help="train every run again")
+    parser.add_argument("--eval_items", type=int, default=None,
+                        help="score on the first N held-out items of each task (default: all 200)")
     args = parser.parse_args(argv)
 
     from benchmarks.smollm2 import ensure_smollm2
@@ -328,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     data = quality_data.write_tasks(work / f"data-{args.data_seed}", seed=args.data_seed)
-    eval_records = {task: read_jsonl(folder / "validation.jsonl") for task, folder in data.items()}
+    eval_records = {task: read_jsonl(folder / "validation.jsonl")[:args.eval_items] for task, folder in data.items()}
 
     started, load_before = time.perf_counter(), load_average()
     base = {}
@@ -343,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             order = methods[seed % len(methods):] + methods[:seed % len(methods)]
             for method in order:
                 run_dir = work / f"{task}-{method}-seed{seed}"
-                wall = train(args, task, data[task], method, seed, lrs[method], run_dir)
-                record = run_record(args, task, method, seed, lrs[method], run_dir, wall, eval_records[task])
+                lr = lrs[base_method(method)]
+                wall = train(args, task, data[task], method, seed, lr, run_dir)
+                record = run_record(args, task, method, seed, lr, run_dir, wall, eval_records[task])
                 runs.append(record)
                 if task == "reviews":
                     base.setdefault("reviews", {"score": record["base_score"]})
@@ -353,12 +380,20 @@ def main(argv: list[str] | None = None) -> int:
                               f"{base['reviews']['score']:.3f}", flush=True)
                 print(f"{task} {method} seed {seed}: {record['score']:.3f} (step {record['step_time_s']:.2f} s, "
                       f"run {wall:.0f} s, load {load_average()})", flush=True)
+        write_results(args, argv, runs, base, seeds[:seeds.index(seed) + 1], lrs, methods, eval_records, started,
+                      load_before, out)
+    return 0
+
+
+def write_results(args, argv, runs, base, seeds, lrs, methods, eval_records, started, load_before, out) -> None:
+    """quality.json, quality.md and quality.png of the runs so far (rewritten after every seed, so
+    an interrupted benchmark leaves the tables of the seeds it finished)."""
     summary = summarize(runs, base)
     command = "nice -n 10 python benchmarks/quality.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
                                                             if (argv if argv is not None else sys.argv[1:]) else "")
     meta = {"command": command.strip(), "model": args.model, "model_name": "SmolLM2-135M-Instruct (GGUF Q4_1 -> float32)",
             "steps": args.steps, "micro_batch_size": args.micro_batch_size, "seq_len": args.seq_len, "bf16": args.bf16,
-            "threads": args.threads, "seeds": seeds, "lrs": {m: lrs[m] for m in methods}, "data_seed": args.data_seed,
+            "threads": args.threads, "seeds": seeds, "lrs": {m: lrs[base_method(m)] for m in methods}, "data_seed": args.data_seed,
             "eval_items": len(next(iter(eval_records.values()))),
             "wall_time_s": time.perf_counter() - started, "load_before": load_before, "load_after": load_average()}
     (out / "quality.json").write_text(json.dumps({"meta": meta, "base": base, "summary": summary, "runs": runs},
@@ -366,8 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(summary, meta)
     (out / "quality.md").write_text(table + "\n")
     plot(summary, runs, out / "quality.png")
-    print(table)
-    return 0
+    print(table, flush=True)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ from dataclasses import asdict, dataclass, field, replace
 from torch import nn
 
 from .adapters import LorettaAdpLinear, LorettaConfig, LorettaRepLinear, adapter_layers, inject
+from .quantization import pack_quantized_weights
 
 OFFLOADS = ("none", "optimizer", "param+optimizer")
 DEFAULT_PERSISTENCE_THRESHOLD = 100_000   # DeepSpeed's stage3_param_persistence_threshold default
@@ -106,6 +107,8 @@ class Setup:
     # weight, split over this many processes (those of one node), that the gathers after the first
     # step read instead of the primary partition. 1: none.
     hpz_partition_size: int = 1
+    load_in_4bit: bool = False        # the frozen linear weights in 4 bits (loretta_ds.quantization)
+    double_quant: bool = True
 
     def __post_init__(self) -> None:
         if self.offload not in OFFLOADS:
@@ -169,13 +172,15 @@ class MemoryEstimate:
     partitioned_params: int = 0          # parameters above the persistence threshold (ZeRO-3 splits them)
     kept_by_reuse_params: int = 0        # of those, kept gathered from the forward to the backward
     secondary_partition_bytes: int = 0   # hpZ's second copy (per GPU; in host memory with parameter offload)
+    # A 4-bit base: the block scales (whole on every GPU) and one layer's weight dequantized for its matmul.
+    quantization_bytes: int = 0
 
     @property
     def gpu_weight_bytes(self) -> int:
         """Weights resident on one GPU: its partition (unless offloaded), persistent, gathered."""
         partition = self.frozen_partition_bytes + self.trainable_partition_bytes + self.secondary_partition_bytes
         on_gpu_partition = 0 if self.setup.offload == "param+optimizer" else partition
-        return on_gpu_partition + self.persistent_bytes + self.gathered_bytes
+        return on_gpu_partition + self.persistent_bytes + self.gathered_bytes + self.quantization_bytes
 
     @property
     def gpu_model_state_bytes(self) -> int:
@@ -381,9 +386,17 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
     c, world = setup.compute_bytes, setup.world_size
     # Stage 1/2 keep every weight whole: the "partition" of the weights is all of them.
     weight_shards = world if setup.zero_stage == 3 else 1
+    if setup.load_in_4bit:
+        prepared = prepare_model(config, cfg)  # packing below rewrites its weights: never a shared model
     prepared = prepared or prepare_model(config, cfg)
     ds = deepspeed_zero3_estimate(prepared.base_params, prepared.base_largest_module_params, setup)
     model = prepared.model
+    real_total = sum(int(p.numel()) for p in model.parameters())
+    quantization_bytes = 0
+    if setup.load_in_4bit:
+        # From here the quantized weights count as their packed codes (what ZeRO holds of them).
+        scales, largest_quantized = pack_quantized_weights(model, c, setup.double_quant)
+        quantization_bytes = scales + largest_quantized * c
 
     total = trainable = persistent = partitioned_frozen = partitioned_trainable = 0
     for param in model.parameters():
@@ -418,8 +431,8 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
         host_per_gpu += frozen_partition + trainable_partition + secondary  # hpZ's copy follows the partition
     return MemoryEstimate(
         model=model_name or str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "")),
-        method=cfg.method, setup=setup, total_params=total, trainable_params=trainable,
-        frozen_params=total - trainable, persistent_params=persistent, largest_module_params=largest,
+        method=cfg.method, setup=setup, total_params=real_total, trainable_params=trainable,
+        frozen_params=real_total - trainable, persistent_params=persistent, largest_module_params=largest,
         frozen_partition_bytes=frozen_partition, trainable_partition_bytes=trainable_partition,
         persistent_bytes=persistent * c, gathered_bytes=gathered,
         gradient_bytes=gradient, optimizer_bytes=optimizer,
@@ -429,7 +442,7 @@ def estimate_memory(config, cfg: LorettaConfig, setup: Setup | None = None, mode
         adapter_file_bytes=trainable * c, training_checkpoint_bytes=trainable * (c + optimizer_per_param),
         deepspeed=ds, partitioned_params=partitioned_frozen + partitioned_trainable,
         kept_by_reuse_params=min(kept_by_reuse, partitioned_frozen + partitioned_trainable),
-        secondary_partition_bytes=secondary,
+        secondary_partition_bytes=secondary, quantization_bytes=quantization_bytes,
     )
 
 
@@ -447,7 +460,8 @@ def _offload_of(zero: dict) -> str:
 
 
 def setup_from_ds_config(resolved: dict, *, nodes: int, gpus_per_node: int, seq_len: int,
-                         gradient_checkpointing: bool) -> Setup:
+                         gradient_checkpointing: bool, load_in_4bit: bool = False,
+                         double_quant: bool = True) -> Setup:
     """The Setup of a resolved DeepSpeed config (every "auto" filled) on this many processes."""
     zero = resolved["zero_optimization"]
     stage = int(zero["stage"])
@@ -460,14 +474,15 @@ def setup_from_ds_config(resolved: dict, *, nodes: int, gpus_per_node: int, seq_
                                                           DEFAULT_PERSISTENCE_THRESHOLD)),
                  prefetch_bucket_size=int(zero.get("stage3_prefetch_bucket_size", DEFAULT_PREFETCH_BUCKET)),
                  max_live_parameters=int(zero.get("stage3_max_live_parameters", DEFAULT_MAX_LIVE_PARAMETERS)),
-                 max_reuse_distance=int(zero.get("stage3_max_reuse_distance", DEFAULT_MAX_REUSE_DISTANCE)))
+                 max_reuse_distance=int(zero.get("stage3_max_reuse_distance", DEFAULT_MAX_REUSE_DISTANCE)),
+                 load_in_4bit=load_in_4bit, double_quant=double_quant)
 
 
 def setup_for_ds_config(config, cfg: LorettaConfig, ds_config, *, nodes: int = 1, gpus_per_node: int = 1,
                         seq_len: int = 4096, gradient_checkpointing: bool = False,
                         micro_batch_size: int | None = None, bf16: bool | None = None, offload: str | None = None,
-                        param_persistence_threshold: int | None = None,
-                        hpz_partition_size: int = 1, prepared: PreparedModel | None = None) -> tuple[Setup, list[str]]:
+                        param_persistence_threshold: int | None = None, load_in_4bit: bool = False,
+                        double_quant: bool = True, hpz_partition_size: int = 1, prepared: PreparedModel | None = None) -> tuple[Setup, list[str]]:
     """The Setup of ``loretta-ds train --ds_config DS_CONFIG`` with these settings (``config``: an HF
     config; ``ds_config``: a shipped config's name, a path or a dict), and notes on where each
     setting came from. The config is resolved as the trainer resolves it
@@ -507,7 +522,8 @@ def setup_for_ds_config(config, cfg: LorettaConfig, ds_config, *, nodes: int = 1
                      default_global_batch=DEFAULT_GLOBAL_BATCH, hpz_partition_size=hpz_partition_size)
     resolved, notes = resolve_ds_config(raw, facts)
     setup = setup_from_ds_config(resolved, nodes=nodes, gpus_per_node=gpus_per_node, seq_len=seq_len,
-                                 gradient_checkpointing=gradient_checkpointing)
+                                 gradient_checkpointing=gradient_checkpointing,
+                                 load_in_4bit=load_in_4bit, double_quant=double_quant)
     if micro_batch_size is None:
         notes.append(f"micro batch {setup.micro_batch_size}: the trainer's, from the config's batch sizes or its "
                      f"default global batch {DEFAULT_GLOBAL_BATCH} over {setup.world_size} process(es)")

@@ -372,7 +372,8 @@ class RunLayout:
 def fit_layout(raw: dict | None, facts, model_config, adapter, *, seq_len: int, gradient_checkpointing: bool,
                per_node: int, gpu_memory_gib: float | None = None, host_memory_gib: float | None = None,
                bandwidths: Bandwidths | None = None, hardware: Hardware | None = None,
-               prepared: PreparedModel | None = None) -> RunLayout:
+               prepared: PreparedModel | None = None, load_in_4bit: bool = False,
+               double_quant: bool = True) -> RunLayout:
     """``raw`` None (--ds_config auto): choose the layout (ValueError with the figures when none
     fits). A given ZeRO-3 config whose zero_hpz_partition_size is "auto": the processes per node
     on several nodes when the hpZ copy fits, else 1. ``adapter``: the LorettaConfig the memory is
@@ -392,7 +393,8 @@ def fit_layout(raw: dict | None, facts, model_config, adapter, *, seq_len: int, 
     _, grad_accum, _ = resolve_batch(template, facts)
     resolved, _ = resolve_ds_config(template, facts)
     base = setup_from_ds_config(resolved, nodes=hardware.nodes, gpus_per_node=per_node, seq_len=seq_len,
-                                gradient_checkpointing=gradient_checkpointing)
+                                gradient_checkpointing=gradient_checkpointing, load_in_4bit=load_in_4bit,
+                                double_quant=double_quant)
     if raw is None:
         choice = require_layout(choose_layout(model_config, adapter, hardware, replace(base, hpz_partition_size=1),
                                               grad_accum, bandwidths, prepared=prepared))

@@ -19,6 +19,7 @@ from pathlib import Path
 from .adapters.config import METHODS as LORETTA_METHODS
 from .adapters.config import AdapterSettings
 from .data.formats import FORMATS
+from .quantization import COMPUTE_DTYPES, EXTRA as QUANT_EXTRA, QUANT_TYPES
 from .settings import add_flags, coerce, parse_bool, setting
 from .tiny_llama import TINY_LLAMA_NAME as BUILTIN_MODEL
 
@@ -105,6 +106,17 @@ class TrainConfig:
     attn: str = setting("auto", choices=ATTENTION,
                         help="attention kernel: " + " | ".join(ATTENTION) + " (default auto: flash_attention_2 when "
                              "flash-attn is installed and a GPU is visible, else sdpa)")
+    # a 4-bit frozen base (loretta_ds.quantization; needs the optional extra "qlora")
+    load_in_4bit: bool = setting(False, help="load the frozen base's linear layers in 4 bits (bitsandbytes, as "
+                                             "QLoRA): about 0.52 bytes per weight instead of 2; the adapter trains "
+                                             f"in full precision (true/false; needs the '{QUANT_EXTRA}' extra)")
+    bnb_4bit_quant_type: str = setting("nf4", choices=QUANT_TYPES,
+                                       help="4-bit data type: nf4 (NormalFloat, QLoRA's) | fp4 (default nf4)")
+    bnb_4bit_use_double_quant: bool = setting(True, help="quantize the 4-bit blocks' scales too (0.516 instead of "
+                                                         "0.5625 bytes per weight; true/false; default true)")
+    bnb_4bit_compute_dtype: str | None = setting(None, choices=COMPUTE_DTYPES,
+                                                 help="dtype the 4-bit weights are dequantized to for each matmul "
+                                                      "(default: the run's, bfloat16 with --bf16, else float32)")
     # evaluation, checkpoints, output
     eval_every: int = setting(50, help="evaluate every N steps (0: only at the end; default 50)")
     eval_batches: int | None = setting(None, help="evaluate on at most N micro batches per process, and as many "
@@ -156,13 +168,15 @@ ADAPTER_FIELDS = {f.name for f in dataclasses.fields(AdapterSettings)}
 IDENTITY_KEYS = ("model", "dataset", "format", "method", "r", "tensor_rank", "alpha", "dropout",
                  "bottleneck", "activation", "adapter_scaling", "target_modules", "init", "train_norms",
                  "tt_shapes", "lr", "warmup_steps", "grad_clip", "max_steps", "epochs", "global_batch", "seq_len",
-                 "bf16", "seed", "packing", "chat_template")
+                 "bf16", "seed", "packing", "chat_template", "load_in_4bit", "bnb_4bit_quant_type",
+                 "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
 # The identity keys of the run's length: a run continued under other values is extended (or
 # shortened), its lr schedule recomputed for the new length (warmup's default is 5% of it).
 LENGTH_KEYS = ("max_steps", "epochs", "warmup_steps")
 # Identity keys added later: a run_config.json written before them had these values.
 _IDENTITY_DEFAULTS = {"packing": False, "chat_template": None, "activation": "relu", "adapter_scaling": 1.0,
-                      "tt_shapes": {}}
+                      "tt_shapes": {}, "load_in_4bit": False, "bnb_4bit_quant_type": "nf4",
+                      "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": None}
 
 
 def identity(train: dict) -> dict:
@@ -276,7 +290,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"unknown {name} {getattr(cfg, name)!r}: use one of {', '.join(allowed)}")
     for name in ("bf16", "gradient_checkpointing", "export", "verify_frozen", "overwrite_output_dir",
-                 "debug", "packing", "allow_config_change"):
+                 "debug", "packing", "allow_config_change", "load_in_4bit", "bnb_4bit_use_double_quant"):
         value = getattr(cfg, name)
         if name == "bf16" and value is None:
             continue  # the ds_config decides

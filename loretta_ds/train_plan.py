@@ -25,6 +25,7 @@ from .adapters import inject, trainable_parameter_names
 from .adapters.config import AdapterSettings, LorettaConfig
 from .distributed import checkpoint as ckpt
 from .distributed.ds_config import RunFacts, resolve_ds_config, scheduled_warmup, zero_stage
+from .quantization import QuantSpec, require_bitsandbytes
 from .run_config import (DEFAULT_EPOCHS, DEFAULT_GLOBAL_BATCH, DEFAULT_GRAD_CLIP, DEFAULT_LR, LENGTH_KEYS,
                          TrainConfig, identity)
 from .run.directory import RunDir, RunRecord, read_run_record
@@ -101,6 +102,7 @@ class Plan:
     trainable_shapes: dict[str, tuple[int, ...]]
     world_size: int
     notes: list[str] = field(default_factory=list)  # adjustments made to the ds_config
+    quantization: QuantSpec | None = None  # --load_in_4bit: how the frozen base is quantized
     warnings: list[str] = field(default_factory=list)  # settings that run but are probably not meant
     resume: ResumePoint = field(default_factory=ResumePoint)
     layout: dict | None = None  # --ds_config auto: the layout chosen, why, and the alternatives
@@ -244,7 +246,8 @@ def fit_run_layout(cfg: TrainConfig, raw_ds_config: dict | None, facts: RunFacts
     return fit_layout(raw_ds_config, facts, model_config, planned_adapter(cfg, adapter), seq_len=cfg.seq_len,
                              gradient_checkpointing=cfg.gradient_checkpointing, per_node=per_node,
                              gpu_memory_gib=cfg.gpu_memory, host_memory_gib=cfg.host_memory, bandwidths=bandwidths,
-                             prepared=prepared)
+                             prepared=prepared, load_in_4bit=cfg.load_in_4bit,
+                             double_quant=cfg.bnb_4bit_use_double_quant)
 
 
 def plan_layout_only(cfg: TrainConfig, world_size: int, per_node: int | None = None, bandwidths=None):
@@ -276,11 +279,21 @@ def plan_layout_only(cfg: TrainConfig, world_size: int, per_node: int | None = N
     return fitted, ds_config, [*fitted.notes, *notes]
 
 
+def check_quantized_run(cfg: TrainConfig) -> None:
+    """--load_in_4bit: refuse, before anything loads, what cannot work on a 4-bit base."""
+    require_bitsandbytes()
+    if cfg.verify_frozen:
+        raise ValueError("--verify_frozen compares the frozen weights with the checkpoint bit for bit, but a 4-bit "
+                         "base holds quantized codes, not those weights; drop --verify_frozen or --load_in_4bit")
+
+
 def build_plan(cfg: TrainConfig, world_size: int, per_node: int | None = None) -> Plan:
     """Check and resolve everything about the run (``cfg`` is only read). ``per_node``: processes
     per node (default: the launcher's, see loretta_ds.layout.processes_per_node)."""
     from .layout import load_run_ds_config, processes_per_node
 
+    if cfg.load_in_4bit:
+        check_quantized_run(cfg)
     per_node = processes_per_node(world_size, per_node)
     raw_ds_config = load_run_ds_config(cfg.ds_config)  # None for auto: chosen below
     if raw_ds_config is not None:
@@ -333,11 +346,14 @@ def build_plan(cfg: TrainConfig, world_size: int, per_node: int | None = None) -
     notes = [*fitted.notes, *notes]
     # What runs is the resolved config: the plan (and run_config.json) take its values, not the flags'.
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    bf16 = bool(ds_config["bf16"]["enabled"])
+    quantization = (QuantSpec.for_run(cfg.bnb_4bit_quant_type, cfg.bnb_4bit_use_double_quant,
+                                      cfg.bnb_4bit_compute_dtype, bf16) if cfg.load_in_4bit else None)
     return Plan(cfg=cfg, model_path=model_path, model_config=model_config, tokenizer=tokenizer, data=data,
                 adapter=adapter, ds_config=ds_config, zero_stage=stage, micro_batch_size=micro, grad_accum=accum,
                 global_batch=ds_config["train_batch_size"], total_steps=steps_for_batch(micro, accum),
                 warmup_steps=scheduled_warmup(ds_config), lr=float(ds_config["optimizer"]["params"]["lr"]),
-                grad_clip=float(ds_config["gradient_clipping"]), bf16=bool(ds_config["bf16"]["enabled"]),
+                grad_clip=float(ds_config["gradient_clipping"]), bf16=bf16, quantization=quantization,
                 attn=attn, trainable_shapes=shapes, world_size=world_size, notes=notes,
                 layout=fitted.choice.to_dict() if fitted.choice is not None else None,
                 warnings=adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels)))

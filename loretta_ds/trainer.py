@@ -43,6 +43,7 @@ from .distributed.param_report import describe_report, parameter_report
 from .distributed.stop import StopRequest
 from .data.batches import real_token_count
 from .file_io import write_json_atomically
+from .quantization import base_record, release_checkpoint_mapping
 from .run.contents import clear_previous_run
 from .run_config import TrainConfig
 from .run.directory import RunDir, write_run_record
@@ -222,13 +223,19 @@ class Trainer:
             self.log(f"ds_config: {note}")
         for warning in plan.warnings:
             self.log(f"warning: {warning}")
-        self.log(f"model {plan.model_path} ({plan.dtype}, attention {plan.attn}); ZeRO stage "
+        base = f"{plan.dtype}" + (f", {plan.quantization.describe()}" if plan.quantization else "")
+        self.log(f"model {plan.model_path} ({base}, attention {plan.attn}); ZeRO stage "
                  f"{plan.zero_stage}, {self.world_size} process(es); {batch_summary(plan.ds_config)}")
         # Must stay alive until the end: transformers checks it through a weak reference.
         self._load_context = zero3_params.Zero3LoadContext(plan.ds_config, plan.zero3)
+        quantized = {"quantization_config": plan.quantization.bnb_config()} if plan.quantization else {}
         model = AutoModelForCausalLM.from_pretrained(plan.model_path, dtype=plan.dtype,
-                                                     attn_implementation=plan.attn)
+                                                     attn_implementation=plan.attn, **quantized)
         model.config.use_cache = False
+        if plan.quantization:
+            # save_adapter records it: an export or a reload of the adapter rebuilds this base.
+            model.loretta_base_quantization = base_record(model, plan.quantization)
+            release_checkpoint_mapping(model)
         model, self.trainable_names = attach_adapter(model, plan.adapter)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

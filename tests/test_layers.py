@@ -16,7 +16,7 @@ LAYERS = [
     {"loretta_ds", "settings", "file_io"},  # helpers every layer uses; the package root's constants
     {"run", "run.directory"},  # the run directory's names and run_config.json
     {"run.lock", "run.metrics"},  # one run per directory; what a run reports
-    {"tt"},  # tensor-train maths
+    {"tt", "quantization"},  # tensor-train maths; the 4-bit base's settings and byte counts (siblings)
     {"adapters"},  # LorettaConfig, the layers, inject / merge / save / load
     {"data", "distributed", "export", "integrations"},  # siblings: none imports another
     {"tiny_llama", "run.contents", "generation", "loss"},  # run.contents reads checkpoints' and exports' own files

@@ -90,6 +90,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "target_shapes": {name: list(linear_shape(layer.base_layer))
                           for name, layer in adapter_layers(model).items()},
     }
+    if getattr(model, "loretta_base_quantization", None):
+        meta["base_quantization"] = model.loretta_base_quantization  # trained on a 4-bit base (QuantSpec)
     replace_atomically(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata={"format": "pt"}))
     # PEFT reads only its own file name and key names: the same tensors again (a LoRETTA adapter is small).
     peft_state = {PEFT_PREFIX + name: tensor for name, tensor in state.items()}

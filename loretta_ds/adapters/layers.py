@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..quantization import is_quantized
 from ..tt import TTFactorMatrix
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
@@ -71,12 +72,22 @@ def adp_update(h: torch.Tensor, down: torch.Tensor, up: torch.Tensor, down_bias:
     return out.to(h.dtype)
 
 
+def adapter_dtype_device(base_layer: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """Where the adapter's tensors live: the base weight's dtype and device, but float32 over a
+    4-bit base (whose tensor dtype is only the codes' storage)."""
+    weight = base_layer.weight
+    return (torch.float32 if is_quantized(weight) else weight.dtype), weight.device
+
+
 def linear_shape(layer: nn.Module) -> tuple[int, int]:
     """(out_features, in_features) of a linear layer, also when ZeRO-3 has partitioned its weight.
 
-    A partitioned weight has an empty ``shape``; DeepSpeed keeps the real one in ``ds_shape``.
+    A partitioned weight has an empty ``shape``; DeepSpeed keeps the real one in ``ds_shape``. A
+    4-bit weight's tensor holds packed codes: the layer's own features are the shape.
     """
     weight = layer.weight
+    if is_quantized(weight):
+        return int(layer.out_features), int(layer.in_features)
     shape = tuple(getattr(weight, "ds_shape", weight.shape))
     if len(shape) != 2:
         raise ValueError(f"expected a 2-D linear weight, got shape {shape}")
@@ -96,7 +107,7 @@ class LorettaRepLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = linear_shape(base_layer)
         self.base_layer = base_layer
-        dtype, device = base_layer.weight.dtype, base_layer.weight.device
+        dtype, device = adapter_dtype_device(base_layer)
         self.r, self.scaling = r, alpha / r
         self.loretta_A = TTFactorMatrix(self.in_features, r, tensor_rank, modes_a, dtype, device)
         self.loretta_B = TTFactorMatrix(r, self.out_features, tensor_rank, modes_b, dtype, device)
@@ -122,6 +133,9 @@ class LorettaRepLinear(nn.Module):
         """Add the update into the base weight (needs the full weight: gather it under ZeRO-3)."""
         if not self.merged:
             weight = self.base_layer.weight
+            if is_quantized(weight):
+                raise ValueError("the base layer is 4-bit: an update cannot be added to its codes; export the "
+                                 "run merged (loretta-ds export RUN_DIR OUT_DIR), which dequantizes the base")
             weight.add_(self.delta_weight().to(weight.dtype))
             self.merged = True
 
@@ -152,7 +166,7 @@ class LorettaAdpLinear(nn.Module):
         self.out_features, self.in_features = linear_shape(base_layer)
         self.base_layer, self.position = base_layer, position
         self.features = self.in_features if position == "input" else self.out_features
-        dtype, device = base_layer.weight.dtype, base_layer.weight.device
+        dtype, device = adapter_dtype_device(base_layer)
         self.scaling, self.activation = scaling, activation
         self.loretta_down = TTFactorMatrix(self.features, bottleneck, tensor_rank, modes_down, dtype, device)
         self.loretta_up = TTFactorMatrix(bottleneck, self.features, tensor_rank, modes_up, dtype, device)

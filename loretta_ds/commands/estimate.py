@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--param_persistence_threshold", type=int, default=None,
                      help="DeepSpeed stage3_param_persistence_threshold: parameters this small stay whole "
                           "on every GPU (default: the ds_config's, as train raises it, else 100000)")
+    run.add_argument("--load_in_4bit", type=parse_bool, nargs="?", const=True, default=False,
+                     help="plan a 4-bit frozen base (train's --load_in_4bit: every linear weight but the head "
+                          "as bitsandbytes 4-bit codes and block scales; no bitsandbytes needed to plan)")
+    run.add_argument("--bnb_4bit_use_double_quant", type=parse_bool, nargs="?", const=True, default=True,
+                     help="with --load_in_4bit: quantized block scales, as train's default (true/false)")
     add_bandwidth_arguments(parser)
     run.add_argument("--json", action="store_true", help="print the estimate and the verdict as JSON")
 
@@ -107,7 +112,9 @@ def format_estimate(e) -> str:
     lines = [
         f"{e.model}: LoRETTA_{e.method}, {s.nodes} node(s) x {s.gpus_per_node} GPU(s) = {s.world_size}, "
         f"ZeRO-{s.zero_stage}{f' hpZ {s.hpz_partition_size}' if s.hpz_partition_size > 1 else ''}, offload "
-        f"{s.offload}, {'bf16' if s.bf16 else 'fp32'}, micro batch {s.micro_batch_size} x "
+        f"{s.offload}, {'bf16' if s.bf16 else 'fp32'}"
+        f"{', 4-bit base' + (' (double quantization)' if s.double_quant else '') if s.load_in_4bit else ''}, "
+        f"micro batch {s.micro_batch_size} x "
         f"seq {s.seq_len}, gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}",
         f"  parameters: {e.total_params:,} total, {e.trainable_params:,} trainable "
         f"({100 * e.trainable_params / e.total_params:.4f}%), {e.persistent_params:,} persistent (<= threshold)",
@@ -116,6 +123,7 @@ def format_estimate(e) -> str:
         f"    {'frozen weights (' + ('partition' if s.zero_stage == 3 else 'whole') + ')':<28}{_gib(gpu_partition)}",
         f"    persistent (adapter, norms) {_gib(e.persistent_bytes)}{secondary}",
         f"    gathered weights (working)  {_gib(e.gathered_bytes)}" + _gathered_note(e),
+        *([f"    4-bit scales, dequantized   {_gib(e.quantization_bytes)}"] if s.load_in_4bit else []),
         f"    gradients                   {_gib(e.gradient_bytes)}",
         f"    optimizer state             {_gib(gpu_optimizer)}",
         f"    model states                {_gib(e.gpu_model_state_bytes)}    DeepSpeed all-trainable: {_gib(ds.gpu_bytes)}",
@@ -235,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
     choice = None
     settings = dict(nodes=args.nodes, gpus_per_node=args.gpus_per_node, seq_len=args.seq_len,
                     gradient_checkpointing=args.gradient_checkpointing, micro_batch_size=args.micro_batch_size,
-                    bf16=args.bf16, offload=args.offload, param_persistence_threshold=args.param_persistence_threshold)
+                    bf16=args.bf16, offload=args.offload, param_persistence_threshold=args.param_persistence_threshold,
+                    load_in_4bit=args.load_in_4bit, double_quant=args.bnb_4bit_use_double_quant)
     hardware = None
     if args.ds_config is not None:
         hardware = detect_hardware(args.nodes, args.gpus_per_node, args.gpu_memory, args.host_memory)
@@ -261,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
                       bf16=True if args.bf16 is None else args.bf16, micro_batch_size=args.micro_batch_size or 1,
                       seq_len=args.seq_len, gradient_checkpointing=args.gradient_checkpointing,
                       param_persistence_threshold=(100_000 if args.param_persistence_threshold is None
-                                                   else args.param_persistence_threshold))
+                                                   else args.param_persistence_threshold),
+                      load_in_4bit=args.load_in_4bit, double_quant=args.bnb_4bit_use_double_quant)
         estimate = estimate_memory(config, cfg, setup, model_name=args.model, prepared=prepared)
     traffic = step_traffic(estimate, config, 1, bandwidths)
     judged = verdict(estimate, int(args.gpu_memory * 2**30))

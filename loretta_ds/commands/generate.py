@@ -62,6 +62,7 @@ def load_for_generation(path: str | Path, base: str | None = None):
         raise FileNotFoundError(f"{path} has neither config.json (a model) nor {RUN_CONFIG} (a run); "
                                 "pass a training OUTPUT_DIR or a Hugging Face model directory")
     from ..export.sources import resolve_base
+    from ..quantization import QuantSpec, load_quantized, spec_from_settings
 
     if record.method == "lora":
         from peft import PeftModel
@@ -69,15 +70,20 @@ def load_for_generation(path: str | Path, base: str | None = None):
         if not (base or record.model):
             raise ValueError(f"{run.run_config} names no base model; pass --base MODEL")
         base_dir = resolve_base(base or record.model, path)
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
-                                          run.adapter)
+        spec = spec_from_settings(record.train, record.dtype == "bfloat16")
+        base_model = (load_quantized(base_dir, spec) if spec is not None
+                      else AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32))
+        model = PeftModel.from_pretrained(base_model, run.adapter)
         return model.eval(), AutoTokenizer.from_pretrained(base_dir), f"{base_dir} + LoRA {run.adapter}"
     from ..adapters import load_adapter
     from ..export.sources import resolve_source
 
     source = resolve_source(run_dir=path, base=base)
     base_dir = source.base_dir()
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    spec = QuantSpec.from_dict(source.meta.get("base_quantization"))
+    # A run on a 4-bit base generates on that base, as it trained and evaluated.
+    model = (load_quantized(base_dir, spec) if spec is not None
+             else AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32))
     load_adapter(model, source.adapter_dir)
     description = f"{base_dir} + LoRETTA_{source.config.method} {source.adapter_dir}"
     return model.eval(), AutoTokenizer.from_pretrained(base_dir), description

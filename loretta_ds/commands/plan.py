@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 
+from ..quantization import QuantSpec
 from ..run_config import add_train_arguments
 from .estimate import BANDWIDTH_FLAGS, add_bandwidth_arguments, bandwidths_from_args
 
@@ -66,6 +67,7 @@ def plan_summary(plan) -> dict:
         "eval_examples": len(plan.data.eval) if plan.data.eval is not None else 0,
         "output_dir": plan.cfg.output_dir, "start": start, "notes": plan.notes, "warnings": plan.warnings,
         "ds_config": plan.ds_config, "layout": plan.layout,
+        "quantization": plan.quantization.to_dict() if plan.quantization else None,
     }
 
 
@@ -78,6 +80,7 @@ def format_summary(summary: dict) -> str:
         f"  {summary['total_steps']} steps, {summary['warmup_steps']} of warmup, lr {summary['lr']:g}, "
         f"grad clip {summary['grad_clip']:g}, {'bf16' if summary['bf16'] else 'fp32'}, ZeRO stage "
         f"{summary['zero_stage']}, attention {summary['attn']}",
+        *([f"  base: {QuantSpec.from_dict(summary['quantization']).describe()}"] if summary.get("quantization") else []),
         f"  data: {summary['train_examples']} train / {summary['eval_examples']} eval examples",
         f"  output {summary['output_dir']}: {summary['start']}",
     ]

@@ -16,6 +16,7 @@ import torch
 
 from ..adapters.io import CHAT_TEMPLATE_NAME, CONFIG_NAME, WEIGHTS_NAME, read_adapter_tensors
 from ..adapters.peft_export import PEFT_WEIGHTS
+from ..quantization import QuantSpec, recorded_weights, require_bitsandbytes
 from .base_weights import BaseCheckpoint, open_base_checkpoint
 from .lora import write_lora
 from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_config, write_merged,
@@ -132,7 +133,8 @@ def export(run_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike 
     if verify:
         log("verifying: loading the adapted base model and the export in float32 ...")
         export_dtype = out_dtype or _dominant_dtype(source, format)
-        result.verify = verify_export(format, source.base_dir(), source.adapter_dir, result.out_dir, export_dtype)
+        result.verify = verify_export(format, source.base_dir(), source.adapter_dir, result.out_dir, export_dtype,
+                                      QuantSpec.from_dict(source.meta.get("base_quantization")))
         log(str(result.verify))
     return result
 
@@ -170,7 +172,13 @@ def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, o
     tensors = read_adapter_tensors(source.adapter_dir)
     updates, norms = rep_updates(source.config, source.meta, tensors), norm_tensors(tensors)
     checkpoint = open_base_checkpoint(base_dir)
-    plan = plan_merged(checkpoint, updates, norms, dtype, shard_limit)
+    record = source.meta.get("base_quantization")
+    spec = QuantSpec.from_dict(record)
+    if spec is not None:
+        require_bitsandbytes()  # the base is quantized here as it was for training
+        log(f"the adapter trained on a {spec.describe()}: its weights are written dequantized, as the run saw them")
+    quantized = (spec, recorded_weights(record)) if spec is not None else None
+    plan = plan_merged(checkpoint, updates, norms, dtype, shard_limit, quantized)
     total = sum(shard.nbytes for shard in plan)
     _check_disk(staged, total)
 

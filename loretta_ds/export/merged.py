@@ -21,6 +21,7 @@ import torch
 from .base_weights import BaseCheckpoint, ShardReader, TensorInfo
 from .safetensors_stream import StreamingSafetensorsWriter, dtype_name
 from .updates import RepUpdate
+from ..quantization import QuantSpec
 
 # Rows per block are chosen so a block is at most this many bytes in float32, whatever the source
 # dtype: the arithmetic (and so every output byte) is then the same for .bin and safetensors bases.
@@ -52,12 +53,14 @@ def parse_size(size: str | int) -> int:
 
 @dataclass
 class PlannedTensor:
-    """One output tensor: read ``source``, optionally add ``update`` or take ``replacement``."""
+    """One output tensor: read ``source``, optionally add ``update`` or take ``replacement``;
+    ``quantization``: the base trained 4-bit, so the weight is its dequantized 4-bit form."""
 
     source: TensorInfo
     dtype: torch.dtype
     update: RepUpdate | None = None
     replacement: torch.Tensor | None = None
+    quantization: QuantSpec | None = None
 
     @property
     def nbytes(self) -> int:
@@ -99,20 +102,29 @@ def _check_against_base(base: BaseCheckpoint, updates: dict[str, RepUpdate],
 
 
 def plan_merged(base: BaseCheckpoint, updates: dict[str, RepUpdate], norms: dict[str, torch.Tensor],
-                dtype: torch.dtype | None, max_shard_size: int) -> list[PlannedShard]:
+                dtype: torch.dtype | None, max_shard_size: int,
+                quantized: tuple[QuantSpec, set[str]] | None = None) -> list[PlannedShard]:
     """Output shards in base order, greedily filled up to ``max_shard_size`` bytes each.
 
     dtype: the output dtype of floating tensors; None keeps each base tensor's own dtype.
+    quantized: (how, the weight names) when the adapter trained on a 4-bit base: those weights
+    are written as the 4-bit model saw them (quantized and dequantized again), update added.
     Every base tensor appears exactly once; a tensor larger than the limit gets a shard alone.
     """
     _check_against_base(base, updates, norms)
+    spec, quantized_names = quantized if quantized is not None else (None, set())
+    missing = sorted(quantized_names - set(base.tensors))
+    if missing:
+        raise ValueError(f"the base checkpoint in {base.directory} lacks weights the 4-bit model quantized "
+                         f"({', '.join(missing[:3])}); pass --base with the model the adapter was trained on")
     by_weight = {u.weight_name: u for u in updates.values()}
     groups: list[list[PlannedTensor]] = [[]]
     size = 0
     for name, info in base.tensors.items():
         out_dtype = dtype if (dtype is not None and info.dtype.is_floating_point) else info.dtype
         dtype_name(out_dtype)  # refuse unsupported dtypes now rather than mid-write
-        planned = PlannedTensor(info, out_dtype, by_weight.get(name), norms.get(name))
+        planned = PlannedTensor(info, out_dtype, by_weight.get(name), norms.get(name),
+                                spec if name in quantized_names else None)
         if groups[-1] and size + planned.nbytes > max_shard_size:
             groups.append([])
             size = 0
@@ -136,6 +148,9 @@ def _blocks(planned: PlannedTensor, reader: ShardReader, factors: tuple | None):
         flat = planned.replacement.reshape(info.rows, info.row_numel)
         yield flat.to(planned.dtype)
         return
+    if planned.quantization is not None:
+        yield from _dequantized_blocks(planned, reader, factors)
+        return
     for start, stop in _row_blocks(info.rows, info.row_numel):
         block = reader.read_rows(info, start, stop)
         if factors is not None:
@@ -145,6 +160,19 @@ def _blocks(planned: PlannedTensor, reader: ShardReader, factors: tuple | None):
             merged.addmm_(lora_b[start:stop], lora_a, alpha=planned.update.scaling)
             block = merged
         yield block.to(planned.dtype)
+
+
+def _dequantized_blocks(planned: PlannedTensor, reader: ShardReader, factors: tuple | None):
+    """A weight of a 4-bit base, whole (double quantization scales its blocks with statistics of
+    the whole tensor, so it cannot be quantized by row blocks): quantized as the loader did,
+    dequantized, the update added in float32; written in row blocks. One weight at a time."""
+    info = planned.source
+    weight = planned.quantization.roundtrip(reader.read_rows(info, 0, info.rows)).reshape(info.rows, info.row_numel)
+    if factors is not None:
+        lora_a, lora_b = factors
+        weight.addmm_(lora_b, lora_a, alpha=planned.update.scaling)
+    for start, stop in _row_blocks(info.rows, info.row_numel):
+        yield weight[start:stop].to(planned.dtype)
 
 
 def write_merged(plan: list[PlannedShard], base: BaseCheckpoint, directory: Path,

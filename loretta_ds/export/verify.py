@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..adapters.io import load_adapter
+from ..quantization import QuantSpec, load_quantized
 
 # Max |logit difference| allowed, relative to max |logit| of the adapted model. A broken export
 # (missing norm, transposed or unscaled update) moves logits by a sizeable fraction of their range;
@@ -54,9 +55,19 @@ def _load(path: Path):
 
 
 def verify_export(fmt: str, base_dir: Path, adapter_dir: Path, out_dir: Path,
-                  export_dtype: torch.dtype) -> VerifyReport:
-    """Compare base + load_adapter(adapter_dir) with the export in out_dir (fmt: merged, peft-lora, adapter)."""
-    adapted = load_adapter(_load(base_dir), adapter_dir).eval()
+                  export_dtype: torch.dtype, quantization: QuantSpec | None = None) -> VerifyReport:
+    """Compare base + load_adapter(adapter_dir) with the export in out_dir (fmt: merged, peft-lora, adapter).
+
+    quantization: the adapter trained on this 4-bit base; the reference is then the 4-bit base
+    (float32 compute) + adapter, and so are the adapter formats' reloads; the merged export is a
+    plain float model.
+    """
+    def base():
+        if quantization is not None:
+            return load_quantized(base_dir, quantization, float32=True).eval()
+        return _load(base_dir)
+
+    adapted = load_adapter(base(), adapter_dir).eval()
     ids = sample_tokens(adapted.config.vocab_size)
     expected = _logits(adapted, ids)
     del adapted
@@ -65,9 +76,9 @@ def verify_export(fmt: str, base_dir: Path, adapter_dir: Path, out_dir: Path,
     elif fmt == "peft-lora":
         from peft import PeftModel
 
-        exported = PeftModel.from_pretrained(_load(base_dir), out_dir).eval()
+        exported = PeftModel.from_pretrained(base(), out_dir).eval()
     else:
-        exported = load_adapter(_load(base_dir), out_dir).eval()
+        exported = load_adapter(base(), out_dir).eval()
     got = _logits(exported, ids)
     scale = float(expected.abs().max())
     tolerance = RELATIVE_TOLERANCE.get(export_dtype, 2e-2) * max(1.0, scale)
