@@ -39,7 +39,7 @@ from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat
 from .distributed.stop import StopRequest
 from .data.batches import real_token_count
 from .file_io import write_json_atomically
-from .run.contents import clear_previous_run
+from .run.contents import claim, clear_previous_run
 from .run_config import TrainConfig
 from .run.directory import RunDir, write_run_record
 from .run.lock import OutputDirBusy, RunLock
@@ -194,11 +194,14 @@ class Trainer:
 
     def claim_output_dir(self) -> None:
         """Every rank learns whether rank 0 holds OUTPUT_DIR (a refusal ends them all, at once,
-        with rank 0's message); then a start-over clears the earlier run's own files."""
+        with rank 0's message); then a start-over clears the earlier run's own files, and the run
+        records the names it owns before it writes any of them."""
         if self.world_size > 1 and dist.any_rank(self._lock_refusal is not None):
             raise self._lock_refusal or OutputDirBusy(f"{self.run_dir} is in use by another run (see rank 0)")
         if self.rank == 0 and self.plan.resume.start_over is not None:
             clear_previous_run(self.run_dir, self.plan.resume.start_over, self.log)
+        if self.rank == 0:
+            claim(self.run_dir)
 
     def write_run_config(self, finished: bool, **final) -> None:
         """OUTPUT_DIR/run_config.json: what was trained on what (export and generate read it)."""

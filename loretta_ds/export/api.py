@@ -22,7 +22,7 @@ from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_
 from ..run.directory import RUN_CONFIG, RunDir, RunRecord, write_run_record
 from .provenance import PROVENANCE_NAME, foreign_files, write_provenance
 from .sources import ExportSource, resolve_source
-from .staging import StagedOutput
+from .staging import MARKER_NAME, StagedOutput
 from ..adapters.config import check_mergeable
 from .updates import norm_tensors, rep_updates
 from .verify import VerifyReport, verify_export
@@ -183,7 +183,7 @@ def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, o
         if trained_template.is_file():
             shutil.copyfile(trained_template, staged.path / trained_template.name)
             files.append(trained_template.name)
-        write_provenance(staged.path, _provenance(source, "merged", dtype, base_dir))
+        write_provenance(staged.path, _provenance(source, "merged", dtype, base_dir), skip=(MARKER_NAME,))
         staged.publish()
     log(f"wrote {out_dir}: load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r})")
     return ExportResult(staged.out_dir, "merged", files + [PROVENANCE_NAME])
@@ -220,7 +220,7 @@ def _export_lora(source: ExportSource, out_dir: Path, dtype, _shards, overwrite,
     _check_disk(staged, lora_bytes + sum(t.numel() * t.element_size() for t in norms.values()))
     with staged:
         files = write_lora(source.config, updates, norms, source.base_name, dtype, staged.path)
-        write_provenance(staged.path, _provenance(source, "peft-lora", dtype, None))
+        write_provenance(staged.path, _provenance(source, "peft-lora", dtype, None), skip=(MARKER_NAME,))
         staged.publish()
     log(f"wrote {out_dir}: PEFT LoRA adapter (r={source.config.r}, {len(updates)} modules, "
         f"{len(norms)} norms as modules_to_save)")
@@ -241,10 +241,11 @@ def _export_adapter(source: ExportSource, out_dir: Path, _dtype, _shards, overwr
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             shutil.copyfile(source.adapter_dir / name, staged.path / name)
         write_run_record(staged.path, record)
+        write_provenance(staged.path, _provenance(source, "adapter", None, None), skip=(MARKER_NAME,))
         staged.publish()
     log(f"wrote {out_dir}: LoRETTA_{source.config.method} adapter + {RUN_CONFIG} "
         "(load with loretta_ds.load_adapter, or export it again: it is a valid RUN_DIR)")
-    return ExportResult(staged.out_dir, "adapter", [CONFIG_NAME, WEIGHTS_NAME, RUN_CONFIG])
+    return ExportResult(staged.out_dir, "adapter", [CONFIG_NAME, WEIGHTS_NAME, RUN_CONFIG, PROVENANCE_NAME])
 
 
 def export_merged(run_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,

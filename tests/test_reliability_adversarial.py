@@ -1,0 +1,190 @@
+"""What a hostile or careless user does to run directories, adapters and exports, and what must
+hold: a clear refusal (one `error:` paragraph, exit 2, no traceback) or the correct behaviour, and
+every file the user had before byte-identical afterwards (sha256 of every file).
+
+Fast tier: every case runs `loretta-ds ...` in this process on the tiny test models; the training
+cases fail before any model loads (``no_model_loading`` makes a load fail the test).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loretta_ds.cli import main
+from loretta_ds.run import contents
+from test_export import make_base, make_run
+
+
+@pytest.fixture(scope="module")
+def builtin_model() -> Path:
+    from loretta_ds.tiny_llama import ensure_tiny_llama
+
+    return ensure_tiny_llama()
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the user error was reported")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    """A run directory as training leaves it (run_config.json + adapter/) on a tiny base."""
+    base = make_base(tmp_path / "base")
+    run = tmp_path / "run"
+    make_run(run, tmp_path / "base", base)
+    return run, tmp_path / "base"
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def refused(capsys, *argv) -> str:
+    """Run the CLI; it must refuse with one clear message (exit 2, no traceback)."""
+    status = main([*map(str, argv)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.count("error: ") == 1 and "Traceback" not in err, err
+    return err
+
+
+def quiet(_message):
+    pass
+
+
+# --- 1. ownership comes from what the program wrote, never from a name -----------------------------
+
+
+def users_files(directory: Path) -> None:
+    """Files a user keeps under the names a run writes: their own metrics, plot and report."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "metrics.jsonl").write_text('{"epoch": 1, "my_metric": 0.5}\n')
+    (directory / "loss.png").write_bytes(b"\x89PNG a user's plot")
+    (directory / "param_report.json").write_text('{"mine": true}\n')
+
+
+def users_peft_adapter(directory: Path) -> None:
+    adapter = directory / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"a user's PEFT weights")
+    (adapter / "README.md").write_text("# my adapter\n")
+
+
+@pytest.mark.parametrize("layout", ["run files", "peft adapter", "tensorboard"])
+def test_a_users_files_at_the_runs_names_are_never_taken_for_the_runs(layout, builtin_model, no_model_loading,
+                                                                      tmp_path, capsys):
+    out = tmp_path / "mine"
+    if layout == "run files":
+        users_files(out)
+        named = ["loss.png", "metrics.jsonl", "param_report.json"]
+    elif layout == "peft adapter":
+        users_peft_adapter(out)
+        named = ["adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
+    else:
+        (out / "tensorboard").mkdir(parents=True)
+        (out / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"a user's own logs")
+        named = ["tensorboard/events.out.tfevents.1.host"]
+    before = digests(out)
+    for extra in ([], ["--overwrite_output_dir"], ["--resume", "none"]):
+        err = refused(capsys, "train", "--output_dir", out, "--max_steps", 2, *extra)
+        assert all(name in err for name in named), err
+        assert "did not write" in err and "another --output_dir" in err, err
+        assert digests(out) == before
+        assert sorted(p.name for p in out.iterdir()) == sorted({n.split("/")[0] for n in named})
+
+
+def test_the_claim_makes_run_files_the_runs_and_only_the_runs_own_claim_counts(tmp_path):
+    out = tmp_path / "run"
+    users_files(out)
+    assert sorted(contents.survey(out).collisions) == ["loss.png", "metrics.jsonl", "param_report.json"]
+    # A file at the claim's name that the program did not write claims nothing (and is itself a user's).
+    (out / ".loretta-run-files.json").write_text('{"names": ["metrics.jsonl", "loss.png", "param_report.json"]}')
+    assert ".loretta-run-files.json" in contents.survey(out).collisions
+    assert "metrics.jsonl" in contents.survey(out).collisions
+    (out / ".loretta-run-files.json").unlink()
+    contents.claim(out)
+    found = contents.survey(out)
+    assert found.collisions == [] and found.foreign == []
+    assert sorted(p.name for p in found.own) == [".loretta-run-files.json", "loss.png", "metrics.jsonl",
+                                                 "param_report.json"]
+    # Starting over removes the run's files, the claim with them; a user's file beside them stays.
+    (out / "notes.txt").write_text("mine")
+    contents.clear_previous_run(out, contents.survey(out), log=quiet)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_directory_from_before_the_claim_is_still_the_runs(finished_run):
+    run, _ = finished_run  # run_config.json + adapter/, no claim: what earlier versions wrote
+    (run / "metrics.jsonl").write_text("")
+    found = contents.survey(run)
+    assert found.collisions == [] and found.foreign == []
+    (run / "run_config.json").unlink()
+    assert sorted(contents.survey(run).collisions) == ["adapter/adapter.safetensors", "adapter/adapter_config.json",
+                                                       "metrics.jsonl"]
+
+
+def test_export_overwrite_replaces_only_an_export_this_program_wrote(finished_run, tmp_path, capsys):
+    run, _ = finished_run
+    folder = tmp_path / "my-folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("years of work")
+    (folder / "sub" / "data.bin").write_bytes(b"\x00\x01")
+    before = digests(folder)
+    for fmt in ("merged", "peft-lora", "adapter"):
+        err = refused(capsys, "export", run, folder, "--format", fmt, "--overwrite")
+        assert "not an export of this program" in err and "choose another OUT_DIR" in err, err
+        assert digests(folder) == before
+    assert not (tmp_path / "my-folder.export-incomplete").exists()
+    # An export of its own is replaced, every format (the adapter format records its files too);
+    # once a user adds a file to it, it is no longer replaced.
+    for fmt in ("merged", "peft-lora", "adapter"):
+        out = tmp_path / f"export-{fmt}"
+        assert main(["export", str(run), str(out), "--format", fmt]) == 0
+        assert main(["export", str(run), str(out), "--format", fmt, "--overwrite"]) == 0
+        (out / "my-notes.txt").write_text("added by hand")
+        kept = digests(out)
+        err = refused(capsys, "export", run, out, "--format", fmt, "--overwrite")
+        assert "not an export of this program" in err
+        assert digests(out) == kept
+
+
+@pytest.mark.parametrize("suffix", [".export-incomplete", ".export-replaced"])
+def test_a_users_directory_at_an_exports_temporary_names_is_never_deleted(suffix, finished_run, tmp_path, capsys):
+    run, _ = finished_run
+    out = tmp_path / "X"
+    users = tmp_path / f"X{suffix}"
+    users.mkdir()
+    (users / "keep.txt").write_text("a user's folder that happens to have this name")
+    before = digests(users)
+    for extra in ([], ["--overwrite"]):
+        err = refused(capsys, "export", run, out, *extra)
+        assert str(users) in err and "was not left by an export" in err, err
+        assert digests(users) == before and not out.exists()
+    # In a run directory too: the run's final export would have removed merged.export-*.
+    (run / f"merged{suffix}").mkdir()
+    (run / f"merged{suffix}" / "keep.txt").write_text("mine")
+    assert contents.survey(run).collisions == [f"merged{suffix}/keep.txt"]
+
+
+def test_what_an_interrupted_export_leaves_is_still_cleaned_up(finished_run, tmp_path):
+    run, _ = finished_run
+    out = tmp_path / "X"
+    complete = tmp_path / "complete"
+    assert main(["export", str(run), str(complete)]) == 0
+    # Killed between dropping the marker and the rename: a complete export at the temporary name.
+    shutil.copytree(complete, tmp_path / "X.export-incomplete")
+    (tmp_path / "X.export-replaced").mkdir()  # killed as the old export was being moved aside: empty
+    assert main(["export", str(run), str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X", "base", "complete", "run"]
