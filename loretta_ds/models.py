@@ -1,6 +1,7 @@
 """Model configs by name: LLaMA-2 presets with their real shapes, HF config files, meta-device models."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -98,3 +99,44 @@ def meta_model(config: PretrainedConfig) -> torch.nn.Module:
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
+
+
+# Tensors a checkpoint may hold that no parameter takes, which from_pretrained drops by design
+# (older LLaMA conversions saved the rotary inverse frequencies).
+_IGNORED_EXTRA = (re.compile(r"rotary_emb\.inv_freq$"),)
+
+
+def check_weights_match(model_dir: str | Path | None, config: PretrainedConfig) -> None:
+    """Refuse a model directory whose weights are not exactly the parameters its config.json builds,
+    read from the safetensors headers (or the .bin index) alone, before a weight loads.
+
+    from_pretrained only warns about a missing tensor and initialises it at random (training then
+    runs on a damaged model, exports carry the hole on, and "greedy" generation changes run to run),
+    and it drops extra ones silently (a config with fewer layers than the weights).
+    """
+    from .export.base_weights import open_base_checkpoint
+
+    if model_dir is None or not Path(model_dir).is_dir():
+        return  # a hub id: transformers reads (and checks) its cached files
+    present = {name: tuple(info.shape) for name, info in open_base_checkpoint(model_dir).tensors.items()}
+    model = meta_model(config)
+    required = {name: tuple(param.shape) for name, param in model.named_parameters()}
+    # state_dict() also names a tied weight under each of its names, and the persistent buffers.
+    allowed = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    ignored = [re.compile(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
+    missing = sorted(set(required) - set(present))
+    extra = sorted(name for name in present if name not in allowed
+                   and not any(pattern.search(name) for pattern in (*_IGNORED_EXTRA, *ignored)))
+    wrong = sorted(f"{name} {list(present[name])} (the config makes {list(allowed[name])})"
+                   for name in present if name in allowed and present[name] != allowed[name])
+    problems = []
+    for what, names in (("missing from the weights", missing), ("in the weights but not in the model", extra),
+                        ("of another shape", wrong)):
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            problems.append(f"{len(names)} tensor(s) {what}: {shown}")
+    if problems:
+        raise ValueError(f"the model in {model_dir} does not match its config.json "
+                         f"({config.num_hidden_layers} layers, hidden size {config.hidden_size}): "
+                         f"{'; '.join(problems)}. Loading it would start those weights at random; "
+                         "re-download or re-convert the model, or correct config.json")

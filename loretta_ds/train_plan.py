@@ -228,11 +228,12 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
 
     specs = parse_dataset_specs(list(cfg.dataset) or None)
     attn = resolve_attention(cfg.attn)
-    from .models import check_model_type, resolve_model
+    from .models import check_model_type, check_weights_match, resolve_model
 
     model_path, model_config = resolve_model(cfg.model, weights=True)
 
     check_model_type(model_config)
+    check_weights_match(model_path, model_config)
     max_positions = getattr(model_config, "max_position_embeddings", None)
     if max_positions is not None and cfg.seq_len > max_positions:
         raise ValueError(f"--seq_len {cfg.seq_len} is longer than the model's maximum of {max_positions} "

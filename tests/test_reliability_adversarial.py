@@ -188,3 +188,117 @@ def test_what_an_interrupted_export_leaves_is_still_cleaned_up(finished_run, tmp
     (tmp_path / "X.export-replaced").mkdir()  # killed as the old export was being moved aside: empty
     assert main(["export", str(run), str(out)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X", "base", "complete", "run"]
+
+
+# --- 2. damage that would train and export silently -------------------------------------------------
+
+
+def drop_tensor(model_dir: Path, name_part: str) -> str:
+    """Delete the first tensor whose name contains ``name_part`` from a single-file model."""
+    from safetensors.torch import load_file, save_file
+
+    weights = model_dir / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(n for n in sorted(tensors) if name_part in n)
+    del tensors[name]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    return name
+
+
+def edit_config(model_dir: Path, **changes) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(changes)
+    (model_dir / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture
+def damaged_models(builtin_model, tmp_path) -> dict[str, tuple[Path, str]]:
+    """Copies of the built-in model: (directory, what the refusal must name)."""
+    layers = json.loads((builtin_model / "config.json").read_text())["num_hidden_layers"]
+    found = {}
+    for case in ("tensor deleted", "more layers", "fewer layers"):
+        model = tmp_path / case.replace(" ", "-")
+        shutil.copytree(builtin_model, model)
+        if case == "tensor deleted":
+            found[case] = (model, drop_tensor(model, "down_proj.weight"))
+        elif case == "more layers":
+            edit_config(model, num_hidden_layers=layers + 1)
+            found[case] = (model, f"model.layers.{layers}.")
+        else:
+            edit_config(model, num_hidden_layers=layers - 1)
+            found[case] = (model, f"model.layers.{layers - 1}.")
+    return found
+
+
+def test_train_refuses_a_model_whose_weights_do_not_match_its_config(damaged_models, no_model_loading, tmp_path,
+                                                                     capsys):
+    for case, (model, named) in damaged_models.items():
+        before = digests(model)
+        out = tmp_path / f"run-{model.name}"
+        err = refused(capsys, "train", "--model", model, "--output_dir", out, "--max_steps", 2)
+        assert "does not match its config.json" in err and named in err, (case, err)
+        assert ("missing from the weights" if case != "fewer layers" else "in the weights but not in the model") in err
+        assert "re-download" in err and not out.exists() and digests(model) == before
+
+
+def test_generate_and_export_refuse_a_base_missing_a_tensor(damaged_models, tmp_path, capsys):
+    model, named = damaged_models["tensor deleted"]
+    err = refused(capsys, "generate", model, "--prompt", "hi", "--max_new_tokens", 2)
+    assert "missing from the weights" in err and named in err, err
+    # A run on that base: neither its merged export nor generate loads the damaged base.
+    base = make_base(tmp_path / "base", shard=None)
+    run = tmp_path / "run"
+    make_run(run, tmp_path / "base", base)
+    named = drop_tensor(tmp_path / "base", "down_proj.weight")
+    before = digests(tmp_path)
+    for argv in (["export", run, tmp_path / "merged"], ["generate", run, "--prompt", "hi", "--max_new_tokens", 2]):
+        err = refused(capsys, *argv)
+        assert "missing from the weights" in err and named in err, err
+    assert digests(tmp_path) == before and not (tmp_path / "merged").exists()
+
+
+def flip_exponent_bit(weights: Path) -> None:
+    """Flip the top exponent bit of the first float32 value of the first tensor (x -> x * 2^±128)."""
+    data = bytearray(weights.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    first = min((v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"))
+    data[8 + header_len + first + 3] ^= 0x40
+    weights.write_bytes(bytes(data))
+
+
+def test_a_damaged_adapter_is_refused_by_export_and_generate(finished_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run, _ = finished_run
+    weights = run / "adapter" / "adapter.safetensors"
+    assert "weights_sha256" in json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert main(["export", str(run), str(tmp_path / "sound")]) == 0  # the undamaged adapter exports
+    flip_exponent_bit(weights)
+    before = digests(tmp_path)
+    commands = [["export", run, tmp_path / "merged"], ["export", run, tmp_path / "lora", "--format", "peft-lora"],
+                ["generate", run, "--prompt", "hi", "--max_new_tokens", 2]]
+    for argv in commands:
+        err = refused(capsys, *argv)
+        assert "does not match the checksum recorded when it was saved" in err, err
+    assert digests(tmp_path) == before
+    # NaN values in an adapter without a recorded checksum (written by an earlier version).
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    del config["weights_sha256"]
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    tensors = load_file(str(weights))
+    first = sorted(tensors)[0]
+    tensors[first] = torch_full_like_nan(tensors[first])
+    save_file(tensors, str(weights))
+    before = digests(tmp_path)
+    for argv in commands:
+        err = refused(capsys, *argv)
+        assert "non-finite values" in err and first in err, err
+    assert digests(tmp_path) == before
+    assert not any((tmp_path / name).exists() for name in ("merged", "lora"))
+
+
+def torch_full_like_nan(tensor):
+    import torch
+
+    return torch.full_like(tensor, float("nan"))
