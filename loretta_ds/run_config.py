@@ -252,6 +252,9 @@ def config_from_args(args: argparse.Namespace | dict) -> TrainConfig:
     return validate(cfg)
 
 
+SEED_LIMIT = 2 ** 31
+
+
 def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -286,6 +289,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _check_int(name, getattr(cfg, name), 1)
     for name in ("eval_every", "save_every", "seed", "eval_generate"):
         _check_int(name, getattr(cfg, name), 0)
+    if cfg.seed >= SEED_LIMIT:  # numpy's generator takes 32-bit seeds; a resume adds 1000 x step + rank
+        raise ValueError(f"seed must be below {SEED_LIMIT} (2**31), got {cfg.seed}")
     for name in ("lr", "epochs", "grad_clip"):
         value = getattr(cfg, name)
         if isinstance(value, float) and not math.isfinite(value):

@@ -406,8 +406,44 @@ def _named_checkpoint(resume: str) -> ckpt.CheckpointInfo:
     return ckpt.CheckpointInfo(path, int(ckpt.load_trainer_state(path)["step"]))
 
 
+def _check_same_run(plan: Plan, checkpoint: ckpt.CheckpointInfo, state: dict, record_present: bool,
+                    log: Callable[[str], None]) -> dict | None:
+    """--resume auto: the settings the checkpoint itself records (trainer_state.json's "settings")
+    must be this run's but for its length, whether or not run_config.json is still there (a deleted
+    run_config.json must not turn the comparison off). Returns run_config.json's "resumed_from" when
+    --allow_config_change lets a run continue under other settings."""
+    cfg, path = plan.cfg, checkpoint.path
+    recorded = state.get("settings")
+    if not isinstance(recorded, dict):
+        if record_present:
+            return None  # a checkpoint of an earlier version: run_config.json was compared instead
+        if not cfg.allow_config_change:
+            raise ValueError(f"{plan.run_dir.run_config} is missing, and checkpoint {path} does not record the "
+                             "settings it trained under (an earlier version wrote it), so whether this run "
+                             "continues it unchanged cannot be checked. Restore run_config.json, or pass "
+                             "--allow_config_change true to continue it under these settings (then recorded)")
+        log(f"resuming from {path}: the settings it trained under are unknown (--allow_config_change)")
+        return {"checkpoint": str(path.resolve()), "step": checkpoint.step,
+                "changed": {"unknown": str(plan.run_dir.run_config)}}
+    mine, theirs = identity(plan.settings), identity(recorded)
+    changes = {k: [theirs.get(k), mine[k]] for k in mine if mine[k] != theirs.get(k)}
+    beyond_length = set(changes) - set(LENGTH_KEYS)
+    if not beyond_length:
+        return None
+    listed = "; ".join(f"{k}: {there!r} there, {now!r} now" for k, (there, now) in changes.items())
+    if not cfg.allow_config_change:
+        missing = "" if record_present else f" ({plan.run_dir.run_config} is missing; the checkpoint records them)"
+        raise ValueError(f"checkpoint {path} trained under other settings{missing}: {listed}. Continuing it would "
+                         "train partly under those and partly under these. Pass the same settings to continue "
+                         "it, --allow_config_change true to continue under the new ones (the differences are "
+                         "then recorded in run_config.json), or --overwrite_output_dir to start over")
+    log(f"resuming from {path} (step {checkpoint.step}), which trained under other settings ({listed}) "
+        "(--allow_config_change)")
+    return {"checkpoint": str(path.resolve()), "step": checkpoint.step, "changed": changes}
+
+
 def _resume_from(plan: Plan, checkpoint: ckpt.CheckpointInfo, resumed_from: dict | None,
-                 log: Callable[[str], None]) -> ResumePoint:
+                 log: Callable[[str], None], record_present: bool = True) -> ResumePoint:
     """Check that ``checkpoint`` fits this run (tensors, settings when it is another run's, data
     position, length) before anything loads."""
     cfg, path = plan.cfg, checkpoint.path
@@ -420,6 +456,8 @@ def _resume_from(plan: Plan, checkpoint: ckpt.CheckpointInfo, resumed_from: dict
         if changes:
             resumed_from = {"checkpoint": str(path.resolve()), "step": checkpoint.step, "changed": changes}
     state = ckpt.load_trainer_state(path)
+    if cfg.resume == "auto":
+        resumed_from = _check_same_run(plan, checkpoint, state, record_present, log) or resumed_from
     try:
         step, position = int(state["step"]), state["data"]
         # The data position must fit this world size and batch: checked now, not after loading.
@@ -475,4 +513,4 @@ def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
     checkpoint = _newest_of_this_run(plan, complete, torn, log)
     if checkpoint is None:
         return ResumePoint(resumed_from=resumed_from)
-    return _resume_from(plan, checkpoint, resumed_from, log)
+    return _resume_from(plan, checkpoint, resumed_from, log, record_present=previous is not None)

@@ -39,7 +39,7 @@ from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat
 from .distributed.stop import StopRequest
 from .data.batches import real_token_count
 from .file_io import write_json_atomically
-from .run.contents import claim, clear_previous_run
+from .run.contents import StartState, claim, clear_previous_run, listing
 from .run_config import TrainConfig
 from .run.directory import RunDir, write_run_record
 from .run.lock import OutputDirBusy, RunLock
@@ -101,6 +101,7 @@ class Trainer:
         self._load_context = None
         self._lock: RunLock | None = None  # rank 0's hold on OUTPUT_DIR (one run at a time)
         self._lock_refusal: OutputDirBusy | None = None
+        self._before: StartState | None = None  # OUTPUT_DIR as this run found it (rank 0)
 
     def log(self, message: str) -> None:
         if self.rank == 0:
@@ -115,6 +116,13 @@ class Trainer:
     # --- orchestration ---------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self._run()
+        except BaseException:
+            self.undo_failed_start()
+            raise
+
+    def _run(self) -> int:
         _quiet_libraries(self.cfg.debug)
         # From the start: a preemption signal during setup must not kill the process (SIGUSR1's
         # default action); the first step then ends with a checkpoint and the preemption exit.
@@ -122,6 +130,8 @@ class Trainer:
         # blocked in the rendezvous (whose host rank failed) can only be ended by SIGTERM's
         # default action, which is what the deepspeed launcher sends when another rank fails.
         self._stop = StopRequest(signals=(signal.SIGUSR1, signal.SIGINT))
+        if self.rank == 0:
+            self._before = StartState.of(self.run_dir)
         try:
             dist.check_rendezvous_port()  # a taken port: said in seconds, before the plan is built
             self.plan = self.validate()
@@ -184,6 +194,18 @@ class Trainer:
         if self._lock_refusal is not None and self.world_size == 1:
             raise self._lock_refusal
         return plan
+
+    def undo_failed_start(self) -> None:
+        """A fresh run that fails before its first step leaves OUTPUT_DIR as it found it: what it
+        created is removed (and run_config.json it replaced restored), so the corrected command is
+        not refused for a run that never trained."""
+        fresh = self.plan is not None and self.plan.resume.checkpoint is None and not self.plan.resume.finished
+        if self.rank != 0 or self._before is None or not fresh or self.step > 0:
+            return
+        removed = self._before.restore(self.run_dir)
+        if removed:
+            print(f"nothing was trained: removed what this start wrote in {self.run_dir} ({listing(removed, 8)})",
+                  file=sys.stderr, flush=True)
 
     def _try_lock(self, create: bool) -> RunLock | None:
         try:
@@ -404,8 +426,11 @@ class Trainer:
                 "the data, and train again in a new --output_dir")
 
     def save_checkpoint(self) -> None:
+        # "settings": what this checkpoint trained under, compared by --resume auto even when
+        # run_config.json has gone.
         state = {"data": self.batches.state_dict(), "bad_streak": self.bad_streak, "bad_total": self.bad_total,
-                 "world_size": self.world_size, "global_batch": self.plan.global_batch}
+                 "world_size": self.world_size, "global_batch": self.plan.global_batch,
+                 "settings": self.plan.settings}
         ckpt.save_checkpoint(self.run_dir, self.step, self.engine, self.model, self.trainable_names, state,
                              self.cfg.keep_last, self.rank, log=self.log)
 

@@ -302,3 +302,122 @@ def torch_full_like_nan(tensor):
     import torch
 
     return torch.full_like(tensor, float("nan"))
+
+
+# --- 3. guards that a missing file turned off ---------------------------------------------------------
+
+
+def plan_of(argv: list[str]):
+    from loretta_ds.cli import build_parser
+    from loretta_ds.run_config import config_from_args
+    from loretta_ds.train_plan import build_plan
+
+    return build_plan(config_from_args(build_parser("train").parse_args(["train", *map(str, argv)])), world_size=1)
+
+
+def write_run_with_checkpoint(out: Path, argv: list[str], step: int = 2, record_settings: bool = True) -> None:
+    """What a run of ``argv`` leaves after ``step`` steps (claim, run_config.json, one checkpoint), built
+    from its plan: the trainable tensors' names and shapes, the data position, the settings."""
+    import torch
+    from safetensors.torch import save_file
+
+    from loretta_ds.distributed.checkpoint import write_marker
+    from loretta_ds.run.directory import write_run_record
+    from loretta_ds.train_plan import make_batches
+
+    plan = plan_of(["--output_dir", out, *argv])
+    path = out / "checkpoints" / f"step-{step}"
+    (path / "rng").mkdir(parents=True)
+    save_file({name: torch.zeros(shape) for name, shape in plan.trainable_shapes.items()},
+              str(path / "trainable.safetensors"))
+    save_file({}, str(path / "optimizer.safetensors"))
+    (path / "optimizer.json").write_text("{}")
+    state = {"step": step, "data": make_batches(plan, 0).state_dict(), "world_size": 1,
+             "global_batch": plan.global_batch}
+    if record_settings:
+        state["settings"] = plan.settings
+    (path / "trainer_state.json").write_text(json.dumps(state))
+    write_marker(path, step)
+    contents.claim(out)
+    write_run_record(out, plan.record())
+
+
+RUN = ["--max_steps", 4, "--seq_len", 48, "--micro_batch_size", 2, "--eval_every", 0, "--export", "false"]
+CHANGED = ["--lr", 0.5, "--alpha", 64, "--dropout", 0.3, "--grad_clip", 0]
+
+
+def test_resume_auto_compares_with_the_checkpoint_when_run_config_is_gone(builtin_model, no_model_loading, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "run"
+    write_run_with_checkpoint(out, RUN)
+    (out / "run_config.json").unlink()
+    before = digests(out)
+    err = refused(capsys, "train", "--output_dir", out, *RUN, *CHANGED, "--resume", "auto")
+    assert "trained under other settings" in err and "run_config.json is missing" in err, err
+    for fragment in ("lr: 0.01 there, 0.5 now", "alpha: 16.0 there, 64.0 now", "dropout: 0.0 there, 0.3 now",
+                     "grad_clip: 1.0 there, 0.0 now"):
+        assert fragment in err, err
+    assert digests(out) == before
+    # Only its length may change: a longer run continues it (up to loading the model).
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["train", "--output_dir", str(out), *map(str, RUN), "--max_steps", "6"])
+    assert "continuing" not in capsys.readouterr().err
+
+
+def test_resume_auto_refuses_an_unknown_checkpoint_without_run_config(builtin_model, no_model_loading, tmp_path,
+                                                                      capsys):
+    out = tmp_path / "run"
+    write_run_with_checkpoint(out, RUN, record_settings=False)  # a checkpoint of an earlier version
+    (out / "run_config.json").unlink()
+    before = digests(out)
+    err = refused(capsys, "train", "--output_dir", out, *RUN, *CHANGED)
+    assert "does not record the settings it trained under" in err and "--allow_config_change true" in err, err
+    assert digests(out) == before
+
+
+@pytest.fixture
+def alone_in_this_process(monkeypatch):
+    """init_distributed sets the launcher's variables for a world of one; put them back afterwards."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("existing", ["absent", "a user's folder", "an unfinished run"])
+def test_a_start_that_fails_before_step_one_leaves_the_directory_as_it_was(existing, builtin_model, tmp_path,
+                                                                           monkeypatch, alone_in_this_process,
+                                                                           capsys):
+    import transformers
+
+    out = tmp_path / "run"
+    extra = []
+    if existing == "a user's folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        extra = ["--overwrite_output_dir"]
+    elif existing == "an unfinished run":  # its record, written at its start; it never reached a checkpoint
+        out.mkdir()
+        contents.claim(out)
+        from loretta_ds.run.directory import write_run_record
+
+        write_run_record(out, plan_of(["--output_dir", out, *RUN]).record())
+    before = digests(out) if out.exists() else None
+
+    def fails_to_load(*args, **kwargs):
+        raise OSError("Input/output error reading model.safetensors")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fails_to_load)
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["train", "--output_dir", str(out), *map(str, RUN), *extra])
+    assert "nothing was trained: removed what this start wrote" in capsys.readouterr().err
+    assert (digests(out) if out.exists() else None) == before
+    # The corrected command (another seed, say) is not refused for a run that never trained (the
+    # unfinished run found there is still compared with it: that record was not this start's).
+    corrected = ["--seed", "7"] if existing != "an unfinished run" else []
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["train", "--output_dir", str(out), *map(str, RUN), *corrected, *extra])
+    assert (digests(out) if out.exists() else None) == before
+
+
+def test_an_out_of_range_seed_is_refused_before_anything_is_written(tmp_path, capsys):
+    err = refused(capsys, "train", "--output_dir", tmp_path / "run", "--seed", 2 ** 40)
+    assert "seed must be below 2147483648" in err and not (tmp_path / "run").exists()

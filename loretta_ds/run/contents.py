@@ -36,7 +36,7 @@ from ..adapters.peft_export import PEFT_CONFIG, PEFT_WEIGHTS
 from ..distributed import checkpoint as ckpt
 from ..export.provenance import foreign_files as export_foreign_files
 from ..export.staging import is_own_leftover
-from ..file_io import write_json_atomically
+from ..file_io import replace_atomically, write_json_atomically
 from .directory import (ADAPTER, CHECKPOINTS, CLAIM, LOCK, MERGED, METRICS, PARAM_REPORT, PLOT, RUN_CONFIG,
                         TENSORBOARD, RunDir, read_run_record)
 
@@ -230,3 +230,46 @@ def clear_previous_run(output_dir: str | Path, found: Survey, log: Callable[[str
         removed.append(str(path.relative_to(root)))
     if removed:
         log(f"--overwrite_output_dir: starting over; removed the earlier run's {listing(removed, 8)}")
+
+
+@dataclass(frozen=True)
+class StartState:
+    """OUTPUT_DIR as a run found it, so that a start failing before its first step can leave it so
+    ("a refusal changes nothing" holds for every failure before training)."""
+
+    existed: bool
+    names: frozenset[str]  # its entries then
+    run_config: bytes | None  # run_config.json then (a run rewrites it at its start)
+
+    @classmethod
+    def of(cls, run_dir: str | Path) -> "StartState":
+        root = Path(run_dir)
+        if not root.is_dir():
+            return cls(False, frozenset(), None)
+        record = RunDir(root).run_config
+        saved = record.read_bytes() if record.is_file() and not record.is_symlink() else None
+        return cls(True, frozenset(p.name for p in root.iterdir()), saved)
+
+    def restore(self, run_dir: str | Path) -> list[str]:
+        """Remove the run's own entries that were not there, put run_config.json back, remove
+        OUTPUT_DIR if the run created it and it is empty; the names of what changed."""
+        root = Path(run_dir)
+        if not root.is_dir():
+            return []
+        changed = []
+        for path in survey(root).own:
+            if path.relative_to(root).parts[0] in self.names or not (path.exists() or path.is_symlink()):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            changed.append(str(path.relative_to(root)))
+        record = RunDir(root).run_config
+        if self.run_config is not None and (not record.is_file() or record.read_bytes() != self.run_config):
+            data = self.run_config
+            replace_atomically(record, lambda tmp: tmp.write_bytes(data))
+            changed.append(f"{RUN_CONFIG} restored")
+        if not self.existed and not any(root.iterdir()):
+            root.rmdir()
+        return changed
