@@ -503,7 +503,7 @@ def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
     if cfg.resume != "auto":
         return _resume_from(plan, _named_checkpoint(cfg.resume), None, log)
     if previous is not None and previous.finished and run_dir.adapter.is_dir() and new_length is None:
-        log(f"{run_dir} holds this run, finished at step {previous.final_step}: nothing to do "
+        log(f"{run_dir} holds this run, finished at step {previous.final_step}: nothing to train "
             f"(the adapter is in {run_dir.adapter})")
         return ResumePoint(finished=True)
     if new_length is not None:

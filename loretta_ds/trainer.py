@@ -135,8 +135,8 @@ class Trainer:
         try:
             dist.check_rendezvous_port()  # a taken port: said in seconds, before the plan is built
             self.plan = self.validate()
-            if self.plan is None:
-                return 0  # finished before with the same config
+            if self.plan.resume.finished:
+                return self.complete_finished_run()
             dist.init_distributed(self.cfg.dist_timeout)
             self._stop.watch(signal.SIGTERM)
             self._heartbeat = start_heartbeat()  # names the lost rank if a collective fails
@@ -171,8 +171,8 @@ class Trainer:
 
     # --- 1. validate: user errors, before any model loads and before anything is written ----
 
-    def validate(self) -> Plan | None:
-        """The plan, or None when this exact run already finished in OUTPUT_DIR.
+    def validate(self) -> Plan:
+        """The plan (``plan.resume.finished`` when this exact run already finished in OUTPUT_DIR).
 
         Rank 0 locks OUTPUT_DIR before reading it, so its checks see no other run's writes in
         progress; a lock file is created only once the checks have passed (a refusal writes
@@ -184,9 +184,9 @@ class Trainer:
         if self._lock_refusal is not None and self.world_size == 1:
             raise self._lock_refusal  # (with more ranks, they are told after the rendezvous)
         resume = choose_resume(plan, self.log)
-        if resume.finished:
-            return None
         plan = dataclasses.replace(plan, resume=resume)
+        if resume.finished:
+            return plan
         if self.rank == 0 and self._lock is None and self._lock_refusal is None:
             self._lock = self._try_lock(create=True)
         if self._lock is not None:
@@ -500,6 +500,21 @@ class Trainer:
             text += f"; eval accuracy {first.get('accuracy', float('nan')):.3f} (step {first['step']}) -> " \
                     f"{last['accuracy']:.3f} (step {last['step']})"
         return text
+
+    def complete_finished_run(self) -> int:
+        """This run finished before. Its merged export is written if it is missing or was cut short
+        (a job killed after "adapter saved" and requeued, or --export true on a run trained with
+        --export false); otherwise there is nothing to do."""
+        from .export.provenance import is_own_export
+        from .export.staging import temp_dir_for
+
+        merged = self.run_dir.merged
+        if self.rank != 0 or not self.cfg.export or self.cfg.method not in MERGEABLE_METHODS:
+            return 0
+        if is_own_export(merged) and not temp_dir_for(merged).exists():
+            return 0
+        self.log(f"the merged export in {merged} is missing or incomplete: writing it")
+        return self.export_merged()
 
     def export_merged(self) -> int:
         if self.cfg.method not in MERGEABLE_METHODS:

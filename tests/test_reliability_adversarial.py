@@ -421,3 +421,56 @@ def test_a_start_that_fails_before_step_one_leaves_the_directory_as_it_was(exist
 def test_an_out_of_range_seed_is_refused_before_anything_is_written(tmp_path, capsys):
     err = refused(capsys, "train", "--output_dir", tmp_path / "run", "--seed", 2 ** 40)
     assert "seed must be below 2147483648" in err and not (tmp_path / "run").exists()
+
+
+# --- 4. requeue of a finished run, and a finished run asked for its export -------------------------------
+
+
+def write_finished_run(out: Path, argv: list[str]) -> None:
+    """What a run of ``argv`` on the built-in model leaves when killed right after "adapter saved":
+    the claim, the finished run_config.json and the adapter, no merged/."""
+    import transformers
+
+    from loretta_ds import inject, save_adapter
+    from loretta_ds.run.directory import write_run_record
+
+    plan = plan_of(["--output_dir", out, *argv])
+    model = transformers.AutoModelForCausalLM.from_pretrained(plan.model_path)
+    inject(model, plan.adapter)
+    save_adapter(model, out / "adapter")
+    contents.claim(out)
+    write_run_record(out, plan.record(finished=True, final_step=plan.total_steps))
+
+
+@pytest.mark.parametrize("case", ["killed after adapter saved", "export cut short", "--export true later",
+                                  "export complete"])
+def test_a_finished_run_started_again_completes_its_export(case, builtin_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    run = RUN[:-2]  # with the merged export (the default)
+    write_finished_run(out, run)
+    argv = ["train", "--output_dir", str(out), *map(str, run)]
+    if case == "export cut short":  # killed during the export: its temporary directory, marker and all
+        (out / "merged.export-incomplete").mkdir()
+        (out / "merged.export-incomplete" / "EXPORT_INCOMPLETE").write_text('{"pid": 1}')
+        (out / "merged.export-incomplete" / "model-00001-of-00002.safetensors").write_bytes(b"half")
+    if case == "--export true later":
+        assert main([*argv, "--export", "false"]) == 0
+        assert not (out / "merged").exists()
+        argv = [*argv, "--export", "true"]
+    if case == "export complete":
+        assert main(argv) == 0
+    capsys.readouterr()
+    before = digests(out)
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to train" in printed
+    assert (out / "merged" / "model.safetensors").is_file() and (out / "merged" / "loretta_export.json").is_file()
+    assert not (out / "merged.export-incomplete").exists()
+    after = digests(out)
+    if case == "export complete":  # nothing to do: not even the export is rewritten
+        assert after == before and "merged model exported" not in printed
+    else:
+        assert "merged model exported" in printed
+        # Everything that was there stays byte-identical; only the export is new.
+        assert {k: v for k, v in after.items() if k in before and not k.startswith("merged.")} == \
+            {k: v for k, v in before.items() if not k.startswith("merged.")}
