@@ -474,3 +474,28 @@ def test_a_finished_run_started_again_completes_its_export(case, builtin_model, 
         # Everything that was there stays byte-identical; only the export is new.
         assert {k: v for k, v in after.items() if k in before and not k.startswith("merged.")} == \
             {k: v for k, v in before.items() if not k.startswith("merged.")}
+
+
+# --- 5. generate on a run speaks the run's chat template; every export carries it ---------------------
+
+TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+def test_generate_on_a_run_and_on_its_exports_use_the_trained_chat_template(finished_run, tmp_path, capsys):
+    from loretta_ds.commands.generate import load_for_generation
+
+    run, _ = finished_run
+    (run / "adapter" / "chat_template.jinja").write_text(TEMPLATE)
+    _, tokenizer, _ = load_for_generation(run)
+    assert tokenizer.chat_template == TEMPLATE
+    for fmt in ("merged", "peft-lora", "adapter"):
+        assert main(["export", str(run), str(tmp_path / fmt), "--format", fmt]) == 0
+        assert (tmp_path / fmt / "chat_template.jinja").read_text() == TEMPLATE, fmt
+    capsys.readouterr()
+    answers = {}
+    for name, path in (("run", run), ("merged", tmp_path / "merged"), ("adapter export", tmp_path / "adapter")):
+        assert main(["generate", str(path), "--prompt", "hello", "--max_new_tokens", "6", "--chat", "true",
+                     "--json"]) == 0, capsys.readouterr().err
+        answers[name] = capsys.readouterr().out
+    assert answers["run"] == answers["merged"] == answers["adapter export"], answers
