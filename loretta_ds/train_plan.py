@@ -399,6 +399,14 @@ def _named_checkpoint(resume: str) -> ckpt.CheckpointInfo:
     if not path.is_dir():
         raise FileNotFoundError(f"--resume {path}: no such checkpoint directory; pass "
                                 "OUTPUT_DIR/checkpoints/step-N, auto or none")
+    if RunDir(path).checkpoints.is_dir() or RunDir(path).run_config.is_file():
+        complete, _ = ckpt.list_checkpoints(path)
+        newest = f"its newest complete checkpoint is {complete[-1].path}" if complete else "it holds no complete checkpoint"
+        raise ValueError(f"--resume {path} is a run directory, not a checkpoint ({newest}): pass one of its "
+                         f"checkpoints/step-N, or --output_dir {path} --resume auto to continue that run there")
+    if not (path / ckpt.TRAINABLE).is_file() and not (path / ckpt.MARKER).is_file():
+        raise ValueError(f"--resume {path} is not a checkpoint (it has no {ckpt.TRAINABLE} and no {ckpt.MARKER}); "
+                         "pass OUTPUT_DIR/checkpoints/step-N of a run, auto or none")
     problem = ckpt.check_checkpoint(path)
     if problem:
         raise ValueError(f"--resume {path} is not a complete checkpoint: {problem}")

@@ -499,3 +499,63 @@ def test_generate_on_a_run_and_on_its_exports_use_the_trained_chat_template(fini
                      "--json"]) == 0, capsys.readouterr().err
         answers[name] = capsys.readouterr().out
     assert answers["run"] == answers["merged"] == answers["adapter export"], answers
+
+
+# --- 8. errors name only flags that exist, and say what is true ------------------------------------------
+
+
+def train_flags() -> set[str]:
+    from loretta_ds.cli import build_parser
+
+    parser = build_parser("train")
+    train = next(a for a in parser._actions if getattr(a, "choices", None) and "train" in a.choices).choices["train"]
+    return {option for action in train._actions for option in action.option_strings}
+
+
+def assert_named_flags_exist(err: str) -> None:
+    import re
+
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z_]*", err))
+    assert named <= train_flags(), f"the message names flags that do not exist: {named - train_flags()}: {err}"
+
+
+def test_data_errors_recommend_flags_that_exist(builtin_model, no_model_loading, tmp_path, capsys):
+    numbered = tmp_path / "numbered.jsonl"
+    numbered.write_text("".join(json.dumps({"text": f"review {i}", "label": i % 2}) + "\n" for i in range(8)))
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text("".join(json.dumps({"body": f"x {i}", "tag": "y"}) + "\n" for i in range(8)))
+    for data, fragment in ((numbered, "write each label as its word"), (odd, "--format")):
+        err = refused(capsys, "train", "--output_dir", tmp_path / "run", "--dataset", data)
+        assert fragment in err, err
+        assert_named_flags_exist(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_a_run_directory_or_a_folder_says_what_it_is(builtin_model, no_model_loading, tmp_path, capsys):
+    run = tmp_path / "earlier"
+    write_run_with_checkpoint(run, RUN, step=2)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("x")
+    before = digests(tmp_path)
+    err = refused(capsys, "train", "--output_dir", tmp_path / "new", *RUN, "--resume", run)
+    assert "is a run directory, not a checkpoint" in err and str(run / "checkpoints" / "step-2") in err, err
+    assert "interrupted" not in err
+    err = refused(capsys, "train", "--output_dir", tmp_path / "new", *RUN, "--resume", folder)
+    assert "is not a checkpoint" in err and "interrupted" not in err, err
+    assert digests(tmp_path) == before and not (tmp_path / "new").exists()
+
+
+def test_a_failed_first_checkpoint_does_not_call_a_missing_one_intact(tmp_path, monkeypatch):
+    from loretta_ds.distributed import checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "gather_training_state", lambda engine, model, names: ({}, {"moments": {}}))
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write", disk_full)
+    with pytest.raises(ckpt.CheckpointError) as refusal:
+        ckpt.save_checkpoint(tmp_path, 1, None, None, [], {}, keep_last=2, rank=0, log=quiet)
+    assert "No earlier checkpoint exists" in str(refusal.value) and "none, intact" not in str(refusal.value)
+    assert not list((tmp_path / "checkpoints").iterdir())
