@@ -36,6 +36,14 @@ def check_model_type(config: PretrainedConfig) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"model type {model_type!r} is not supported; supported model types: "
                          f"{', '.join(SUPPORTED_MODEL_TYPES)} ({FAMILY_NAMES})")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    rope_type = (rope.get("rope_type") or rope.get("type") or "default") if isinstance(rope, dict) else "default"
+    if rope_type not in ("default", *ROPE_INIT_FUNCTIONS):
+        raise ValueError(f"the model's config.json names the rope type {rope_type!r} (rope_scaling), which this "
+                         f"transformers version does not know ({', '.join(['default', *sorted(ROPE_INIT_FUNCTIONS)])}); "
+                         "correct config.json, or upgrade transformers if the model needs a newer one")
 
 
 def resolve_model(name: str, *, weights: bool) -> tuple[str | None, PretrainedConfig]:
@@ -74,7 +82,12 @@ def _config_from_file(path: Path) -> PretrainedConfig:
     data = read_json(path, "model config", "pass a Hugging Face config.json")
     if not isinstance(data, dict) or "model_type" not in data:
         raise ValueError(f"{path} has no 'model_type'; it is not a Hugging Face model config")
-    return AutoConfig.for_model(**data)
+    try:
+        return AutoConfig.for_model(**data)
+    except Exception as err:  # noqa: BLE001 - transformers' validators raise several kinds
+        reason = " ".join(str(err).split())[:300]
+        raise ValueError(f"{path} is not a valid {data.get('model_type')} config ({reason}); correct it "
+                         "(for example, num_attention_heads must divide hidden_size)") from None
 
 
 def _config_from_hub(name: str, weights: bool) -> PretrainedConfig:

@@ -253,6 +253,7 @@ def config_from_args(args: argparse.Namespace | dict) -> TrainConfig:
 
 
 SEED_LIMIT = 2 ** 31
+DIST_TIMEOUT_LIMIT_S = 365 * 24 * 3600
 
 
 def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
@@ -289,6 +290,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _check_int(name, getattr(cfg, name), 1)
     for name in ("eval_every", "save_every", "seed", "eval_generate"):
         _check_int(name, getattr(cfg, name), 0)
+    if cfg.dist_timeout > DIST_TIMEOUT_LIMIT_S:  # the process group's timedelta (and gloo's) overflow beyond
+        raise ValueError(f"dist_timeout must be at most {DIST_TIMEOUT_LIMIT_S} seconds (a year), got {cfg.dist_timeout}")
     if cfg.seed >= SEED_LIMIT:  # numpy's generator takes 32-bit seeds; a resume adds 1000 x step + rank
         raise ValueError(f"seed must be below {SEED_LIMIT} (2**31), got {cfg.seed}")
     for name in ("lr", "epochs", "grad_clip"):

@@ -489,6 +489,7 @@ def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
     (nothing to do). Reads only; nothing is written.
     """
     cfg, run_dir = plan.cfg, plan.run_dir
+    guards.check_output_path(run_dir)
     guards.check_not_model_dir(run_dir, plan.model_path)
     found = guards.survey(run_dir)
     guards.check_collisions(run_dir, found)

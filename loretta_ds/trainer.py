@@ -39,7 +39,7 @@ from .distributed.health import Heartbeat, describe_lost_rank, start_heartbeat
 from .distributed.stop import StopRequest
 from .data.batches import real_token_count
 from .file_io import write_json_atomically
-from .run.contents import StartState, claim, clear_previous_run, listing
+from .run.contents import StartState, check_output_path, claim, clear_previous_run, listing
 from .run_config import TrainConfig
 from .run.directory import RunDir, write_run_record
 from .run.lock import OutputDirBusy, RunLock
@@ -179,6 +179,7 @@ class Trainer:
         nothing). The other ranks only read: they must not wait on their own rank 0's lock.
         """
         plan = build_plan(self.cfg, self.world_size)
+        check_output_path(self.run_dir)  # before the lock file is looked for there
         if self.rank == 0:
             self._lock = self._try_lock(create=False)
         if self._lock_refusal is not None and self.world_size == 1:

@@ -559,3 +559,93 @@ def test_a_failed_first_checkpoint_does_not_call_a_missing_one_intact(tmp_path, 
         ckpt.save_checkpoint(tmp_path, 1, None, None, [], {}, keep_last=2, rank=0, log=quiet)
     assert "No earlier checkpoint exists" in str(refusal.value) and "none, intact" not in str(refusal.value)
     assert not list((tmp_path / "checkpoints").iterdir())
+
+
+# --- 9. a clear error where a traceback was ----------------------------------------------------------------
+
+
+def ds_config_with(tmp_path: Path, name: str, text_changes: dict) -> Path:
+    from loretta_ds.distributed.ds_config import load_ds_config
+
+    config = load_ds_config("zero3")
+    config.update(text_changes)
+    path = tmp_path / name
+    path.write_text(json.dumps(config).replace('"INF"', "Infinity").replace('"NAN"', "NaN"))
+    return path
+
+
+def model_with_config(builtin_model: Path, directory: Path, **changes) -> Path:
+    shutil.copytree(builtin_model, directory)
+    edit_config(directory, **changes)
+    return directory
+
+
+@pytest.mark.parametrize("case", ["output dir is a file", "output dir is a dangling link", "dist_timeout 1e14",
+                                  "train_batch_size Infinity", "train_batch_size NaN", "optimizer SGD",
+                                  "heads do not divide hidden", "unknown rope type", "vocab and embedding differ",
+                                  "no weights", "truncated weights", "gpu_memory inf"])
+def test_what_was_a_traceback_is_one_clear_error(case, builtin_model, no_model_loading, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv, fragment = ["train", "--output_dir", out, "--max_steps", 2], None
+    if case == "output dir is a file":
+        out.write_text("a user's file")
+        fragment = "is a file, not a directory"
+    elif case == "output dir is a dangling link":
+        out.symlink_to(tmp_path / "nowhere")
+        fragment = "which does not exist"
+    elif case == "dist_timeout 1e14":
+        argv += ["--dist_timeout", 10 ** 14]
+        fragment = "dist_timeout must be at most"
+    elif case.startswith("train_batch_size"):
+        value = "INF" if case.endswith("Infinity") else "NAN"
+        argv += ["--ds_config", ds_config_with(tmp_path, "ds.json", {"train_batch_size": value})]
+        fragment = "train_batch_size in the DeepSpeed config must be a positive integer"
+    elif case == "optimizer SGD":
+        argv += ["--ds_config", ds_config_with(tmp_path, "ds.json", {"optimizer": {"type": "SGD", "params": {}}})]
+        fragment = "optimizer.type 'SGD'"
+        err = refused(capsys, "plan", *argv[1:])  # plan refuses it too, where it used to accept it
+        assert fragment in err, err
+    elif case == "heads do not divide hidden":
+        argv += ["--model", model_with_config(builtin_model, tmp_path / "m", num_attention_heads=3,
+                                              num_key_value_heads=3)]
+        fragment = "num_attention_heads must divide hidden_size"
+    elif case == "unknown rope type":
+        argv += ["--model", model_with_config(builtin_model, tmp_path / "m",
+                                              rope_scaling={"rope_type": "bogus", "factor": 2.0})]
+        fragment = "rope type 'bogus'"
+    elif case == "vocab and embedding differ":
+        argv += ["--model", model_with_config(builtin_model, tmp_path / "m", vocab_size=5000)]
+        fragment = "model.embed_tokens.weight [1024, 128] (the config makes [5000, 128])"
+    elif case == "no weights":
+        model = model_with_config(builtin_model, tmp_path / "m")
+        (model / "model.safetensors").unlink()
+        argv += ["--model", model]
+        fragment = "no model weights in"
+    elif case == "truncated weights":
+        model = model_with_config(builtin_model, tmp_path / "m")
+        weights = (model / "model.safetensors").read_bytes()
+        (model / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+        argv += ["--model", model]
+        fragment = "is truncated"
+    else:
+        argv, fragment = ["estimate", "--model", "llama2-7b", "--gpu_memory", "inf"], "--gpu_memory must be"
+    before = digests(tmp_path)
+    err = refused(capsys, *argv)
+    assert fragment in err, err
+    assert digests(tmp_path) == before
+    assert out.is_symlink() or out.is_file() or not out.exists()
+
+
+def test_a_read_only_output_location_is_one_clear_error(builtin_model, no_model_loading, tmp_path, capsys):
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        err = refused(capsys, "train", "--output_dir", mount / "run", "--max_steps", 2)
+        assert "cannot be written (a read-only file system" in err, err
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

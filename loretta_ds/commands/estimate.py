@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from ..settings import parse_bool
 from .count import add_loretta_arguments, add_model_argument, loretta_config_from_args
@@ -148,7 +149,7 @@ NOT_PREDICTED = """\
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.gpu_memory > 0:
+    if not (math.isfinite(args.gpu_memory) and args.gpu_memory > 0):
         raise ValueError(f"--gpu_memory must be the GPU's memory in GiB (> 0), got {args.gpu_memory:g}; "
                          "e.g. --gpu_memory 80")
     from ..estimate import Setup, estimate_from_ds_config, estimate_memory, verdict

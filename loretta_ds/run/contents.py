@@ -25,6 +25,7 @@ The base model's directory is never an output directory.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -183,6 +184,24 @@ def listing(paths: list[str], limit: int = 5) -> str:
 
 def _within(path: Path, ancestor: Path) -> bool:
     return path == ancestor or ancestor in path.parents
+
+
+def check_output_path(output_dir: str | Path) -> None:
+    """--output_dir must be a directory, or a path where one can be made: not a file, a link to
+    nothing, or a place on a read-only file system."""
+    path = Path(output_dir).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"--output_dir {output_dir} is a symbolic link to {os.readlink(path)}, which does not "
+                         "exist; create the directory it points to, or choose another --output_dir")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under {existing}, which is a file"
+        raise ValueError(f"--output_dir {output_dir} {where}, not a directory; choose another --output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {output_dir}: {existing} cannot be written (a read-only file system, or no "
+                         "permission); choose an --output_dir you can write to")
 
 
 def check_not_model_dir(output_dir: str | Path, model_path: str) -> None:
