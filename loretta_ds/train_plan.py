@@ -207,6 +207,18 @@ def adapter_size_warnings(cfg: TrainConfig, hidden_size: int, trainable: int, fr
     return found
 
 
+def schedule_warnings(cfg: TrainConfig, warmup_steps: int, total_steps: int) -> list[str]:
+    """The lr schedule as it runs, where it is not what the flags say."""
+    found = []
+    if cfg.warmup_steps is not None and warmup_steps != cfg.warmup_steps:
+        found.append(f"--warmup_steps {cfg.warmup_steps} runs as {warmup_steps} warmup steps: DeepSpeed's warmup "
+                     f"schedules take at least 2")
+    if cfg.warmup_steps is not None and warmup_steps >= total_steps:
+        found.append(f"the warmup ({warmup_steps} steps) is as long as the run or longer ({total_steps} steps): "
+                     "the lr never reaches its peak (--lr); lower --warmup_steps")
+    return found
+
+
 def load_tokenizer(model_path: str):
     from transformers import AutoTokenizer
 
@@ -233,7 +245,6 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
     model_path, model_config = resolve_model(cfg.model, weights=True)
 
     check_model_type(model_config)
-    check_weights_match(model_path, model_config)
     max_positions = getattr(model_config, "max_position_embeddings", None)
     if max_positions is not None and cfg.seq_len > max_positions:
         raise ValueError(f"--seq_len {cfg.seq_len} is longer than the model's maximum of {max_positions} "
@@ -272,15 +283,20 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
         return max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
 
     ds_config, notes = resolve_ds_config(raw_ds_config, facts, steps_for_batch=steps_for_batch)
+    # Last, as it reads the weights' headers: every other mistake is reported first. A tensor
+    # missing from the weights would otherwise be trained from random values.
+    check_weights_match(model_path, model_config)
     # What runs is the resolved config: the plan (and run_config.json) take its values, not the flags'.
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    total_steps, warmup_steps = steps_for_batch(micro, accum), scheduled_warmup(ds_config)
+    warnings = adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels))
+    warnings += schedule_warnings(cfg, warmup_steps, total_steps)
     return Plan(cfg=cfg, model_path=model_path, model_config=model_config, tokenizer=tokenizer, data=data,
                 adapter=adapter, ds_config=ds_config, zero_stage=stage, micro_batch_size=micro, grad_accum=accum,
-                global_batch=ds_config["train_batch_size"], total_steps=steps_for_batch(micro, accum),
-                warmup_steps=scheduled_warmup(ds_config), lr=float(ds_config["optimizer"]["params"]["lr"]),
+                global_batch=ds_config["train_batch_size"], total_steps=total_steps,
+                warmup_steps=warmup_steps, lr=float(ds_config["optimizer"]["params"]["lr"]),
                 grad_clip=float(ds_config["gradient_clipping"]), bf16=bool(ds_config["bf16"]["enabled"]),
-                attn=attn, trainable_shapes=shapes, world_size=world_size, notes=notes,
-                warnings=adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels)))
+                attn=attn, trainable_shapes=shapes, world_size=world_size, notes=notes, warnings=warnings)
 
 
 def make_batches(plan: Plan, rank: int):

@@ -649,3 +649,21 @@ def test_a_read_only_output_location_is_one_clear_error(builtin_model, no_model_
         assert "cannot be written (a read-only file system" in err, err
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+# --- 7. the schedule and the settings as they run, said where they surprise --------------------------------
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--warmup_steps", 0], "--warmup_steps 0 runs as 2 warmup steps"),
+    (["--max_steps", 2, "--warmup_steps", 1000], "the warmup (1000 steps) is as long as the run or longer (2 steps)"),
+])
+def test_plan_says_how_the_lr_schedule_differs_from_the_flags(flags, fragment, builtin_model, tmp_path, capsys):
+    assert main(["plan", "--output_dir", str(tmp_path / "run"), "--max_steps", "8", *map(str, flags)]) == 0
+    assert f"warning: {fragment}" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+def test_estimate_refuses_a_micro_batch_of_zero(capsys):
+    err = refused(capsys, "estimate", "--model", "llama2-7b", "--micro_batch_size", 0)
+    assert "--micro_batch_size must be at least 1, got 0" in err

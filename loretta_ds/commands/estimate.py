@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.gpu_memory) and args.gpu_memory > 0):
         raise ValueError(f"--gpu_memory must be the GPU's memory in GiB (> 0), got {args.gpu_memory:g}; "
                          "e.g. --gpu_memory 80")
+    if args.micro_batch_size is not None and args.micro_batch_size < 1:
+        raise ValueError(f"--micro_batch_size must be at least 1, got {args.micro_batch_size}")
     from ..estimate import Setup, estimate_from_ds_config, estimate_memory, verdict
     from ..models import load_model_config
 
