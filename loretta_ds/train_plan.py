@@ -240,7 +240,7 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
 
     specs = parse_dataset_specs(list(cfg.dataset) or None)
     attn = resolve_attention(cfg.attn)
-    from .models import check_model_type, check_weights_match, resolve_model
+    from .models import check_model_type, resolve_model
 
     model_path, model_config = resolve_model(cfg.model, weights=True)
 
@@ -283,9 +283,6 @@ def build_plan(cfg: TrainConfig, world_size: int) -> Plan:
         return max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
 
     ds_config, notes = resolve_ds_config(raw_ds_config, facts, steps_for_batch=steps_for_batch)
-    # Last, as it reads the weights' headers: every other mistake is reported first. A tensor
-    # missing from the weights would otherwise be trained from random values.
-    check_weights_match(model_path, model_config)
     # What runs is the resolved config: the plan (and run_config.json) take its values, not the flags'.
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     total_steps, warmup_steps = steps_for_batch(micro, accum), scheduled_warmup(ds_config)
@@ -495,6 +492,19 @@ def _resume_from(plan: Plan, checkpoint: ckpt.CheckpointInfo, resumed_from: dict
 
 
 def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
+    """Where the run starts (``_choose_resume``); then, for a run that trains, the base model's
+    weights against its config, the last check, as it reads the weights' headers: every other
+    mistake is reported first, and a tensor missing from the weights is never trained from
+    random values."""
+    resume = _choose_resume(plan, log)
+    if not resume.finished:
+        from .models import check_weights_match
+
+        check_weights_match(plan.model_path, plan.model_config)
+    return resume
+
+
+def _choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
     """Check OUTPUT_DIR against this run and decide where it starts.
 
     Refuses the base model's directory; a directory with files of a user's where the run
