@@ -667,3 +667,25 @@ def test_plan_says_how_the_lr_schedule_differs_from_the_flags(flags, fragment, b
 def test_estimate_refuses_a_micro_batch_of_zero(capsys):
     err = refused(capsys, "estimate", "--model", "llama2-7b", "--micro_batch_size", 0)
     assert "--micro_batch_size must be at least 1, got 0" in err
+
+
+# --- 6 and 7. YAML: an alias bomb is refused unexpanded; a key given twice is refused -----------------------
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path, capsys):
+    # 9^12 values once expanded: building anything from it (an error message included) took minutes and GBs.
+    lines = ["target_modules:", "  - &a [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 12):
+        prev, cur = chr(ord("a") + level - 1), chr(ord("a") + level)
+        lines.append(f"  - &{cur} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    err = refused(capsys, "plan", "--config", bomb)
+    assert "expands into more than 10,000 values through its aliases" in err, err
+
+
+def test_a_yaml_key_given_twice_is_refused(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: 0.01\nmax_steps: 4\nlr: 0.5\n")
+    err = refused(capsys, "plan", "--config", config)
+    assert "the key 'lr' is given twice (line 3)" in err, err
