@@ -9,7 +9,6 @@ import json
 import math
 from pathlib import Path
 
-from ..adapters.io import CHAT_TEMPLATE_NAME
 from ..run.directory import RUN_CONFIG, RunDir, read_run_record
 
 CHAT_CHOICES = ("auto", "true", "false")
@@ -100,6 +99,8 @@ def _check_weights(model_dir: Path) -> None:
 def _with_trained_template(tokenizer, adapter_dir: Path):
     """The tokenizer with the chat template the run trained with (adapter/chat_template.jinja,
     which the merged and PEFT exports carry too), so a run and its exports answer alike."""
+    from ..adapters.io import CHAT_TEMPLATE_NAME
+
     template = Path(adapter_dir) / CHAT_TEMPLATE_NAME
     if template.is_file():
         tokenizer.chat_template = template.read_text(encoding="utf-8")
