@@ -1,6 +1,7 @@
 """Model configs by name: LLaMA-2 presets with their real shapes, HF config files, meta-device models."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -35,6 +36,14 @@ def check_model_type(config: PretrainedConfig) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"model type {model_type!r} is not supported; supported model types: "
                          f"{', '.join(SUPPORTED_MODEL_TYPES)} ({FAMILY_NAMES})")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    rope_type = (rope.get("rope_type") or rope.get("type") or "default") if isinstance(rope, dict) else "default"
+    if rope_type not in ("default", *ROPE_INIT_FUNCTIONS):
+        raise ValueError(f"the model's config.json names the rope type {rope_type!r} (rope_scaling), which this "
+                         f"transformers version does not know ({', '.join(['default', *sorted(ROPE_INIT_FUNCTIONS)])}); "
+                         "correct config.json, or upgrade transformers if the model needs a newer one")
 
 
 def resolve_model(name: str, *, weights: bool) -> tuple[str | None, PretrainedConfig]:
@@ -73,7 +82,12 @@ def _config_from_file(path: Path) -> PretrainedConfig:
     data = read_json(path, "model config", "pass a Hugging Face config.json")
     if not isinstance(data, dict) or "model_type" not in data:
         raise ValueError(f"{path} has no 'model_type'; it is not a Hugging Face model config")
-    return AutoConfig.for_model(**data)
+    try:
+        return AutoConfig.for_model(**data)
+    except Exception as err:  # noqa: BLE001 - transformers' validators raise several kinds
+        reason = " ".join(str(err).split())[:300]
+        raise ValueError(f"{path} is not a valid {data.get('model_type')} config ({reason}); correct it "
+                         "(for example, num_attention_heads must divide hidden_size)") from None
 
 
 def _config_from_hub(name: str, weights: bool) -> PretrainedConfig:
@@ -98,3 +112,44 @@ def meta_model(config: PretrainedConfig) -> torch.nn.Module:
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
+
+
+# Tensors a checkpoint may hold that no parameter takes, which from_pretrained drops by design
+# (older LLaMA conversions saved the rotary inverse frequencies).
+_IGNORED_EXTRA = (re.compile(r"rotary_emb\.inv_freq$"),)
+
+
+def check_weights_match(model_dir: str | Path | None, config: PretrainedConfig) -> None:
+    """Refuse a model directory whose weights are not exactly the parameters its config.json builds,
+    read from the safetensors headers (or the .bin index) alone, before a weight loads.
+
+    from_pretrained only warns about a missing tensor and initialises it at random (training then
+    runs on a damaged model, exports carry the hole on, and "greedy" generation changes run to run),
+    and it drops extra ones silently (a config with fewer layers than the weights).
+    """
+    from .export.base_weights import open_base_checkpoint
+
+    if model_dir is None or not Path(model_dir).is_dir():
+        return  # a hub id: transformers reads (and checks) its cached files
+    present = {name: tuple(info.shape) for name, info in open_base_checkpoint(model_dir).tensors.items()}
+    model = meta_model(config)
+    required = {name: tuple(param.shape) for name, param in model.named_parameters()}
+    # state_dict() also names a tied weight under each of its names, and the persistent buffers.
+    allowed = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    ignored = [re.compile(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
+    missing = sorted(set(required) - set(present))
+    extra = sorted(name for name in present if name not in allowed
+                   and not any(pattern.search(name) for pattern in (*_IGNORED_EXTRA, *ignored)))
+    wrong = sorted(f"{name} {list(present[name])} (the config makes {list(allowed[name])})"
+                   for name in present if name in allowed and present[name] != allowed[name])
+    problems = []
+    for what, names in (("missing from the weights", missing), ("in the weights but not in the model", extra),
+                        ("of another shape", wrong)):
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            problems.append(f"{len(names)} tensor(s) {what}: {shown}")
+    if problems:
+        raise ValueError(f"the model in {model_dir} does not match its config.json "
+                         f"({config.num_hidden_layers} layers, hidden size {config.hidden_size}): "
+                         f"{'; '.join(problems)}. Loading it would start those weights at random; "
+                         "re-download or re-convert the model, or correct config.json")

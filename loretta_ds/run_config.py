@@ -207,6 +207,47 @@ def adapter_settings_from_args(args: argparse.Namespace) -> AdapterSettings:
     return AdapterSettings(**{name: coerce(AdapterSettings, name, getattr(args, name)) for name in ADAPTER_FIELDS})
 
 
+# A run config is a small mapping of settings; expanded, it is at most some hundred values. The cap
+# stops a "billion laughs" file (aliases of aliases) before anything expands it into gigabytes.
+YAML_EXPANDED_LIMIT = 10_000
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """Values a YAML node stands for once its aliases are expanded (each shared node counted at
+    every use; computed once per node, so a bomb is measured without being expanded)."""
+    if id(node) not in sizes:
+        children = node.value if isinstance(node.value, list) else []
+        items = [part for child in children for part in (child if isinstance(child, tuple) else (child,))]
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in items)
+    return sizes[id(node)]
+
+
+def _strict_yaml_loader():
+    """yaml.SafeLoader that refuses a key given twice (YAML would keep the last one silently) and a
+    document expanding into more than YAML_EXPANDED_LIMIT values."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def get_single_node(self):
+            node = super().get_single_node()
+            if node is not None and _expanded_size(node, {}) > YAML_EXPANDED_LIMIT:
+                raise yaml.YAMLError(f"it expands into more than {YAML_EXPANDED_LIMIT:,} values through its aliases "
+                                     "(*name); a run config is a short list of settings")
+            return node
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.YAMLError(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1}); "
+                                         "keep one")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
 def _load_yaml(path: str) -> dict:
     import yaml
 
@@ -214,7 +255,7 @@ def _load_yaml(path: str) -> dict:
     if not file.is_file():
         raise FileNotFoundError(f"run config {file} does not exist; pass --config with a YAML file")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml.load(file.read_text(), Loader=_strict_yaml_loader()) or {}
     except yaml.YAMLError as err:
         def at(mark) -> str:
             return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -272,6 +313,10 @@ def config_from_args(args: argparse.Namespace | dict) -> TrainConfig:
     return validate(cfg)
 
 
+SEED_LIMIT = 2 ** 31
+DIST_TIMEOUT_LIMIT_S = 365 * 24 * 3600
+
+
 def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -310,6 +355,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a number of GiB > 0, e.g. 80, got {value!r}")
+    if cfg.dist_timeout > DIST_TIMEOUT_LIMIT_S:  # the process group's timedelta (and gloo's) overflow beyond
+        raise ValueError(f"dist_timeout must be at most {DIST_TIMEOUT_LIMIT_S} seconds (a year), got {cfg.dist_timeout}")
+    if cfg.seed >= SEED_LIMIT:  # numpy's generator takes 32-bit seeds; a resume adds 1000 x step + rank
+        raise ValueError(f"seed must be below {SEED_LIMIT} (2**31), got {cfg.seed}")
     for name in ("lr", "epochs", "grad_clip"):
         value = getattr(cfg, name)
         if isinstance(value, float) and not math.isfinite(value):

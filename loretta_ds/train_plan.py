@@ -215,6 +215,18 @@ def adapter_size_warnings(cfg: TrainConfig, hidden_size: int, trainable: int, fr
     return found
 
 
+def schedule_warnings(cfg: TrainConfig, warmup_steps: int, total_steps: int) -> list[str]:
+    """The lr schedule as it runs, where it is not what the flags say."""
+    found = []
+    if cfg.warmup_steps is not None and warmup_steps != cfg.warmup_steps:
+        found.append(f"--warmup_steps {cfg.warmup_steps} runs as {warmup_steps} warmup steps: DeepSpeed's warmup "
+                     f"schedules take at least 2")
+    if cfg.warmup_steps is not None and warmup_steps >= total_steps:
+        found.append(f"the warmup ({warmup_steps} steps) is as long as the run or longer ({total_steps} steps): "
+                     "the lr never reaches its peak (--lr); lower --warmup_steps")
+    return found
+
+
 def load_tokenizer(model_path: str):
     from transformers import AutoTokenizer
 
@@ -349,14 +361,16 @@ def build_plan(cfg: TrainConfig, world_size: int, per_node: int | None = None) -
     bf16 = bool(ds_config["bf16"]["enabled"])
     quantization = (QuantSpec.for_run(cfg.bnb_4bit_quant_type, cfg.bnb_4bit_use_double_quant,
                                       cfg.bnb_4bit_compute_dtype, bf16) if cfg.load_in_4bit else None)
+    total_steps, warmup_steps = steps_for_batch(micro, accum), scheduled_warmup(ds_config)
+    warnings = adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels))
+    warnings += schedule_warnings(cfg, warmup_steps, total_steps)
     return Plan(cfg=cfg, model_path=model_path, model_config=model_config, tokenizer=tokenizer, data=data,
                 adapter=adapter, ds_config=ds_config, zero_stage=stage, micro_batch_size=micro, grad_accum=accum,
-                global_batch=ds_config["train_batch_size"], total_steps=steps_for_batch(micro, accum),
-                warmup_steps=scheduled_warmup(ds_config), lr=float(ds_config["optimizer"]["params"]["lr"]),
+                global_batch=ds_config["train_batch_size"], total_steps=total_steps,
+                warmup_steps=warmup_steps, lr=float(ds_config["optimizer"]["params"]["lr"]),
                 grad_clip=float(ds_config["gradient_clipping"]), bf16=bf16, quantization=quantization,
                 attn=attn, trainable_shapes=shapes, world_size=world_size, notes=notes,
-                layout=fitted.choice.to_dict() if fitted.choice is not None else None,
-                warnings=adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels)))
+                layout=fitted.choice.to_dict() if fitted.choice is not None else None, warnings=warnings)
 
 
 def make_batches(plan: Plan, rank: int):
@@ -475,6 +489,14 @@ def _named_checkpoint(resume: str) -> ckpt.CheckpointInfo:
     if not path.is_dir():
         raise FileNotFoundError(f"--resume {path}: no such checkpoint directory; pass "
                                 "OUTPUT_DIR/checkpoints/step-N, auto or none")
+    if RunDir(path).checkpoints.is_dir() or RunDir(path).run_config.is_file():
+        complete, _ = ckpt.list_checkpoints(path)
+        newest = f"its newest complete checkpoint is {complete[-1].path}" if complete else "it holds no complete checkpoint"
+        raise ValueError(f"--resume {path} is a run directory, not a checkpoint ({newest}): pass one of its "
+                         f"checkpoints/step-N, or --output_dir {path} --resume auto to continue that run there")
+    if not (path / ckpt.TRAINABLE).is_file() and not (path / ckpt.MARKER).is_file():
+        raise ValueError(f"--resume {path} is not a checkpoint (it has no {ckpt.TRAINABLE} and no {ckpt.MARKER}); "
+                         "pass OUTPUT_DIR/checkpoints/step-N of a run, auto or none")
     problem = ckpt.check_checkpoint(path)
     if problem:
         raise ValueError(f"--resume {path} is not a complete checkpoint: {problem}")
@@ -482,8 +504,44 @@ def _named_checkpoint(resume: str) -> ckpt.CheckpointInfo:
     return ckpt.CheckpointInfo(path, int(ckpt.load_trainer_state(path)["step"]))
 
 
+def _check_same_run(plan: Plan, checkpoint: ckpt.CheckpointInfo, state: dict, record_present: bool,
+                    log: Callable[[str], None]) -> dict | None:
+    """--resume auto: the settings the checkpoint itself records (trainer_state.json's "settings")
+    must be this run's but for its length, whether or not run_config.json is still there (a deleted
+    run_config.json must not turn the comparison off). Returns run_config.json's "resumed_from" when
+    --allow_config_change lets a run continue under other settings."""
+    cfg, path = plan.cfg, checkpoint.path
+    recorded = state.get("settings")
+    if not isinstance(recorded, dict):
+        if record_present:
+            return None  # a checkpoint of an earlier version: run_config.json was compared instead
+        if not cfg.allow_config_change:
+            raise ValueError(f"{plan.run_dir.run_config} is missing, and checkpoint {path} does not record the "
+                             "settings it trained under (an earlier version wrote it), so whether this run "
+                             "continues it unchanged cannot be checked. Restore run_config.json, or pass "
+                             "--allow_config_change true to continue it under these settings (then recorded)")
+        log(f"resuming from {path}: the settings it trained under are unknown (--allow_config_change)")
+        return {"checkpoint": str(path.resolve()), "step": checkpoint.step,
+                "changed": {"unknown": str(plan.run_dir.run_config)}}
+    mine, theirs = identity(plan.settings), identity(recorded)
+    changes = {k: [theirs.get(k), mine[k]] for k in mine if mine[k] != theirs.get(k)}
+    beyond_length = set(changes) - set(LENGTH_KEYS)
+    if not beyond_length:
+        return None
+    listed = "; ".join(f"{k}: {there!r} there, {now!r} now" for k, (there, now) in changes.items())
+    if not cfg.allow_config_change:
+        missing = "" if record_present else f" ({plan.run_dir.run_config} is missing; the checkpoint records them)"
+        raise ValueError(f"checkpoint {path} trained under other settings{missing}: {listed}. Continuing it would "
+                         "train partly under those and partly under these. Pass the same settings to continue "
+                         "it, --allow_config_change true to continue under the new ones (the differences are "
+                         "then recorded in run_config.json), or --overwrite_output_dir to start over")
+    log(f"resuming from {path} (step {checkpoint.step}), which trained under other settings ({listed}) "
+        "(--allow_config_change)")
+    return {"checkpoint": str(path.resolve()), "step": checkpoint.step, "changed": changes}
+
+
 def _resume_from(plan: Plan, checkpoint: ckpt.CheckpointInfo, resumed_from: dict | None,
-                 log: Callable[[str], None]) -> ResumePoint:
+                 log: Callable[[str], None], record_present: bool = True) -> ResumePoint:
     """Check that ``checkpoint`` fits this run (tensors, settings when it is another run's, data
     position, length) before anything loads."""
     cfg, path = plan.cfg, checkpoint.path
@@ -496,6 +554,8 @@ def _resume_from(plan: Plan, checkpoint: ckpt.CheckpointInfo, resumed_from: dict
         if changes:
             resumed_from = {"checkpoint": str(path.resolve()), "step": checkpoint.step, "changed": changes}
     state = ckpt.load_trainer_state(path)
+    if cfg.resume == "auto":
+        resumed_from = _check_same_run(plan, checkpoint, state, record_present, log) or resumed_from
     try:
         step, position = int(state["step"]), state["data"]
         # The data position must fit this world size and batch: checked now, not after loading.
@@ -509,6 +569,19 @@ def _resume_from(plan: Plan, checkpoint: ckpt.CheckpointInfo, resumed_from: dict
 
 
 def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
+    """Where the run starts (``_choose_resume``); then, for a run that trains, the base model's
+    weights against its config, the last check, as it reads the weights' headers: every other
+    mistake is reported first, and a tensor missing from the weights is never trained from
+    random values."""
+    resume = _choose_resume(plan, log)
+    if not resume.finished:
+        from .models import check_weights_match
+
+        check_weights_match(plan.model_path, plan.model_config)
+    return resume
+
+
+def _choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
     """Check OUTPUT_DIR against this run and decide where it starts.
 
     Refuses the base model's directory; a directory with files of a user's where the run
@@ -519,6 +592,7 @@ def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
     (nothing to do). Reads only; nothing is written.
     """
     cfg, run_dir = plan.cfg, plan.run_dir
+    guards.check_output_path(run_dir)
     guards.check_not_model_dir(run_dir, plan.model_path)
     found = guards.survey(run_dir)
     guards.check_collisions(run_dir, found)
@@ -541,7 +615,7 @@ def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
     if cfg.resume != "auto":
         return _resume_from(plan, _named_checkpoint(cfg.resume), None, log)
     if previous is not None and previous.finished and run_dir.adapter.is_dir() and new_length is None:
-        log(f"{run_dir} holds this run, finished at step {previous.final_step}: nothing to do "
+        log(f"{run_dir} holds this run, finished at step {previous.final_step}: nothing to train "
             f"(the adapter is in {run_dir.adapter})")
         return ResumePoint(finished=True)
     if new_length is not None:
@@ -551,4 +625,4 @@ def choose_resume(plan: Plan, log: Callable[[str], None]) -> ResumePoint:
     checkpoint = _newest_of_this_run(plan, complete, torn, log)
     if checkpoint is None:
         return ResumePoint(resumed_from=resumed_from)
-    return _resume_from(plan, checkpoint, resumed_from, log)
+    return _resume_from(plan, checkpoint, resumed_from, log, record_present=previous is not None)

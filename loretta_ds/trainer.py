@@ -44,7 +44,7 @@ from .distributed.stop import StopRequest
 from .data.batches import real_token_count
 from .file_io import write_json_atomically
 from .quantization import base_record, release_checkpoint_mapping
-from .run.contents import clear_previous_run
+from .run.contents import StartState, check_output_path, claim, clear_previous_run, listing
 from .run_config import TrainConfig
 from .run.directory import RunDir, write_run_record
 from .run.lock import OutputDirBusy, RunLock
@@ -106,6 +106,7 @@ class Trainer:
         self._load_context = None
         self._lock: RunLock | None = None  # rank 0's hold on OUTPUT_DIR (one run at a time)
         self._lock_refusal: OutputDirBusy | None = None
+        self._before: StartState | None = None  # OUTPUT_DIR as this run found it (rank 0)
 
     def log(self, message: str) -> None:
         if self.rank == 0:
@@ -120,6 +121,13 @@ class Trainer:
     # --- orchestration ---------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self._run()
+        except BaseException:
+            self.undo_failed_start()
+            raise
+
+    def _run(self) -> int:
         _quiet_libraries(self.cfg.debug)
         # From the start: a preemption signal during setup must not kill the process (SIGUSR1's
         # default action); the first step then ends with a checkpoint and the preemption exit.
@@ -127,11 +135,13 @@ class Trainer:
         # blocked in the rendezvous (whose host rank failed) can only be ended by SIGTERM's
         # default action, which is what the deepspeed launcher sends when another rank fails.
         self._stop = StopRequest(signals=(signal.SIGUSR1, signal.SIGINT))
+        if self.rank == 0:
+            self._before = StartState.of(self.run_dir)
         try:
             dist.check_rendezvous_port()  # a taken port: said in seconds, before the plan is built
             self.plan = self.validate()
-            if self.plan is None:
-                return 0  # finished before with the same config
+            if self.plan.resume.finished:
+                return self.complete_finished_run()
             dist.init_distributed(self.cfg.dist_timeout)
             self._stop.watch(signal.SIGTERM)
             self._heartbeat = start_heartbeat()  # names the lost rank if a collective fails
@@ -166,22 +176,23 @@ class Trainer:
 
     # --- 1. validate: user errors, before any model loads and before anything is written ----
 
-    def validate(self) -> Plan | None:
-        """The plan, or None when this exact run already finished in OUTPUT_DIR.
+    def validate(self) -> Plan:
+        """The plan (``plan.resume.finished`` when this exact run already finished in OUTPUT_DIR).
 
         Rank 0 locks OUTPUT_DIR before reading it, so its checks see no other run's writes in
         progress; a lock file is created only once the checks have passed (a refusal writes
         nothing). The other ranks only read: they must not wait on their own rank 0's lock.
         """
         plan = build_plan(self.cfg, self.world_size)
+        check_output_path(self.run_dir)  # before the lock file is looked for there
         if self.rank == 0:
             self._lock = self._try_lock(create=False)
         if self._lock_refusal is not None and self.world_size == 1:
             raise self._lock_refusal  # (with more ranks, they are told after the rendezvous)
         resume = choose_resume(plan, self.log)
-        if resume.finished:
-            return None
         plan = dataclasses.replace(plan, resume=resume)
+        if resume.finished:
+            return plan
         if self.rank == 0 and self._lock is None and self._lock_refusal is None:
             self._lock = self._try_lock(create=True)
         if self._lock is not None:
@@ -189,6 +200,18 @@ class Trainer:
         if self._lock_refusal is not None and self.world_size == 1:
             raise self._lock_refusal
         return plan
+
+    def undo_failed_start(self) -> None:
+        """A fresh run that fails before its first step leaves OUTPUT_DIR as it found it: what it
+        created is removed (and run_config.json it replaced restored), so the corrected command is
+        not refused for a run that never trained."""
+        fresh = self.plan is not None and self.plan.resume.checkpoint is None and not self.plan.resume.finished
+        if self.rank != 0 or self._before is None or not fresh or self.step > 0:
+            return
+        removed = self._before.restore(self.run_dir)
+        if removed:
+            print(f"nothing was trained: removed what this start wrote in {self.run_dir} ({listing(removed, 8)})",
+                  file=sys.stderr, flush=True)
 
     def _try_lock(self, create: bool) -> RunLock | None:
         try:
@@ -199,11 +222,14 @@ class Trainer:
 
     def claim_output_dir(self) -> None:
         """Every rank learns whether rank 0 holds OUTPUT_DIR (a refusal ends them all, at once,
-        with rank 0's message); then a start-over clears the earlier run's own files."""
+        with rank 0's message); then a start-over clears the earlier run's own files, and the run
+        records the names it owns before it writes any of them."""
         if self.world_size > 1 and dist.any_rank(self._lock_refusal is not None):
             raise self._lock_refusal or OutputDirBusy(f"{self.run_dir} is in use by another run (see rank 0)")
         if self.rank == 0 and self.plan.resume.start_over is not None:
             clear_previous_run(self.run_dir, self.plan.resume.start_over, self.log)
+        if self.rank == 0:
+            claim(self.run_dir)
 
     def write_run_config(self, finished: bool, **final) -> None:
         """OUTPUT_DIR/run_config.json: what was trained on what (export and generate read it)."""
@@ -412,8 +438,11 @@ class Trainer:
                 "the data, and train again in a new --output_dir")
 
     def save_checkpoint(self) -> None:
+        # "settings": what this checkpoint trained under, compared by --resume auto even when
+        # run_config.json has gone.
         state = {"data": self.batches.state_dict(), "bad_streak": self.bad_streak, "bad_total": self.bad_total,
-                 "world_size": self.world_size, "global_batch": self.plan.global_batch}
+                 "world_size": self.world_size, "global_batch": self.plan.global_batch,
+                 "settings": self.plan.settings}
         ckpt.save_checkpoint(self.run_dir, self.step, self.engine, self.model, self.trainable_names, state,
                              self.cfg.keep_last, self.rank, log=self.log)
 
@@ -483,6 +512,21 @@ class Trainer:
             text += f"; eval accuracy {first.get('accuracy', float('nan')):.3f} (step {first['step']}) -> " \
                     f"{last['accuracy']:.3f} (step {last['step']})"
         return text
+
+    def complete_finished_run(self) -> int:
+        """This run finished before. Its merged export is written if it is missing or was cut short
+        (a job killed after "adapter saved" and requeued, or --export true on a run trained with
+        --export false); otherwise there is nothing to do."""
+        from .export.provenance import is_own_export
+        from .export.staging import temp_dir_for
+
+        merged = self.run_dir.merged
+        if self.rank != 0 or not self.cfg.export or self.cfg.method not in MERGEABLE_METHODS:
+            return 0
+        if is_own_export(merged) and not temp_dir_for(merged).exists():
+            return 0
+        self.log(f"the merged export in {merged} is missing or incomplete: writing it")
+        return self.export_merged()
 
     def export_merged(self) -> int:
         if self.cfg.method not in MERGEABLE_METHODS:

@@ -466,7 +466,7 @@ def test_label_not_in_given_label_words(tmp_path):
 
 def test_integer_labels_without_label_words(tmp_path):
     path = write_jsonl(tmp_path / "int.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
-    with pytest.raises(ValueError, match="int.jsonl: labels are integers.*label_words"):
+    with pytest.raises(ValueError, match="int.jsonl: labels are integers.*write each label as its word"):
         load_records([str(path)])
 
 

@@ -257,7 +257,8 @@ def test_adapter_export_is_a_self_contained_run_dir(tmp_path, method):
     adapted = make_run(tmp_path / "run", tmp_path / "base", base, method=method, scale=0.3)
     export_adapter(tmp_path / "run", tmp_path / "exported", log=quiet)
     assert sorted(os.listdir(tmp_path / "exported")) == ["adapter.safetensors", "adapter_config.json",
-                                                         "adapter_model.safetensors", "run_config.json"]
+                                                         "adapter_model.safetensors", "loretta_export.json",
+                                                         "run_config.json"]
     reloaded = load_adapter(tiny_llama(), tmp_path / "exported")
     assert torch.equal(logits(reloaded), logits(adapted))
     if method == "rep":  # and it is a RUN_DIR that exports again
@@ -343,6 +344,12 @@ def test_damaged_adapter_or_inconsistent_run_is_refused(tmp_path, fp32_run):
     del tensors["model.layers.1.mlp.up_proj.loretta_B.tt_cores"]
     from safetensors.torch import save_file
     save_file(tensors, run / "adapter" / "adapter.safetensors")
+    with pytest.raises(ValueError, match="does not match the checksum recorded"):
+        export_merged(run, tmp_path / "out", log=quiet)
+    # Without the checksum (an adapter of an earlier version), the missing tensor itself is named.
+    adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    del adapter_config["weights_sha256"]
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_config))
     with pytest.raises(ValueError, match="up_proj.loretta_B"):
         export_merged(run, tmp_path / "out", log=quiet)
     assert_nothing_written(tmp_path / "out")
@@ -356,8 +363,15 @@ def test_out_dir_not_empty_overwrite_and_protected_dirs(tmp_path, fp32_run):
     with pytest.raises(ValueError, match="not empty; pass --overwrite"):
         export_merged(run, out, log=quiet)
     assert os.listdir(out) == ["keep.txt"]
+    # --overwrite replaces an export of this program only, never a folder of the user's.
+    with pytest.raises(ValueError, match="not an export of this program"):
+        export_merged(run, out, overwrite=True, log=quiet)
+    assert os.listdir(out) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    export_merged(run, out, log=quiet)
+    (out / "config.json").write_text("{}")  # an export's own file, changed: still the export's
     export_merged(run, out, overwrite=True, log=quiet)
-    assert "keep.txt" not in os.listdir(out) and (out / "config.json").is_file()
+    assert json.loads((out / "config.json").read_text()) != {}
     assert not list(tmp_path.glob("out.export-*"))
     for reads in (base_dir, run, tmp_path):
         with pytest.raises(ValueError, match="which this export reads"):

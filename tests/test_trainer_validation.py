@@ -126,6 +126,9 @@ def test_resume_from_a_missing_or_torn_checkpoint(tmp_path, capsys):
     torn = tmp_path / "step-3"
     torn.mkdir()
     status, err = train(tmp_path, capsys, "--resume", str(torn))
+    assert_user_error(status, err, "is not a checkpoint", "COMPLETE")
+    (torn / "trainable.safetensors").write_bytes(b"cut short")
+    status, err = train(tmp_path, capsys, "--resume", str(torn))
     assert_user_error(status, err, "not a complete checkpoint", "COMPLETE")
 
 

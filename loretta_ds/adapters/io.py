@@ -11,12 +11,17 @@ under PEFT's names (``base_model.model.<name>``), so ``peft.PeftModel.from_pretr
 once loretta_ds has registered the method (loretta_ds.integrations.peft). Conversely, a directory
 written by ``PeftModel.save_pretrained`` for a LoRETTA adapter (only PEFT's files) is read here.
 
+adapter_config.json also records the sha256 of adapter.safetensors ("weights_sha256"): whoever
+reads the weights (export, generate, load_adapter) checks it, and refuses non-finite values, so a
+flipped bit or a NaN written over the file never exports or generates silently.
+
 Format 1 stored one tensor per core (``<module>.loretta_A.cores.<k>``); ``read_adapter_tensors``
 still reads such files.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -97,8 +102,36 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     peft_state = {PEFT_PREFIX + name: tensor for name, tensor in state.items()}
     replace_atomically(directory / PEFT_WEIGHTS,
                        lambda tmp: write_safetensors(tmp, peft_state, metadata={"format": "pt"}))
+    meta["weights_sha256"] = _sha256(directory / WEIGHTS_NAME)
     replace_atomically(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return directory
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_integrity(directory: Path, weights: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """The weights are the bytes save_adapter wrote (when it recorded their checksum) and finite.
+    The checksum is of WEIGHTS_NAME; a folder PEFT wrote (only its own file) is checked for finite values."""
+    try:
+        recorded = json.loads((directory / CONFIG_NAME).read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # the config's own problems are reported by read_adapter_config
+    if isinstance(recorded, str) and weights.name == WEIGHTS_NAME and _sha256(weights) != recorded:
+        raise ValueError(f"{weights} does not match the checksum recorded when it was saved ({CONFIG_NAME}: "
+                         "weights_sha256): the file was changed or damaged since. Restore it from a copy, or "
+                         "save the adapter again (a run's checkpoints/step-N can be exported or resumed)")
+    bad = [name for name, tensor in tensors.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ValueError(f"{weights} holds non-finite values (NaN or inf) in {len(bad)} tensor(s) "
+                         f"({', '.join(bad[:3])}); an adapter with them would generate garbage. Use an earlier "
+                         "checkpoint of the run, or train again")
 
 
 def read_adapter_config(directory: str | os.PathLike) -> tuple[LorettaConfig, dict]:
@@ -151,6 +184,7 @@ def read_adapter_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor
     stored = read_safetensors(weights, what="adapter")
     if weights.name == PEFT_WEIGHTS:
         stored = {key.removeprefix(PEFT_PREFIX): tensor for key, tensor in stored.items()}
+    _check_integrity(Path(directory), weights, stored)
     tensors, per_core = {}, {}
     for key, tensor in stored.items():
         match = _PER_CORE_KEY.match(key)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from ..settings import parse_bool
 from .count import add_loretta_arguments, add_model_argument, loretta_config_from_args
@@ -221,11 +222,13 @@ def _zero_hpz_is_auto(ds_config: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.gpu_memory > 0:
+    if not (math.isfinite(args.gpu_memory) and args.gpu_memory > 0):
         raise ValueError(f"--gpu_memory must be the GPU's memory in GiB (> 0), got {args.gpu_memory:g}; "
                          "e.g. --gpu_memory 80")
-    if args.host_memory is not None and not args.host_memory > 0:
+    if args.host_memory is not None and not (math.isfinite(args.host_memory) and args.host_memory > 0):
         raise ValueError(f"--host_memory must be one node's memory in GiB (> 0), got {args.host_memory:g}")
+    if args.micro_batch_size is not None and args.micro_batch_size < 1:
+        raise ValueError(f"--micro_batch_size must be at least 1, got {args.micro_batch_size}")
     from dataclasses import replace
 
     from ..estimate import prepare_model

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export import export
 
+    if args.format == "merged":
+        _check_base_weights(args)
+
     result = export(args.run_dir, args.out_dir, format=args.format, adapter=args.adapter, base=args.base,
                     dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
                     verify=args.verify, lora_norms=args.lora_norms,
@@ -42,3 +45,17 @@ def run(args: argparse.Namespace) -> int:
               "tolerance (see above); do not use it, and report the numbers", flush=True)
         return 1
     return 0
+
+
+def _check_base_weights(args: argparse.Namespace) -> None:
+    """A merged export copies every base tensor: refuse a base whose weights miss one of its config's
+    (or hold one it lacks) before writing, as train and generate do."""
+    from pathlib import Path
+
+    from ..export.sources import resolve_source
+    from ..models import check_weights_match, resolve_model
+
+    source = resolve_source(run_dir=Path(args.run_dir) if args.run_dir else None,
+                            adapter=Path(args.adapter) if args.adapter else None, base=args.base)
+    path, config = resolve_model(str(source.base_dir()), weights=True)
+    check_weights_match(path, config)

@@ -54,6 +54,7 @@ def load_for_generation(path: str | Path, base: str | None = None):
         raise FileNotFoundError(f"{path} is not a directory; pass a training OUTPUT_DIR or a model directory")
     run = RunDir(path)
     if (path / "config.json").is_file() and not run.run_config.is_file():
+        _check_weights(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         return model.eval(), tokenizer, f"model {path}"
@@ -70,23 +71,46 @@ def load_for_generation(path: str | Path, base: str | None = None):
         if not (base or record.model):
             raise ValueError(f"{run.run_config} names no base model; pass --base MODEL")
         base_dir = resolve_base(base or record.model, path)
+        _check_weights(base_dir)
         spec = spec_from_settings(record.train, record.dtype == "bfloat16")
         base_model = (load_quantized(base_dir, spec) if spec is not None
                       else AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32))
         model = PeftModel.from_pretrained(base_model, run.adapter)
-        return model.eval(), AutoTokenizer.from_pretrained(base_dir), f"{base_dir} + LoRA {run.adapter}"
+        tokenizer = _with_trained_template(AutoTokenizer.from_pretrained(base_dir), run.adapter)
+        return model.eval(), tokenizer, f"{base_dir} + LoRA {run.adapter}"
     from ..adapters import load_adapter
     from ..export.sources import resolve_source
 
     source = resolve_source(run_dir=path, base=base)
     base_dir = source.base_dir()
+    _check_weights(base_dir)
     spec = QuantSpec.from_dict(source.meta.get("base_quantization"))
     # A run on a 4-bit base generates on that base, as it trained and evaluated.
     model = (load_quantized(base_dir, spec) if spec is not None
              else AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32))
     load_adapter(model, source.adapter_dir)
     description = f"{base_dir} + LoRETTA_{source.config.method} {source.adapter_dir}"
-    return model.eval(), AutoTokenizer.from_pretrained(base_dir), description
+    tokenizer = _with_trained_template(AutoTokenizer.from_pretrained(base_dir), source.adapter_dir)
+    return model.eval(), tokenizer, description
+
+
+def _check_weights(model_dir: Path) -> None:
+    """Refuse a model whose weights miss (or add) a tensor of its config before loading it."""
+    from ..models import check_weights_match, resolve_model
+
+    path, config = resolve_model(str(model_dir), weights=True)
+    check_weights_match(path, config)
+
+
+def _with_trained_template(tokenizer, adapter_dir: Path):
+    """The tokenizer with the chat template the run trained with (adapter/chat_template.jinja,
+    which the merged and PEFT exports carry too), so a run and its exports answer alike."""
+    from ..adapters.io import CHAT_TEMPLATE_NAME
+
+    template = Path(adapter_dir) / CHAT_TEMPLATE_NAME
+    if template.is_file():
+        tokenizer.chat_template = template.read_text(encoding="utf-8")
+    return tokenizer
 
 
 def prompt_ids(tokenizer, prompt: str, chat: str = "auto") -> list[int]:

@@ -367,8 +367,9 @@ def _labels(raw: datasets.Dataset, label: str, label_words: list[str] | None) ->
             word = names[value]
         elif isinstance(value, int) and not isinstance(value, bool):
             raise ValueError(f"{label}: labels are integers (record {index + 1}: {value}); "
-                             f"label-word scoring needs words: pass label_words (e.g. "
-                             f"--label_words negative,positive, index i names label i)")
+                             "label-word scoring needs words: write each label as its word in the file "
+                             "(e.g. 0 -> negative, 1 -> positive), or use a hub dataset whose label column "
+                             "names its classes (a ClassLabel)")
         else:
             raise ValueError(f"{label}: record {index + 1} has label {value!r}; a label must be "
                              f"a word (or an integer with label_words given)")

@@ -91,7 +91,7 @@ def resolve_format(fmt: str, columns: list[str], source: str) -> str:
                 return name
         raise ValueError(
             f"{source}: cannot detect the data format from columns {sorted(present)}. "
-            f"Rename the columns to one of these sets ({_columns_help()}) or pass --data_format.")
+            f"Rename the columns to one of these sets ({_columns_help()}) or pass --format ({', '.join(FORMAT_SPECS)}).")
     missing = [c for c in FORMAT_SPECS[fmt].required if c not in present]
     if missing:
         raise ValueError(

@@ -509,10 +509,11 @@ def save_checkpoint(run_dir: RunDir | str | Path, step: int, engine, model: torc
                 shutil.rmtree(tmp, ignore_errors=True)  # give the space back
             previous = latest_checkpoint(run_dir, log=lambda message: None)
             cause = f"{type(failed).__name__}: {failed}" if failed is not None else "failed on another rank"
-            raise CheckpointError(
-                f"writing checkpoint {final} failed ({cause}). The newest complete checkpoint is "
-                f"{previous.path if previous else 'none'}, intact; fix the cause (e.g. free disk space) and "
-                "relaunch with --resume auto to continue from it.")
+            kept = (f"The newest complete checkpoint, {previous.path}, is intact; fix the cause (e.g. free disk "
+                    "space) and relaunch with --resume auto to continue from it." if previous else
+                    "No earlier checkpoint exists, so the run cannot be continued; fix the cause (e.g. free "
+                    "disk space) and start it again.")
+            raise CheckpointError(f"writing checkpoint {final} failed ({cause}). {kept}")
 
     def create() -> None:
         if rank == 0:

@@ -110,7 +110,8 @@ def _number(value, name: str) -> int | None:
     """None for "auto" or absent; the integer otherwise; an error for anything else."""
     if value is None or value == AUTO:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value) or value < 1):
         raise ValueError(f"{name} in the DeepSpeed config must be a positive integer or \"auto\", got {value!r}")
     return int(value)
 
@@ -173,12 +174,19 @@ def _fill(section: dict, key: str, value, path: str, flag_value=None, flag: str 
                          "\"auto\" (the trainer fills it from the flags) or make the two agree")
 
 
+# The optimizers whose state the checkpoints know (distributed/checkpoint.py: Adam's moments).
+SUPPORTED_OPTIMIZERS = ("adam", "adamw")
+
+
 def _fill_optimizer(config: dict, facts: RunFacts) -> float:
     optimizer = config.get("optimizer")
     if not isinstance(optimizer, dict) or not optimizer.get("type"):
         raise ValueError("the DeepSpeed config has no 'optimizer' section: the trainer builds its optimizer "
                          "from it (over the trainable parameters only). Add e.g. "
                          "{\"type\": \"AdamW\", \"params\": {\"lr\": \"auto\"}}")
+    if not isinstance(optimizer["type"], str) or optimizer["type"].lower() not in SUPPORTED_OPTIMIZERS:
+        raise ValueError(f"optimizer.type {optimizer['type']!r} in the DeepSpeed config is not supported: the "
+                         "checkpoints save and restore Adam's moments (exp_avg, exp_avg_sq); use \"AdamW\" or \"Adam\"")
     params = optimizer.setdefault("params", {})
     if not isinstance(params, dict):
         raise ValueError("optimizer.params in the DeepSpeed config must be an object")

@@ -24,7 +24,7 @@ from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_
 from ..run.directory import RUN_CONFIG, RunDir, RunRecord, write_run_record
 from .provenance import PROVENANCE_NAME, foreign_files, write_provenance
 from .sources import ExportSource, resolve_source
-from .staging import StagedOutput
+from .staging import MARKER_NAME, StagedOutput
 from ..adapters.config import check_mergeable
 from .updates import norm_tensors, rep_updates
 from .verify import VerifyReport, verify_export
@@ -90,6 +90,16 @@ def _provenance(source: ExportSource, fmt: str, dtype: torch.dtype | None, base_
             "run_dir": str(source.run_dir.resolve()) if source.run_dir else None,
             "dtype": str(dtype).removeprefix("torch.") if dtype else "same as base",
             "loretta": source.config.to_dict(), "loretta_ds_version": __version__}
+
+
+def _copy_trained_template(source: ExportSource, directory: Path) -> list[str]:
+    """The chat template the run trained with travels with every export (the name transformers
+    and PEFT read it from), so the export answers as the run does; the names copied."""
+    trained_template = source.adapter_dir / CHAT_TEMPLATE_NAME
+    if not trained_template.is_file():
+        return []
+    shutil.copyfile(trained_template, directory / CHAT_TEMPLATE_NAME)
+    return [CHAT_TEMPLATE_NAME]
 
 
 def export(run_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None, *,
@@ -188,11 +198,8 @@ def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, o
         write_merged(plan, checkpoint, staged.path, log)
         files = [shard.filename for shard in plan] + (["model.safetensors.index.json"] if len(plan) > 1 else [])
         files += write_model_files(base_dir, config, dtype, staged.path)
-        trained_template = source.adapter_dir / CHAT_TEMPLATE_NAME  # the chat template the run trained with
-        if trained_template.is_file():
-            shutil.copyfile(trained_template, staged.path / trained_template.name)
-            files.append(trained_template.name)
-        write_provenance(staged.path, _provenance(source, "merged", dtype, base_dir))
+        files += _copy_trained_template(source, staged.path)
+        write_provenance(staged.path, _provenance(source, "merged", dtype, base_dir), skip=(MARKER_NAME,))
         staged.publish()
     log(f"wrote {out_dir}: load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r})")
     return ExportResult(staged.out_dir, "merged", files + [PROVENANCE_NAME])
@@ -229,7 +236,8 @@ def _export_lora(source: ExportSource, out_dir: Path, dtype, _shards, overwrite,
     _check_disk(staged, lora_bytes + sum(t.numel() * t.element_size() for t in norms.values()))
     with staged:
         files = write_lora(source.config, updates, norms, source.base_name, dtype, staged.path)
-        write_provenance(staged.path, _provenance(source, "peft-lora", dtype, None))
+        files += _copy_trained_template(source, staged.path)
+        write_provenance(staged.path, _provenance(source, "peft-lora", dtype, None), skip=(MARKER_NAME,))
         staged.publish()
     log(f"wrote {out_dir}: PEFT LoRA adapter (r={source.config.r}, {len(updates)} modules, "
         f"{len(norms)} norms as modules_to_save)")
@@ -251,11 +259,13 @@ def _export_adapter(source: ExportSource, out_dir: Path, _dtype, _shards, overwr
     with staged:
         for name in names:
             shutil.copyfile(source.adapter_dir / name, staged.path / name)
+        _copy_trained_template(source, staged.path)
         write_run_record(staged.path, record)
+        write_provenance(staged.path, _provenance(source, "adapter", None, None), skip=(MARKER_NAME,))
         staged.publish()
     log(f"wrote {out_dir}: LoRETTA_{source.config.method} adapter + {RUN_CONFIG} "
         "(load with loretta_ds.load_adapter, or export it again: it is a valid RUN_DIR)")
-    return ExportResult(staged.out_dir, "adapter", names + [RUN_CONFIG])
+    return ExportResult(staged.out_dir, "adapter", names + [RUN_CONFIG, PROVENANCE_NAME])
 
 
 def export_merged(run_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,

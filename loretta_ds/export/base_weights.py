@@ -75,7 +75,8 @@ def find_checkpoint(directory: Path) -> tuple[str, Path]:
     raise FileNotFoundError(
         f"no model weights in {directory}: expected one of "
         f"{', '.join(name for name, _ in CHECKPOINT_LAYOUTS)} (found: {', '.join(present[:12]) or 'nothing'}). "
-        "Pass the directory of the Hugging Face base model the adapter was trained on (--base)."
+        "Pass a Hugging Face model directory with its weights (for an export: --base, the model the "
+        "adapter was trained on)."
     )
 
 

@@ -5,6 +5,11 @@ holds the new complete one; never a half-written model. The temporary directory 
 ``<OUT_DIR>.export-incomplete`` and holds a marker file, locked by the exporting process for as
 long as it lives: a later export finds a stale one (its lock is free because the kernel dropped
 it with the killed process), says so and removes it; a live one (lock held) is an error.
+
+What an export deletes is only ever an export's: ``--overwrite`` replaces an OUT_DIR only when it
+is an export of this project holding nothing else (provenance.is_own_export), and a directory at
+the temporary or the replaced name is removed only when an export made it (``is_own_leftover``);
+a user's folder of either name is refused, never deleted.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from typing import Callable
 
 from ..file_io import fsync_dir
 from ..run.directory import CHECKPOINTS, RUN_CONFIG
+from .provenance import PROVENANCE_NAME, is_own_export
 
 TEMP_SUFFIX = ".export-incomplete"
 REPLACED_SUFFIX = ".export-replaced"
@@ -28,6 +34,15 @@ MARKER_NAME = "EXPORT_INCOMPLETE"
 
 def temp_dir_for(out_dir: Path) -> Path:
     return out_dir.parent / (out_dir.name + TEMP_SUFFIX)
+
+
+def is_own_leftover(path: Path) -> bool:
+    """Whether ``path`` (an OUT_DIR.export-incomplete or .export-replaced directory) was left by an
+    export: it holds the marker (an interrupted export), is empty (killed as it was created), or is a
+    complete export (killed between dropping the marker and the rename, or a replaced old export)."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return (path / MARKER_NAME).is_file() or not any(path.iterdir()) or is_own_export(path)
 
 
 def _is_within(path: Path, ancestor: Path) -> bool:
@@ -93,6 +108,11 @@ class StagedOutput:
         self._marker_file = None
         self._stale = False
 
+    @property
+    def replaced_dir(self) -> Path:
+        """Where the old OUT_DIR waits while the new export takes its place."""
+        return self.out_dir.parent / (self.out_dir.name + REPLACED_SUFFIX)
+
     def check(self) -> None:
         """Every reason not to start, raised before anything is written."""
         out_real = self.out_dir.resolve()
@@ -121,6 +141,16 @@ class StagedOutput:
         if self.out_dir.is_dir() and any(self.out_dir.iterdir()) and not self.overwrite:
             raise ValueError(f"OUT_DIR {self.out_dir} is not empty; pass --overwrite to replace it "
                              "(the old contents stay until the new export is complete) or choose another OUT_DIR")
+        if self.out_dir.is_dir() and any(self.out_dir.iterdir()) and not is_own_export(self.out_dir):
+            raise ValueError(f"OUT_DIR {self.out_dir} is not an export of this program (no {PROVENANCE_NAME} "
+                             "listing every file in it), and --overwrite replaces only those: it would delete "
+                             "files this program did not write. Nothing was changed; choose another OUT_DIR, "
+                             "or move its files out")
+        for leftover in (self.temp_dir, self.replaced_dir):
+            if (leftover.exists() or leftover.is_symlink()) and not is_own_leftover(leftover):
+                raise ValueError(f"{leftover} exists and was not left by an export of this program (the name "
+                                 f"an export uses while it writes {self.out_dir.name}); nothing was changed: "
+                                 "rename or move it, or choose another OUT_DIR")
         if self.temp_dir.exists():
             alive, who = _owner_alive(self.temp_dir / MARKER_NAME)
             if alive:
@@ -139,6 +169,9 @@ class StagedOutput:
         if self._stale:
             self.log(f"removing {self.temp_dir}, left by an interrupted export ({self._stale_owner})")
             shutil.rmtree(self.temp_dir)
+        if self.replaced_dir.is_dir():  # an old export a killed one was replacing (check() made sure)
+            self.log(f"removing {self.replaced_dir}, an earlier export left by an interrupted one")
+            shutil.rmtree(self.replaced_dir)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir()
         marker = self.temp_dir / MARKER_NAME
@@ -166,7 +199,7 @@ class StagedOutput:
         replaced = None
         if self.out_dir.exists():
             if any(self.out_dir.iterdir()):
-                replaced = self.out_dir.parent / (self.out_dir.name + REPLACED_SUFFIX)
+                replaced = self.replaced_dir
                 if replaced.exists():
                     shutil.rmtree(replaced)
                 os.rename(self.out_dir, replaced)

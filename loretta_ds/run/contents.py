@@ -1,31 +1,54 @@
-"""What a run directory holds: this project's run files, and anything else (a user's files).
+"""Whose files a run directory holds: the rule of ownership, stated once.
 
-A run writes a known set of names into OUTPUT_DIR and replaces or deletes some of them (the
-merged export, old and torn checkpoints). Anything else there is not its own, and a run never
-deletes it: a new run refuses a directory holding such files (the user probably meant another
-one) unless --overwrite_output_dir says to run there anyway, and every run refuses files of a
-user's inside the places it replaces (``merged/``, ``checkpoints/step-N``), with or without it.
+A file or directory is this project's only when the program itself recorded writing it, never
+because of its name:
+
+- the run's files (run_config.json, metrics.jsonl, loss.png, param_report.json, adapter/,
+  tensorboard/) are its own when the run's claim, OUTPUT_DIR/.loretta-run-files.json, lists them.
+  A run writes the claim once its checks have passed and before it writes anything else, so
+  every name it lists was then absent or already the run's. A directory of a run made before the
+  claim existed counts as claimed when it holds a run_config.json or a complete checkpoint of
+  this program (both written only by it);
+- a checkpoint is its own when its COMPLETE marker lists its files (distributed/checkpoint.py);
+- an export (merged/, OUT_DIR) when its loretta_export.json lists every file in it
+  (export/provenance.py); an export's temporary or replaced directory when it holds the export's
+  marker, is empty, or is such an export (export/staging.py);
+- the lock file .loretta-run.lock, the one exception, by its name: it holds no data, only who
+  holds the lock, and is never deleted.
+
+Anything else is not its own, and a run never deletes or overwrites it: a user's file at a name
+the run writes or replaces (metrics.jsonl, adapter/..., merged/..., checkpoints/step-N) is
+refused with any flag; other files make a new run refuse the directory (the user probably meant
+another one) unless --overwrite_output_dir says to run there anyway, leaving them untouched.
 The base model's directory is never an output directory.
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..adapters.io import CONFIG_NAME, WEIGHTS_NAME
+from ..adapters.io import CHAT_TEMPLATE_NAME, CONFIG_NAME, WEIGHTS_NAME
 from ..adapters.peft_export import PEFT_CONFIG, PEFT_WEIGHTS
 from ..distributed import checkpoint as ckpt
 from ..export.provenance import foreign_files as export_foreign_files
-from ..export.staging import MARKER_NAME as EXPORT_MARKER
-from .directory import ADAPTER, CHECKPOINTS, LOCK, MERGED, METRICS, PARAM_REPORT, PLOT, RUN_CONFIG, TENSORBOARD
+from ..export.staging import is_own_leftover
+from ..file_io import replace_atomically, write_json_atomically
+from .directory import (ADAPTER, CHECKPOINTS, CLAIM, LOCK, MERGED, METRICS, PARAM_REPORT, PLOT, RUN_CONFIG,
+                        TENSORBOARD, RunDir, read_run_record)
 
 RUN_FILES = {RUN_CONFIG, PARAM_REPORT, METRICS, PLOT, LOCK}
+# What a run claims: every name it writes at the top of OUTPUT_DIR, but checkpoints and the export
+# (which carry their own records) and the lock (its own by name).
+CLAIMED_NAMES = (RUN_CONFIG, PARAM_REPORT, METRICS, PLOT, ADAPTER, TENSORBOARD)
+_CLAIM_KIND = "loretta_ds run files"
 # What an interrupted atomic replacement of a run file leaves (file_io.replace_atomically).
 _RUN_FILE_TEMP = re.compile(r"^\.(%s)\.\d+\.tmp$" % "|".join(re.escape(name) for name in (RUN_CONFIG, PARAM_REPORT)))
-ADAPTER_FILES = {CONFIG_NAME, WEIGHTS_NAME,  # LoRETTA (save_adapter)
+ADAPTER_FILES = {CONFIG_NAME, WEIGHTS_NAME, CHAT_TEMPLATE_NAME,  # LoRETTA (save_adapter), the chat template
                  PEFT_CONFIG, PEFT_WEIGHTS, "README.md"}  # the PEFT LoRA baseline (PEFT's save_pretrained)
 STAGING = (f"{MERGED}.export-incomplete", f"{MERGED}.export-replaced")
 
@@ -37,6 +60,36 @@ class Survey:
     foreign: list[str] = field(default_factory=list)  # not this project's; never touched
     collisions: list[str] = field(default_factory=list)  # not this project's, where a run replaces files
     own: list[Path] = field(default_factory=list)  # this project's run files (what a start-over clears)
+
+
+def claim(run_dir: str | Path) -> None:
+    """Record that the run in ``run_dir`` owns its names (after its checks passed, before it writes)."""
+    write_json_atomically(RunDir(run_dir).claim, {"kind": _CLAIM_KIND, "names": list(CLAIMED_NAMES)})
+
+
+def _claimed(root: Path) -> tuple[set[str], bool]:
+    """(the names the run's claim lists, whether the claim file is the run's own)."""
+    path = RunDir(root).claim
+    if not path.exists() and not path.is_symlink():
+        return _legacy_claim(root), False
+    try:
+        data = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None
+    if not isinstance(data, dict) or data.get("kind") != _CLAIM_KIND or not isinstance(data.get("names"), list):
+        return set(), False  # not a claim this program wrote
+    return {name for name in data["names"] if name in CLAIMED_NAMES}, True
+
+
+def _legacy_claim(root: Path) -> set[str]:
+    """A run directory written before the claim existed: its run record or a complete checkpoint
+    (both only ever written by this program) stand for the claim."""
+    try:
+        record = read_run_record(root)
+    except (OSError, ValueError):
+        record = None
+    complete, _ = ckpt.list_checkpoints(root)
+    return set(CLAIMED_NAMES) if record is not None or complete else set()
 
 
 def _files_under(path: Path, root: Path) -> list[str]:
@@ -55,15 +108,34 @@ def _sort_files(directory: Path, root: Path, result: Survey, is_own: Callable[[P
         result.own.append(directory)
 
 
+def _unclaimed_directory(entry: Path, root: Path, result: Survey) -> None:
+    """A directory at one of the run's names that the run never claimed: a user's, unless empty."""
+    if any(entry.iterdir()):
+        result.collisions += _files_under(entry, root)
+    else:
+        result.own.append(entry)
+
+
 def survey(output_dir: str | Path) -> Survey:
     root = Path(output_dir)
     result = Survey()
     if not root.is_dir():
         return result
+    claimed, claim_is_own = _claimed(root)
     for entry in sorted(root.iterdir()):
         name = entry.name
-        if (name in RUN_FILES or _RUN_FILE_TEMP.match(name)) and entry.is_file() and not entry.is_symlink():
+        temp_of = _RUN_FILE_TEMP.match(name)
+        plain_file = entry.is_file() and not entry.is_symlink()
+        if name == CLAIM and claim_is_own:
             result.own.append(entry)
+        elif name == LOCK and plain_file:
+            result.own.append(entry)
+        elif temp_of and plain_file and temp_of.group(1) in claimed:
+            result.own.append(entry)
+        elif name in RUN_FILES and plain_file and name in claimed:
+            result.own.append(entry)
+        elif name in (ADAPTER, TENSORBOARD) and entry.is_dir() and not entry.is_symlink() and name not in claimed:
+            _unclaimed_directory(entry, root, result)
         elif name == ADAPTER and entry.is_dir() and not entry.is_symlink():
             _sort_files(entry, root, result, lambda p: p.name in ADAPTER_FILES or p.name.startswith(".adapter"))
         elif name == MERGED and entry.is_dir() and not entry.is_symlink():
@@ -77,11 +149,11 @@ def survey(output_dir: str | Path) -> Survey:
                 result.collisions += [f"{name}/{f}" for f in extra]
             else:
                 result.own.append(entry)
-        elif name in STAGING and entry.is_dir():
-            if name.endswith("incomplete") and not (entry / EXPORT_MARKER).is_file() and any(entry.iterdir()):
-                result.collisions += _files_under(entry, root)
-            else:
+        elif name in STAGING and entry.is_dir() and not entry.is_symlink():
+            if is_own_leftover(entry):
                 result.own.append(entry)
+            else:
+                result.collisions += _files_under(entry, root)
         elif name == TENSORBOARD and entry.is_dir() and not entry.is_symlink():
             _sort_files(entry, root, result, lambda p: p.name.startswith("events.out.tfevents."))
         elif name == CHECKPOINTS and entry.is_dir() and not entry.is_symlink():
@@ -97,8 +169,9 @@ def survey(output_dir: str | Path) -> Survey:
                     result.collisions.append(f"{name}/{sub.name}")
                 else:
                     result.foreign.append(f"{name}/{sub.name}" + ("/" if sub.is_dir() else ""))
-        elif name in RUN_FILES | {ADAPTER, MERGED, TENSORBOARD, CHECKPOINTS}:
-            result.collisions.append(name)  # one of the run's names, of the wrong kind (or a link)
+        elif name in RUN_FILES | {CLAIM, ADAPTER, MERGED, TENSORBOARD, CHECKPOINTS, *STAGING}:
+            # One of the run's names, not the run's: a user's file, a link, or the wrong kind.
+            result.collisions.append(name)
         else:
             result.foreign.append(name + ("/" if entry.is_dir() else ""))
     return result
@@ -111,6 +184,24 @@ def listing(paths: list[str], limit: int = 5) -> str:
 
 def _within(path: Path, ancestor: Path) -> bool:
     return path == ancestor or ancestor in path.parents
+
+
+def check_output_path(output_dir: str | Path) -> None:
+    """--output_dir must be a directory, or a path where one can be made: not a file, a link to
+    nothing, or a place on a read-only file system."""
+    path = Path(output_dir).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"--output_dir {output_dir} is a symbolic link to {os.readlink(path)}, which does not "
+                         "exist; create the directory it points to, or choose another --output_dir")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under {existing}, which is a file"
+        raise ValueError(f"--output_dir {output_dir} {where}, not a directory; choose another --output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {output_dir}: {existing} cannot be written (a read-only file system, or no "
+                         "permission); choose an --output_dir you can write to")
 
 
 def check_not_model_dir(output_dir: str | Path, model_path: str) -> None:
@@ -158,3 +249,46 @@ def clear_previous_run(output_dir: str | Path, found: Survey, log: Callable[[str
         removed.append(str(path.relative_to(root)))
     if removed:
         log(f"--overwrite_output_dir: starting over; removed the earlier run's {listing(removed, 8)}")
+
+
+@dataclass(frozen=True)
+class StartState:
+    """OUTPUT_DIR as a run found it, so that a start failing before its first step can leave it so
+    ("a refusal changes nothing" holds for every failure before training)."""
+
+    existed: bool
+    names: frozenset[str]  # its entries then
+    run_config: bytes | None  # run_config.json then (a run rewrites it at its start)
+
+    @classmethod
+    def of(cls, run_dir: str | Path) -> "StartState":
+        root = Path(run_dir)
+        if not root.is_dir():
+            return cls(False, frozenset(), None)
+        record = RunDir(root).run_config
+        saved = record.read_bytes() if record.is_file() and not record.is_symlink() else None
+        return cls(True, frozenset(p.name for p in root.iterdir()), saved)
+
+    def restore(self, run_dir: str | Path) -> list[str]:
+        """Remove the run's own entries that were not there, put run_config.json back, remove
+        OUTPUT_DIR if the run created it and it is empty; the names of what changed."""
+        root = Path(run_dir)
+        if not root.is_dir():
+            return []
+        changed = []
+        for path in survey(root).own:
+            if path.relative_to(root).parts[0] in self.names or not (path.exists() or path.is_symlink()):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            changed.append(str(path.relative_to(root)))
+        record = RunDir(root).run_config
+        if self.run_config is not None and (not record.is_file() or record.read_bytes() != self.run_config):
+            data = self.run_config
+            replace_atomically(record, lambda tmp: tmp.write_bytes(data))
+            changed.append(f"{RUN_CONFIG} restored")
+        if not self.existed and not any(root.iterdir()):
+            root.rmdir()
+        return changed

@@ -15,6 +15,7 @@ read only through ``RunRecord``. Imports nothing of the package but file_io.
       param_report.json    what DeepSpeed partitions and what stays whole
       tensorboard/         TensorBoard logs, when tensorboard is installed
       .loretta-run.lock    held by the run that owns the directory (run/lock.py)
+      .loretta-run-files.json  the names above that the run claimed (run/contents.py: whose files)
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ PLOT = "loss.png"
 PARAM_REPORT = "param_report.json"
 TENSORBOARD = "tensorboard"
 LOCK = ".loretta-run.lock"
+CLAIM = ".loretta-run-files.json"
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ class RunDir:
     @property
     def lock(self) -> Path:
         return self.root / LOCK
+
+    @property
+    def claim(self) -> Path:
+        return self.root / CLAIM
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,691 @@
+"""What a hostile or careless user does to run directories, adapters and exports, and what must
+hold: a clear refusal (one `error:` paragraph, exit 2, no traceback) or the correct behaviour, and
+every file the user had before byte-identical afterwards (sha256 of every file).
+
+Fast tier: every case runs `loretta-ds ...` in this process on the tiny test models; the training
+cases fail before any model loads (``no_model_loading`` makes a load fail the test).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loretta_ds.cli import main
+from loretta_ds.run import contents
+from test_export import make_base, make_run
+
+
+@pytest.fixture(scope="module")
+def builtin_model() -> Path:
+    from loretta_ds.tiny_llama import ensure_tiny_llama
+
+    return ensure_tiny_llama()
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the user error was reported")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    """A run directory as training leaves it (run_config.json + adapter/) on a tiny base."""
+    base = make_base(tmp_path / "base")
+    run = tmp_path / "run"
+    make_run(run, tmp_path / "base", base)
+    return run, tmp_path / "base"
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def refused(capsys, *argv) -> str:
+    """Run the CLI; it must refuse with one clear message (exit 2, no traceback)."""
+    status = main([*map(str, argv)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.count("error: ") == 1 and "Traceback" not in err, err
+    return err
+
+
+def quiet(_message):
+    pass
+
+
+# --- 1. ownership comes from what the program wrote, never from a name -----------------------------
+
+
+def users_files(directory: Path) -> None:
+    """Files a user keeps under the names a run writes: their own metrics, plot and report."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "metrics.jsonl").write_text('{"epoch": 1, "my_metric": 0.5}\n')
+    (directory / "loss.png").write_bytes(b"\x89PNG a user's plot")
+    (directory / "param_report.json").write_text('{"mine": true}\n')
+
+
+def users_peft_adapter(directory: Path) -> None:
+    adapter = directory / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"a user's PEFT weights")
+    (adapter / "README.md").write_text("# my adapter\n")
+
+
+@pytest.mark.parametrize("layout", ["run files", "peft adapter", "tensorboard"])
+def test_a_users_files_at_the_runs_names_are_never_taken_for_the_runs(layout, builtin_model, no_model_loading,
+                                                                      tmp_path, capsys):
+    out = tmp_path / "mine"
+    if layout == "run files":
+        users_files(out)
+        named = ["loss.png", "metrics.jsonl", "param_report.json"]
+    elif layout == "peft adapter":
+        users_peft_adapter(out)
+        named = ["adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
+    else:
+        (out / "tensorboard").mkdir(parents=True)
+        (out / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"a user's own logs")
+        named = ["tensorboard/events.out.tfevents.1.host"]
+    before = digests(out)
+    for extra in ([], ["--overwrite_output_dir"], ["--resume", "none"]):
+        err = refused(capsys, "train", "--output_dir", out, "--max_steps", 2, *extra)
+        assert all(name in err for name in named), err
+        assert "did not write" in err and "another --output_dir" in err, err
+        assert digests(out) == before
+        assert sorted(p.name for p in out.iterdir()) == sorted({n.split("/")[0] for n in named})
+
+
+def test_the_claim_makes_run_files_the_runs_and_only_the_runs_own_claim_counts(tmp_path):
+    out = tmp_path / "run"
+    users_files(out)
+    assert sorted(contents.survey(out).collisions) == ["loss.png", "metrics.jsonl", "param_report.json"]
+    # A file at the claim's name that the program did not write claims nothing (and is itself a user's).
+    (out / ".loretta-run-files.json").write_text('{"names": ["metrics.jsonl", "loss.png", "param_report.json"]}')
+    assert ".loretta-run-files.json" in contents.survey(out).collisions
+    assert "metrics.jsonl" in contents.survey(out).collisions
+    (out / ".loretta-run-files.json").unlink()
+    contents.claim(out)
+    found = contents.survey(out)
+    assert found.collisions == [] and found.foreign == []
+    assert sorted(p.name for p in found.own) == [".loretta-run-files.json", "loss.png", "metrics.jsonl",
+                                                 "param_report.json"]
+    # Starting over removes the run's files, the claim with them; a user's file beside them stays.
+    (out / "notes.txt").write_text("mine")
+    contents.clear_previous_run(out, contents.survey(out), log=quiet)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_directory_from_before_the_claim_is_still_the_runs(finished_run):
+    run, _ = finished_run  # run_config.json + adapter/, no claim: what earlier versions wrote
+    (run / "metrics.jsonl").write_text("")
+    found = contents.survey(run)
+    assert found.collisions == [] and found.foreign == []
+    (run / "run_config.json").unlink()
+    assert sorted(contents.survey(run).collisions) == ["adapter/adapter.safetensors", "adapter/adapter_config.json",
+                                                       "metrics.jsonl"]
+
+
+def test_export_overwrite_replaces_only_an_export_this_program_wrote(finished_run, tmp_path, capsys):
+    run, _ = finished_run
+    folder = tmp_path / "my-folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("years of work")
+    (folder / "sub" / "data.bin").write_bytes(b"\x00\x01")
+    before = digests(folder)
+    for fmt in ("merged", "peft-lora", "adapter"):
+        err = refused(capsys, "export", run, folder, "--format", fmt, "--overwrite")
+        assert "not an export of this program" in err and "choose another OUT_DIR" in err, err
+        assert digests(folder) == before
+    assert not (tmp_path / "my-folder.export-incomplete").exists()
+    # An export of its own is replaced, every format (the adapter format records its files too);
+    # once a user adds a file to it, it is no longer replaced.
+    for fmt in ("merged", "peft-lora", "adapter"):
+        out = tmp_path / f"export-{fmt}"
+        assert main(["export", str(run), str(out), "--format", fmt]) == 0
+        assert main(["export", str(run), str(out), "--format", fmt, "--overwrite"]) == 0
+        (out / "my-notes.txt").write_text("added by hand")
+        kept = digests(out)
+        err = refused(capsys, "export", run, out, "--format", fmt, "--overwrite")
+        assert "not an export of this program" in err
+        assert digests(out) == kept
+
+
+@pytest.mark.parametrize("suffix", [".export-incomplete", ".export-replaced"])
+def test_a_users_directory_at_an_exports_temporary_names_is_never_deleted(suffix, finished_run, tmp_path, capsys):
+    run, _ = finished_run
+    out = tmp_path / "X"
+    users = tmp_path / f"X{suffix}"
+    users.mkdir()
+    (users / "keep.txt").write_text("a user's folder that happens to have this name")
+    before = digests(users)
+    for extra in ([], ["--overwrite"]):
+        err = refused(capsys, "export", run, out, *extra)
+        assert str(users) in err and "was not left by an export" in err, err
+        assert digests(users) == before and not out.exists()
+    # In a run directory too: the run's final export would have removed merged.export-*.
+    (run / f"merged{suffix}").mkdir()
+    (run / f"merged{suffix}" / "keep.txt").write_text("mine")
+    assert contents.survey(run).collisions == [f"merged{suffix}/keep.txt"]
+
+
+def test_what_an_interrupted_export_leaves_is_still_cleaned_up(finished_run, tmp_path):
+    run, _ = finished_run
+    out = tmp_path / "X"
+    complete = tmp_path / "complete"
+    assert main(["export", str(run), str(complete)]) == 0
+    # Killed between dropping the marker and the rename: a complete export at the temporary name.
+    shutil.copytree(complete, tmp_path / "X.export-incomplete")
+    (tmp_path / "X.export-replaced").mkdir()  # killed as the old export was being moved aside: empty
+    assert main(["export", str(run), str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X", "base", "complete", "run"]
+
+
+# --- 2. damage that would train and export silently -------------------------------------------------
+
+
+def drop_tensor(model_dir: Path, name_part: str) -> str:
+    """Delete the first tensor whose name contains ``name_part`` from a single-file model."""
+    from safetensors.torch import load_file, save_file
+
+    weights = model_dir / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(n for n in sorted(tensors) if name_part in n)
+    del tensors[name]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    return name
+
+
+def edit_config(model_dir: Path, **changes) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(changes)
+    (model_dir / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture
+def damaged_models(builtin_model, tmp_path) -> dict[str, tuple[Path, str]]:
+    """Copies of the built-in model: (directory, what the refusal must name)."""
+    layers = json.loads((builtin_model / "config.json").read_text())["num_hidden_layers"]
+    found = {}
+    for case in ("tensor deleted", "more layers", "fewer layers"):
+        model = tmp_path / case.replace(" ", "-")
+        shutil.copytree(builtin_model, model)
+        if case == "tensor deleted":
+            found[case] = (model, drop_tensor(model, "down_proj.weight"))
+        elif case == "more layers":
+            edit_config(model, num_hidden_layers=layers + 1)
+            found[case] = (model, f"model.layers.{layers}.")
+        else:
+            edit_config(model, num_hidden_layers=layers - 1)
+            found[case] = (model, f"model.layers.{layers - 1}.")
+    return found
+
+
+def test_train_refuses_a_model_whose_weights_do_not_match_its_config(damaged_models, no_model_loading, tmp_path,
+                                                                     capsys):
+    for case, (model, named) in damaged_models.items():
+        before = digests(model)
+        out = tmp_path / f"run-{model.name}"
+        err = refused(capsys, "train", "--model", model, "--output_dir", out, "--max_steps", 2)
+        assert "does not match its config.json" in err and named in err, (case, err)
+        assert ("missing from the weights" if case != "fewer layers" else "in the weights but not in the model") in err
+        assert "re-download" in err and not out.exists() and digests(model) == before
+
+
+def test_generate_and_export_refuse_a_base_missing_a_tensor(damaged_models, tmp_path, capsys):
+    model, named = damaged_models["tensor deleted"]
+    err = refused(capsys, "generate", model, "--prompt", "hi", "--max_new_tokens", 2)
+    assert "missing from the weights" in err and named in err, err
+    # A run on that base: neither its merged export nor generate loads the damaged base.
+    base = make_base(tmp_path / "base", shard=None)
+    run = tmp_path / "run"
+    make_run(run, tmp_path / "base", base)
+    named = drop_tensor(tmp_path / "base", "down_proj.weight")
+    before = digests(tmp_path)
+    for argv in (["export", run, tmp_path / "merged"], ["generate", run, "--prompt", "hi", "--max_new_tokens", 2]):
+        err = refused(capsys, *argv)
+        assert "missing from the weights" in err and named in err, err
+    assert digests(tmp_path) == before and not (tmp_path / "merged").exists()
+
+
+def flip_exponent_bit(weights: Path) -> None:
+    """Flip the top exponent bit of the first float32 value of the first tensor (x -> x * 2^±128)."""
+    data = bytearray(weights.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    first = min((v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"))
+    data[8 + header_len + first + 3] ^= 0x40
+    weights.write_bytes(bytes(data))
+
+
+def test_a_damaged_adapter_is_refused_by_export_and_generate(finished_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run, _ = finished_run
+    weights = run / "adapter" / "adapter.safetensors"
+    assert "weights_sha256" in json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert main(["export", str(run), str(tmp_path / "sound")]) == 0  # the undamaged adapter exports
+    flip_exponent_bit(weights)
+    before = digests(tmp_path)
+    commands = [["export", run, tmp_path / "merged"], ["export", run, tmp_path / "lora", "--format", "peft-lora"],
+                ["generate", run, "--prompt", "hi", "--max_new_tokens", 2]]
+    for argv in commands:
+        err = refused(capsys, *argv)
+        assert "does not match the checksum recorded when it was saved" in err, err
+    assert digests(tmp_path) == before
+    # NaN values in an adapter without a recorded checksum (written by an earlier version).
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    del config["weights_sha256"]
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    tensors = load_file(str(weights))
+    first = sorted(tensors)[0]
+    tensors[first] = torch_full_like_nan(tensors[first])
+    save_file(tensors, str(weights))
+    before = digests(tmp_path)
+    for argv in commands:
+        err = refused(capsys, *argv)
+        assert "non-finite values" in err and first in err, err
+    assert digests(tmp_path) == before
+    assert not any((tmp_path / name).exists() for name in ("merged", "lora"))
+
+
+def torch_full_like_nan(tensor):
+    import torch
+
+    return torch.full_like(tensor, float("nan"))
+
+
+# --- 3. guards that a missing file turned off ---------------------------------------------------------
+
+
+def plan_of(argv: list[str]):
+    from loretta_ds.cli import build_parser
+    from loretta_ds.run_config import config_from_args
+    from loretta_ds.train_plan import build_plan
+
+    return build_plan(config_from_args(build_parser("train").parse_args(["train", *map(str, argv)])), world_size=1)
+
+
+def write_run_with_checkpoint(out: Path, argv: list[str], step: int = 2, record_settings: bool = True) -> None:
+    """What a run of ``argv`` leaves after ``step`` steps (claim, run_config.json, one checkpoint), built
+    from its plan: the trainable tensors' names and shapes, the data position, the settings."""
+    import torch
+    from safetensors.torch import save_file
+
+    from loretta_ds.distributed.checkpoint import write_marker
+    from loretta_ds.run.directory import write_run_record
+    from loretta_ds.train_plan import make_batches
+
+    plan = plan_of(["--output_dir", out, *argv])
+    path = out / "checkpoints" / f"step-{step}"
+    (path / "rng").mkdir(parents=True)
+    save_file({name: torch.zeros(shape) for name, shape in plan.trainable_shapes.items()},
+              str(path / "trainable.safetensors"))
+    save_file({}, str(path / "optimizer.safetensors"))
+    (path / "optimizer.json").write_text("{}")
+    state = {"step": step, "data": make_batches(plan, 0).state_dict(), "world_size": 1,
+             "global_batch": plan.global_batch}
+    if record_settings:
+        state["settings"] = plan.settings
+    (path / "trainer_state.json").write_text(json.dumps(state))
+    write_marker(path, step)
+    contents.claim(out)
+    write_run_record(out, plan.record())
+
+
+RUN = ["--max_steps", 4, "--seq_len", 48, "--micro_batch_size", 2, "--eval_every", 0, "--export", "false"]
+CHANGED = ["--lr", 0.5, "--alpha", 64, "--dropout", 0.3, "--grad_clip", 0]
+
+
+def test_resume_auto_compares_with_the_checkpoint_when_run_config_is_gone(builtin_model, no_model_loading, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "run"
+    write_run_with_checkpoint(out, RUN)
+    (out / "run_config.json").unlink()
+    before = digests(out)
+    err = refused(capsys, "train", "--output_dir", out, *RUN, *CHANGED, "--resume", "auto")
+    assert "trained under other settings" in err and "run_config.json is missing" in err, err
+    for fragment in ("lr: 0.01 there, 0.5 now", "alpha: 16.0 there, 64.0 now", "dropout: 0.0 there, 0.3 now",
+                     "grad_clip: 1.0 there, 0.0 now"):
+        assert fragment in err, err
+    assert digests(out) == before
+    # Only its length may change: a longer run continues it (up to loading the model).
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["train", "--output_dir", str(out), *map(str, RUN), "--max_steps", "6"])
+    assert "continuing" not in capsys.readouterr().err
+
+
+def test_resume_auto_refuses_an_unknown_checkpoint_without_run_config(builtin_model, no_model_loading, tmp_path,
+                                                                      capsys):
+    out = tmp_path / "run"
+    write_run_with_checkpoint(out, RUN, record_settings=False)  # a checkpoint of an earlier version
+    (out / "run_config.json").unlink()
+    before = digests(out)
+    err = refused(capsys, "train", "--output_dir", out, *RUN, *CHANGED)
+    assert "does not record the settings it trained under" in err and "--allow_config_change true" in err, err
+    assert digests(out) == before
+
+
+@pytest.fixture
+def alone_in_this_process(monkeypatch):
+    """init_distributed sets the launcher's variables for a world of one; put them back afterwards."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("existing", ["absent", "a user's folder", "an unfinished run"])
+def test_a_start_that_fails_before_step_one_leaves_the_directory_as_it_was(existing, builtin_model, tmp_path,
+                                                                           monkeypatch, alone_in_this_process,
+                                                                           capsys):
+    import transformers
+
+    out = tmp_path / "run"
+    extra = []
+    if existing == "a user's folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        extra = ["--overwrite_output_dir"]
+    elif existing == "an unfinished run":  # its record, written at its start; it never reached a checkpoint
+        out.mkdir()
+        contents.claim(out)
+        from loretta_ds.run.directory import write_run_record
+
+        write_run_record(out, plan_of(["--output_dir", out, *RUN]).record())
+    before = digests(out) if out.exists() else None
+
+    def fails_to_load(*args, **kwargs):
+        raise OSError("Input/output error reading model.safetensors")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fails_to_load)
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["train", "--output_dir", str(out), *map(str, RUN), *extra])
+    assert "nothing was trained: removed what this start wrote" in capsys.readouterr().err
+    assert (digests(out) if out.exists() else None) == before
+    # The corrected command (another seed, say) is not refused for a run that never trained (the
+    # unfinished run found there is still compared with it: that record was not this start's).
+    corrected = ["--seed", "7"] if existing != "an unfinished run" else []
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["train", "--output_dir", str(out), *map(str, RUN), *corrected, *extra])
+    assert (digests(out) if out.exists() else None) == before
+
+
+def test_an_out_of_range_seed_is_refused_before_anything_is_written(tmp_path, capsys):
+    err = refused(capsys, "train", "--output_dir", tmp_path / "run", "--seed", 2 ** 40)
+    assert "seed must be below 2147483648" in err and not (tmp_path / "run").exists()
+
+
+# --- 4. requeue of a finished run, and a finished run asked for its export -------------------------------
+
+
+def write_finished_run(out: Path, argv: list[str]) -> None:
+    """What a run of ``argv`` on the built-in model leaves when killed right after "adapter saved":
+    the claim, the finished run_config.json and the adapter, no merged/."""
+    import transformers
+
+    from loretta_ds import inject, save_adapter
+    from loretta_ds.run.directory import write_run_record
+
+    plan = plan_of(["--output_dir", out, *argv])
+    model = transformers.AutoModelForCausalLM.from_pretrained(plan.model_path)
+    inject(model, plan.adapter)
+    save_adapter(model, out / "adapter")
+    contents.claim(out)
+    write_run_record(out, plan.record(finished=True, final_step=plan.total_steps))
+
+
+@pytest.mark.parametrize("case", ["killed after adapter saved", "export cut short", "--export true later",
+                                  "export complete"])
+def test_a_finished_run_started_again_completes_its_export(case, builtin_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    run = RUN[:-2]  # with the merged export (the default)
+    write_finished_run(out, run)
+    argv = ["train", "--output_dir", str(out), *map(str, run)]
+    if case == "export cut short":  # killed during the export: its temporary directory, marker and all
+        (out / "merged.export-incomplete").mkdir()
+        (out / "merged.export-incomplete" / "EXPORT_INCOMPLETE").write_text('{"pid": 1}')
+        (out / "merged.export-incomplete" / "model-00001-of-00002.safetensors").write_bytes(b"half")
+    if case == "--export true later":
+        assert main([*argv, "--export", "false"]) == 0
+        assert not (out / "merged").exists()
+        argv = [*argv, "--export", "true"]
+    if case == "export complete":
+        assert main(argv) == 0
+    capsys.readouterr()
+    before = digests(out)
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to train" in printed
+    assert (out / "merged" / "model.safetensors").is_file() and (out / "merged" / "loretta_export.json").is_file()
+    assert not (out / "merged.export-incomplete").exists()
+    after = digests(out)
+    if case == "export complete":  # nothing to do: not even the export is rewritten
+        assert after == before and "merged model exported" not in printed
+    else:
+        assert "merged model exported" in printed
+        # Everything that was there stays byte-identical; only the export is new.
+        assert {k: v for k, v in after.items() if k in before and not k.startswith("merged.")} == \
+            {k: v for k, v in before.items() if not k.startswith("merged.")}
+
+
+# --- 5. generate on a run speaks the run's chat template; every export carries it ---------------------
+
+TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+def test_generate_on_a_run_and_on_its_exports_use_the_trained_chat_template(finished_run, tmp_path, capsys):
+    from loretta_ds.commands.generate import load_for_generation
+
+    run, _ = finished_run
+    (run / "adapter" / "chat_template.jinja").write_text(TEMPLATE)
+    _, tokenizer, _ = load_for_generation(run)
+    assert tokenizer.chat_template == TEMPLATE
+    for fmt in ("merged", "peft-lora", "adapter"):
+        assert main(["export", str(run), str(tmp_path / fmt), "--format", fmt]) == 0
+        assert (tmp_path / fmt / "chat_template.jinja").read_text() == TEMPLATE, fmt
+    capsys.readouterr()
+    answers = {}
+    for name, path in (("run", run), ("merged", tmp_path / "merged"), ("adapter export", tmp_path / "adapter")):
+        assert main(["generate", str(path), "--prompt", "hello", "--max_new_tokens", "6", "--chat", "true",
+                     "--json"]) == 0, capsys.readouterr().err
+        answers[name] = capsys.readouterr().out
+    assert answers["run"] == answers["merged"] == answers["adapter export"], answers
+
+
+# --- 8. errors name only flags that exist, and say what is true ------------------------------------------
+
+
+def train_flags() -> set[str]:
+    from loretta_ds.cli import build_parser
+
+    parser = build_parser("train")
+    train = next(a for a in parser._actions if getattr(a, "choices", None) and "train" in a.choices).choices["train"]
+    return {option for action in train._actions for option in action.option_strings}
+
+
+def assert_named_flags_exist(err: str) -> None:
+    import re
+
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z_]*", err))
+    assert named <= train_flags(), f"the message names flags that do not exist: {named - train_flags()}: {err}"
+
+
+def test_data_errors_recommend_flags_that_exist(builtin_model, no_model_loading, tmp_path, capsys):
+    numbered = tmp_path / "numbered.jsonl"
+    numbered.write_text("".join(json.dumps({"text": f"review {i}", "label": i % 2}) + "\n" for i in range(8)))
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text("".join(json.dumps({"body": f"x {i}", "tag": "y"}) + "\n" for i in range(8)))
+    for data, fragment in ((numbered, "write each label as its word"), (odd, "--format")):
+        err = refused(capsys, "train", "--output_dir", tmp_path / "run", "--dataset", data)
+        assert fragment in err, err
+        assert_named_flags_exist(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_a_run_directory_or_a_folder_says_what_it_is(builtin_model, no_model_loading, tmp_path, capsys):
+    run = tmp_path / "earlier"
+    write_run_with_checkpoint(run, RUN, step=2)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("x")
+    before = digests(tmp_path)
+    err = refused(capsys, "train", "--output_dir", tmp_path / "new", *RUN, "--resume", run)
+    assert "is a run directory, not a checkpoint" in err and str(run / "checkpoints" / "step-2") in err, err
+    assert "interrupted" not in err
+    err = refused(capsys, "train", "--output_dir", tmp_path / "new", *RUN, "--resume", folder)
+    assert "is not a checkpoint" in err and "interrupted" not in err, err
+    assert digests(tmp_path) == before and not (tmp_path / "new").exists()
+
+
+def test_a_failed_first_checkpoint_does_not_call_a_missing_one_intact(tmp_path, monkeypatch):
+    from loretta_ds.distributed import checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "gather_training_state", lambda engine, model, names: ({}, {"moments": {}}))
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write", disk_full)
+    with pytest.raises(ckpt.CheckpointError) as refusal:
+        ckpt.save_checkpoint(tmp_path, 1, None, None, [], {}, keep_last=2, rank=0, log=quiet)
+    assert "No earlier checkpoint exists" in str(refusal.value) and "none, intact" not in str(refusal.value)
+    assert not list((tmp_path / "checkpoints").iterdir())
+
+
+# --- 9. a clear error where a traceback was ----------------------------------------------------------------
+
+
+def ds_config_with(tmp_path: Path, name: str, text_changes: dict) -> Path:
+    from loretta_ds.distributed.ds_config import load_ds_config
+
+    config = load_ds_config("zero3")
+    config.update(text_changes)
+    path = tmp_path / name
+    path.write_text(json.dumps(config).replace('"INF"', "Infinity").replace('"NAN"', "NaN"))
+    return path
+
+
+def model_with_config(builtin_model: Path, directory: Path, **changes) -> Path:
+    shutil.copytree(builtin_model, directory)
+    edit_config(directory, **changes)
+    return directory
+
+
+@pytest.mark.parametrize("case", ["output dir is a file", "output dir is a dangling link", "dist_timeout 1e14",
+                                  "train_batch_size Infinity", "train_batch_size NaN", "optimizer SGD",
+                                  "heads do not divide hidden", "unknown rope type", "vocab and embedding differ",
+                                  "no weights", "truncated weights", "gpu_memory inf"])
+def test_what_was_a_traceback_is_one_clear_error(case, builtin_model, no_model_loading, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv, fragment = ["train", "--output_dir", out, "--max_steps", 2], None
+    if case == "output dir is a file":
+        out.write_text("a user's file")
+        fragment = "is a file, not a directory"
+    elif case == "output dir is a dangling link":
+        out.symlink_to(tmp_path / "nowhere")
+        fragment = "which does not exist"
+    elif case == "dist_timeout 1e14":
+        argv += ["--dist_timeout", 10 ** 14]
+        fragment = "dist_timeout must be at most"
+    elif case.startswith("train_batch_size"):
+        value = "INF" if case.endswith("Infinity") else "NAN"
+        argv += ["--ds_config", ds_config_with(tmp_path, "ds.json", {"train_batch_size": value})]
+        fragment = "train_batch_size in the DeepSpeed config must be a positive integer"
+    elif case == "optimizer SGD":
+        argv += ["--ds_config", ds_config_with(tmp_path, "ds.json", {"optimizer": {"type": "SGD", "params": {}}})]
+        fragment = "optimizer.type 'SGD'"
+        err = refused(capsys, "plan", *argv[1:])  # plan refuses it too, where it used to accept it
+        assert fragment in err, err
+    elif case == "heads do not divide hidden":
+        argv += ["--model", model_with_config(builtin_model, tmp_path / "m", num_attention_heads=3,
+                                              num_key_value_heads=3)]
+        fragment = "num_attention_heads must divide hidden_size"
+    elif case == "unknown rope type":
+        argv += ["--model", model_with_config(builtin_model, tmp_path / "m",
+                                              rope_scaling={"rope_type": "bogus", "factor": 2.0})]
+        fragment = "rope type 'bogus'"
+    elif case == "vocab and embedding differ":
+        argv += ["--model", model_with_config(builtin_model, tmp_path / "m", vocab_size=5000)]
+        fragment = "model.embed_tokens.weight [1024, 128] (the config makes [5000, 128])"
+    elif case == "no weights":
+        model = model_with_config(builtin_model, tmp_path / "m")
+        (model / "model.safetensors").unlink()
+        argv += ["--model", model]
+        fragment = "no model weights in"
+    elif case == "truncated weights":
+        model = model_with_config(builtin_model, tmp_path / "m")
+        weights = (model / "model.safetensors").read_bytes()
+        (model / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+        argv += ["--model", model]
+        fragment = "is truncated"
+    else:
+        argv, fragment = ["estimate", "--model", "llama2-7b", "--gpu_memory", "inf"], "--gpu_memory must be"
+    before = digests(tmp_path)
+    err = refused(capsys, *argv)
+    assert fragment in err, err
+    assert digests(tmp_path) == before
+    assert out.is_symlink() or out.is_file() or not out.exists()
+
+
+def test_a_read_only_output_location_is_one_clear_error(builtin_model, no_model_loading, tmp_path, capsys):
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        err = refused(capsys, "train", "--output_dir", mount / "run", "--max_steps", 2)
+        assert "cannot be written (a read-only file system" in err, err
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+# --- 7. the schedule and the settings as they run, said where they surprise --------------------------------
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--warmup_steps", 0], "--warmup_steps 0 runs as 2 warmup steps"),
+    (["--max_steps", 2, "--warmup_steps", 1000], "the warmup (1000 steps) is as long as the run or longer (2 steps)"),
+])
+def test_plan_says_how_the_lr_schedule_differs_from_the_flags(flags, fragment, builtin_model, tmp_path, capsys):
+    assert main(["plan", "--output_dir", str(tmp_path / "run"), "--max_steps", "8", *map(str, flags)]) == 0
+    assert f"warning: {fragment}" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+def test_estimate_refuses_a_micro_batch_of_zero(capsys):
+    err = refused(capsys, "estimate", "--model", "llama2-7b", "--micro_batch_size", 0)
+    assert "--micro_batch_size must be at least 1, got 0" in err
+
+
+# --- 6 and 7. YAML: an alias bomb is refused unexpanded; a key given twice is refused -----------------------
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path, capsys):
+    # 9^12 values once expanded: building anything from it (an error message included) took minutes and GBs.
+    lines = ["target_modules:", "  - &a [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 12):
+        prev, cur = chr(ord("a") + level - 1), chr(ord("a") + level)
+        lines.append(f"  - &{cur} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    err = refused(capsys, "plan", "--config", bomb)
+    assert "expands into more than 10,000 values through its aliases" in err, err
+
+
+def test_a_yaml_key_given_twice_is_refused(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: 0.01\nmax_steps: 4\nlr: 0.5\n")
+    err = refused(capsys, "plan", "--config", config)
+    assert "the key 'lr' is given twice (line 3)" in err, err
