@@ -79,6 +79,12 @@ CANNOT_RUN_HERE = {
     "--dataset data.jsonl --method rep --bf16 --output_dir runs/7b":
         "needs the LLaMA-2-7B checkpoint (model hub: no network here), a data.jsonl and GPUs; "
         "test_export_and_generate_on_a_trained_run trains the built-in model into runs/7b instead",
+    "deepspeed launch/train.py --ds_config auto --model meta-llama/Llama-2-7b-hf "
+    "--dataset data.jsonl --method rep --bf16 --output_dir runs/7b":
+        "the same cluster line with the layout chosen for the GPUs it runs on (no GPU or model hub here); "
+        "tests/test_layout.py trains the built-in model with --ds_config auto (-m multiprocess)",
+    'pip install -e ".[qlora]"': "installs into this environment; the dev extra pulls bitsandbytes, and "
+                                 "tests/test_quantization.py trains on a 4-bit base",
     "loretta-ds train ...": "a form of the cluster line above ('...' = its flags)",
     "python launch/train.py ...": "a form of the cluster line above ('...' = its flags); "
                                   "test_export_and_generate_on_a_trained_run runs launch/train.py",
