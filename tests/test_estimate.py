@@ -221,6 +221,10 @@ def test_estimate_user_errors(capsys):
     assert "offload must be one of" in capsys.readouterr().err
     assert cli_main(["estimate", "--model", "no/such/dir"]) == 2
     assert "neither a preset" in capsys.readouterr().err
+    # train's --method also names the LoRA baseline, which count and estimate do not model: refused, with the fix
+    for command in ("estimate", "count"):
+        assert cli_main([command, "--model", "llama2-7b", "--method", "lora"]) == 2
+        assert "use one of rep, adp" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- verdict
@@ -354,7 +358,8 @@ def test_estimate_takes_a_ds_config_file(tmp_path, capsys):
                                        stage3_param_persistence_threshold=10)
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(config))
-    assert cli_main(["estimate", "--model", "llama2-7b", "--ds_config", str(path), "--gpus_per_node", "8"]) == 0
+    assert cli_main(["estimate", "--model", "llama2-7b", "--ds_config", str(path), "--gpus_per_node", "8",
+                     "--seq_len", "4096"]) == 0
     out = capsys.readouterr().out
     # A threshold below the largest trainable tensor is raised to it, as train raises it.
     assert ("offload none, bf16, micro batch 4, persistence threshold 4,096, prefetch bucket 15,099,494, "
