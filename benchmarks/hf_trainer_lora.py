@@ -1,7 +1,8 @@
 """The stack a user would otherwise pick, for benchmarks/throughput.sh: Hugging Face `Trainer` + stock
 PEFT LoRA + the same DeepSpeed config, on the same model and the same tokenized data as
 loretta_ds (the examples come from loretta_ds's own data preparation, so both see identical
-token ids and labels).
+token ids and labels). ``--method rep`` / ``adp`` trains LoRETTA through the same stack instead
+(PEFT-LoRETTA, loretta_ds.integrations.peft), for benchmarks/hf_trainer_peft.sh and the tests.
 
 Batches are what `Trainer` users get by default: each micro batch right-padded to its longest
 example. Every optimizer step appends one record to --metrics (JSON lines, rank 0), shaped like
@@ -38,6 +39,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--target_modules", default="q_proj,v_proj")  # loretta_ds's default for rep and lora
+    parser.add_argument("--method", default="lora", choices=["lora", "rep", "adp"],
+                        help="lora: stock PEFT LoRA; rep / adp: LoRETTA through PEFT (the other LoRETTA "
+                             "settings at their defaults)")
+    parser.add_argument("--save_steps", type=int, default=0,
+                        help="save a checkpoint (adapter + DeepSpeed state) every N steps into --output_dir")
+    parser.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                        help="resume from this checkpoint (true: the latest in --output_dir)")
+    parser.add_argument("--adapter_out", default=None, help="save the trained adapter here at the end")
     parser.add_argument("--metrics", required=True, help="JSON lines, one record per optimizer step")
     parser.add_argument("--output_dir", default=None, help="Trainer's output_dir (nothing is saved)")
     parser.add_argument("--local_rank", type=int, default=-1)  # passed by the deepspeed launcher
@@ -52,7 +61,7 @@ def resolved_ds_config(path: str) -> dict:
     return copy.deepcopy(data["ds_config"] if "ds_config" in data else data)
 
 
-def trainer_arguments(ds_config: dict, max_steps: int, output_dir: str):
+def trainer_arguments(ds_config: dict, max_steps: int, output_dir: str, save_steps: int = 0):
     """TrainingArguments that agree with every number of ``ds_config`` (HF refuses a config whose
     numbers contradict its arguments)."""
     from transformers import TrainingArguments
@@ -64,7 +73,8 @@ def trainer_arguments(ds_config: dict, max_steps: int, output_dir: str):
         gradient_accumulation_steps=ds_config.get("gradient_accumulation_steps", 1),
         learning_rate=ds_config["optimizer"]["params"]["lr"],
         warmup_steps=scheduler.get("warmup_num_steps", 0), max_grad_norm=ds_config.get("gradient_clipping", 0.0),
-        logging_steps=10**9, save_strategy="no", report_to=[], dataloader_num_workers=0,
+        logging_steps=10**9, save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+        report_to=[], dataloader_num_workers=0,
         remove_unused_columns=False, seed=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
 
 
@@ -114,9 +124,24 @@ def step_timer(collator: PaddingCollator, metrics_path: Path, grad_accum: int):
     return StepTimer()
 
 
+def peft_config(args: argparse.Namespace):
+    """The PEFT config of --method: stock LoRA, or LoRETTA_rep / _adp (r, alpha, targets as given)."""
+    targets = args.target_modules.split(",")
+    if args.method == "lora":
+        from peft import LoraConfig
+
+        return LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
+                          target_modules=targets)
+    from loretta_ds.integrations.peft import LorettaAdpConfig, LorettaRepConfig
+
+    if args.method == "rep":
+        return LorettaRepConfig(r=args.r, alpha=args.alpha, task_type="CAUSAL_LM", target_modules=targets)
+    return LorettaAdpConfig(task_type="CAUSAL_LM")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
 
     from loretta_ds.data.prepare import prepare_data
@@ -126,6 +151,9 @@ def main(argv=None) -> int:
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.unlink(missing_ok=True)
     output_dir = args.output_dir or str(metrics.with_suffix(".trainer"))
+    from loretta_ds.distributed.engine import use_environment_extension_cache
+
+    use_environment_extension_cache()  # DeepSpeed's JIT-built ops (the CPU all-reduce): built once per venv
     if not torch.cuda.is_available():
         # On CPU, Trainer's device setup leaves the process group to DeepSpeed, whose zero.Init
         # (inside from_pretrained) would see one process: start it as loretta_ds does, with gloo.
@@ -134,21 +162,22 @@ def main(argv=None) -> int:
         deepspeed.init_distributed(dist_backend="gloo")
     # TrainingArguments first: under ZeRO-3 it registers the config, so from_pretrained partitions.
     ds_config = resolved_ds_config(args.ds_config)
-    training_args = trainer_arguments(ds_config, args.max_steps, output_dir)
+    training_args = trainer_arguments(ds_config, args.max_steps, output_dir, args.save_steps)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     data = prepare_data(tokenizer, [args.dataset], "auto", args.seq_len, seed=0)
     train = data.train.select_columns(["input_ids", "labels"])
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="sdpa")
     model.config.use_cache = False
-    lora = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=args.target_modules.split(","))
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, peft_config(args))
     collator = PaddingCollator(pad_id_of(tokenizer))
     trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
                       callbacks=[step_timer(collator, metrics, training_args.gradient_accumulation_steps)])
-    trainer.train()
+    resume = {"true": True, None: None}.get(args.resume, args.resume)
+    trainer.train(resume_from_checkpoint=resume)
+    if args.adapter_out:
+        trainer.save_model(args.adapter_out)  # under ZeRO-3 this gathers the partitioned adapter first
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"hf_trainer_lora: {args.max_steps} steps; per-step records in {metrics}")
+        print(f"hf_trainer_lora: {args.method}, {args.max_steps} steps; per-step records in {metrics}")
     return 0
 
 

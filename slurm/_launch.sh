@@ -13,7 +13,9 @@
 #                  space-separated); a value that looks like a path must exist
 #   METHOD         LoRETTA method (rep | adp)
 #   OUTPUT_DIR     run directory: checkpoints, adapter/, merged/
-#   DS_CONFIG      DeepSpeed JSON (absolute, relative to the current directory, or to the checkout)
+#   DS_CONFIG      auto (the trainer picks the fastest DeepSpeed layout that fits, from the model,
+#                  the GPUs' memory and the processes per node: docs/layouts.md), or a DeepSpeed
+#                  JSON (absolute, relative to the current directory, or to the checkout)
 #   GPUS_PER_NODE  processes per node (one per GPU; on CPU, one per process wanted)
 #   EXTRA_ARGS     more trainer arguments, split on whitespace
 #   MASTER_PORT    rendezvous port (default: derived from the job id)
@@ -36,6 +38,8 @@ set -euo pipefail
 
 readonly EXIT_PREEMPTED=75
 readonly EXIT_BAD_INPUT=2
+# The DS_CONFIG value that lets the trainer choose the layout (the trainer's --ds_config auto).
+readonly AUTO_LAYOUT=auto
 
 log() { printf '[launch] %s\n' "$*"; }
 err() { printf '[launch] ERROR: %s\n' "$*" >&2; }
@@ -253,7 +257,7 @@ run_main() {
     [[ -n ${MODEL:-} ]] || errors+=("MODEL is not set. Set MODEL to a HF model directory, e.g. MODEL=/models/Llama-2-7b-hf sbatch ...")
     [[ -n ${DATA:-} ]] || errors+=("DATA is not set. Set DATA to a dataset name or file.")
     [[ -n ${OUTPUT_DIR:-} ]] || errors+=("OUTPUT_DIR is not set. Set OUTPUT_DIR to a directory on a shared file system.")
-    [[ -n ${DS_CONFIG:-} ]] || errors+=("DS_CONFIG is not set. Set DS_CONFIG to a DeepSpeed JSON such as ds_configs/zero3_offload.json.")
+    [[ -n ${DS_CONFIG:-} ]] || errors+=("DS_CONFIG is not set. Set DS_CONFIG to auto (the fastest layout that fits) or to a DeepSpeed JSON such as ds_configs/zero3_offload.json.")
     if ! [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]]; then
         errors+=("GPUS_PER_NODE='$GPUS_PER_NODE' is not a positive whole number. Set it to the GPUs per node (one process each).")
     fi
@@ -281,14 +285,16 @@ run_main() {
     [[ -n ${OUTPUT_DIR:-} ]] && OUTPUT_DIR="$(abspath "$OUTPUT_DIR")"
 
     if [[ -n ${DS_CONFIG:-} ]]; then
-        if [[ -f $DS_CONFIG ]]; then
+        if [[ $DS_CONFIG == "$AUTO_LAYOUT" ]]; then
+            :  # the trainer chooses; the batch check below still applies the trainer's rule
+        elif [[ -f $DS_CONFIG ]]; then
             DS_CONFIG="$(abspath "$DS_CONFIG")"
         elif [[ $DS_CONFIG != /* && -f $ROOT/$DS_CONFIG ]]; then
             DS_CONFIG="$ROOT/$DS_CONFIG"
         else
             local known
             known="$(cd "$ROOT" && find ds_configs/ -maxdepth 1 -name '*.json' 2>/dev/null | sort | tr '\n' ' ')"
-            errors+=("DS_CONFIG=$DS_CONFIG not found (looked in $PWD and $ROOT). Set DS_CONFIG to an existing DeepSpeed JSON${known:+; available: ${known% }}.")
+            errors+=("DS_CONFIG=$DS_CONFIG not found (looked in $PWD and $ROOT). Set DS_CONFIG to $AUTO_LAYOUT (the fastest layout that fits) or to an existing DeepSpeed JSON${known:+; available: ${known% }}.")
             DS_CONFIG=""
         fi
     fi
@@ -327,7 +333,9 @@ run_main() {
         world=$((nodes * GPUS_PER_NODE))
         if [[ -n ${DS_CONFIG:-} ]]; then
             if ! batch_msg="$(batch_check "$world" "${extra[@]}")"; then
-                errors+=("$batch_msg. This job starts $world processes ($nodes nodes x GPUS_PER_NODE=$GPUS_PER_NODE): submit with another --nodes or GPUS_PER_NODE, or change the batch in $DS_CONFIG.")
+                local fix="change the batch in $DS_CONFIG"
+                [[ $DS_CONFIG == "$AUTO_LAYOUT" ]] && fix="pass other batch flags in EXTRA_ARGS"
+                errors+=("$batch_msg. This job starts $world processes ($nodes nodes x GPUS_PER_NODE=$GPUS_PER_NODE): submit with another --nodes or GPUS_PER_NODE, or $fix.")
                 batch_msg=""
             fi
         fi

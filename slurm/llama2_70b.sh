@@ -13,13 +13,15 @@
 ##SBATCH --account=YOUR_ACCOUNT          # <-- SET ME (then delete one leading '#')
 ##SBATCH --partition=YOUR_GPU_PARTITION  # <-- SET ME (then delete one leading '#')
 #
-# LLaMA-2 70B + LoRETTA on 4 nodes x 8 GPUs, DeepSpeed ZeRO-3 offloading both parameters and
-# optimizer state to CPU (ds_configs/zero3_offload.json).
-# Host memory: assumes >= 512 GB per node. Parameter offload keeps each node's quarter of the bf16
-# weights (138 GB in all, ~35 GB per node) in pinned host memory; while loading, each of the 8
-# ranks may hold one ~10 GB checkpoint shard (~80 GB per node); the rest is headroom for pinned
-# transfer buffers, the offloaded optimizer and the page cache. The memory estimator
-# (loretta_ds.estimate) may refine this.
+# LLaMA-2 70B + LoRETTA on 4 nodes x 8 GPUs. DS_CONFIG=auto (the default) lets the trainer pick the
+# fastest DeepSpeed layout that fits (docs/layouts.md; `loretta-ds plan --ds_config auto` shows the
+# choice): on 80 GB GPUs, ZeRO-3 with the bf16 base (138 GB) partitioned inside each node
+# (zero_hpz_partition_size = GPUs per node), so after the first step the frozen weights' gathers
+# stay on NVLink and only the TT cores' gradients cross nodes. On smaller GPUs the choice falls to
+# ZeRO-3 with parameter offload; DS_CONFIG=ds_configs/zero3_offload.json forces it.
+# Host memory: assumes >= 512 GB per node: while loading, each of the 8 ranks may hold one ~10 GB
+# checkpoint shard (~80 GB per node); under offload each node's quarter of the bf16 weights (~35 GB)
+# lives in pinned host memory, plus pinned transfer buffers and the page cache.
 #
 # Submit from the checkout:   sbatch slurm/llama2_70b.sh
 # Override anything:          MODEL=/data/Llama-2-70b-hf OUTPUT_DIR=runs/x sbatch slurm/llama2_70b.sh
@@ -30,7 +32,7 @@ set -euo pipefail
 : "${DATA:=bundled:instruct}"            # dataset file, or a bundled demo task
 : "${METHOD:=rep}"                       # rep (mergeable TT LoRA) | adp (TT adapters)
 : "${OUTPUT_DIR:=runs/llama2-70b-${SLURM_JOB_ID:-dryrun}}"
-: "${DS_CONFIG:=ds_configs/zero3_offload.json}"
+: "${DS_CONFIG:=auto}"                   # or a DeepSpeed JSON, e.g. ds_configs/zero3_offload.json
 : "${GPUS_PER_NODE:=${SLURM_NTASKS_PER_NODE:-8}}"
 : "${EXTRA_ARGS:=}"
 export MODEL DATA METHOD OUTPUT_DIR DS_CONFIG GPUS_PER_NODE EXTRA_ARGS

@@ -13,11 +13,13 @@
 ##SBATCH --account=YOUR_ACCOUNT          # <-- SET ME (then delete one leading '#')
 ##SBATCH --partition=YOUR_GPU_PARTITION  # <-- SET ME (then delete one leading '#')
 #
-# LLaMA-2 7B + LoRETTA on 1 node x 8 GPUs, DeepSpeed ZeRO-3 with CPU offload.
-# Host memory: assumes >= 256 GB per node. The bf16 weights (13.5 GB) live in pinned host memory
-# under parameter offload, and while loading each of the 8 ranks may hold one ~10 GB checkpoint
-# shard; the rest is headroom for pinned buffers and the page cache. The adapter's optimizer
-# state is a few MB. The memory estimator (loretta_ds.estimate) may refine this.
+# LLaMA-2 7B + LoRETTA on 1 node x 8 GPUs. DS_CONFIG=auto (the default) lets the trainer pick the
+# fastest DeepSpeed layout that fits (docs/layouts.md; `loretta-ds plan --ds_config auto` shows the
+# choice): on 80 GB GPUs the frozen bf16 base (13.5 GB) is replicated on every GPU (ZeRO-2) and only
+# the TT cores' gradients move. DS_CONFIG=ds_configs/zero3_offload.json forces the slowest layout.
+# Host memory: assumes >= 256 GB per node: while loading, each of the 8 ranks may hold one ~10 GB
+# checkpoint shard; should the choice fall to offload (small GPUs), the bf16 weights live in pinned
+# host memory. The adapter's optimizer state is a few MB.
 #
 # Submit from the checkout:   sbatch slurm/llama2_7b.sh
 # Override anything:          MODEL=/data/Llama-2-7b-hf OUTPUT_DIR=runs/x sbatch slurm/llama2_7b.sh
@@ -28,7 +30,7 @@ set -euo pipefail
 : "${DATA:=bundled:instruct}"            # dataset file, or a bundled demo task
 : "${METHOD:=rep}"                       # rep (mergeable TT LoRA) | adp (TT adapters)
 : "${OUTPUT_DIR:=runs/llama2-7b-${SLURM_JOB_ID:-dryrun}}"
-: "${DS_CONFIG:=ds_configs/zero3_offload.json}"
+: "${DS_CONFIG:=auto}"                   # or a DeepSpeed JSON, e.g. ds_configs/zero3_offload.json
 : "${GPUS_PER_NODE:=${SLURM_NTASKS_PER_NODE:-8}}"
 : "${EXTRA_ARGS:=}"
 export MODEL DATA METHOD OUTPUT_DIR DS_CONFIG GPUS_PER_NODE EXTRA_ARGS

@@ -14,6 +14,9 @@
 # 70B scripts (several nodes, ranks in blocks per node, the first node hosting the rendezvous)
 # with the same launcher, small enough for tests and for checking a multi-node setup: shared
 # OUTPUT_DIR, the first node reachable from the others, MASTER_PORT open between nodes.
+# DS_CONFIG=auto as in the LLaMA-2 scripts: the tiny base fits every process, so the trainer
+# replicates it (ZeRO-2) and only the TT cores' gradients cross the nodes (docs/layouts.md);
+# DS_CONFIG=ds_configs/zero3_offload.json runs the offload layout instead.
 #
 #   sbatch slurm/tiny_cpu_2node.sh
 #   DRY_RUN=1 bash slurm/tiny_cpu_2node.sh
@@ -23,7 +26,7 @@ set -euo pipefail
 : "${DATA:=bundled:sentiment}"
 : "${METHOD:=rep}"
 : "${OUTPUT_DIR:=runs/tiny-cpu-2node-${SLURM_JOB_ID:-dryrun}}"
-: "${DS_CONFIG:=ds_configs/zero3_offload.json}"
+: "${DS_CONFIG:=auto}"
 : "${GPUS_PER_NODE:=${SLURM_NTASKS_PER_NODE:-2}}"
 : "${EXTRA_ARGS:=--max_steps 30 --eval_batches 2}"
 export MODEL DATA METHOD OUTPUT_DIR DS_CONFIG GPUS_PER_NODE EXTRA_ARGS

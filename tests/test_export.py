@@ -257,7 +257,7 @@ def test_adapter_export_is_a_self_contained_run_dir(tmp_path, method):
     adapted = make_run(tmp_path / "run", tmp_path / "base", base, method=method, scale=0.3)
     export_adapter(tmp_path / "run", tmp_path / "exported", log=quiet)
     assert sorted(os.listdir(tmp_path / "exported")) == ["adapter.safetensors", "adapter_config.json",
-                                                         "run_config.json"]
+                                                         "adapter_model.safetensors", "run_config.json"]
     reloaded = load_adapter(tiny_llama(), tmp_path / "exported")
     assert torch.equal(logits(reloaded), logits(adapted))
     if method == "rep":  # and it is a RUN_DIR that exports again

@@ -18,7 +18,7 @@ LAYERS = [
     {"run.lock", "run.metrics"},  # one run per directory; what a run reports
     {"tt"},  # tensor-train maths
     {"adapters"},  # LorettaConfig, the layers, inject / merge / save / load
-    {"data", "distributed", "export"},  # siblings: none imports another
+    {"data", "distributed", "export", "integrations"},  # siblings: none imports another
     {"tiny_llama", "run.contents", "generation", "loss"},  # run.contents reads checkpoints' and exports' own files
     {"models", "run_config", "evaluate"},
     {"estimate", "traffic"},  # the memory plan and the step's traffic, from a meta-device model

@@ -2,7 +2,10 @@
 
 Needs the local one-node cluster of .ci/slurm_cluster.sh and LORETTA_SLURM=1; .ci/slurm_tests.sh
 does both. Jobs run slurm/tiny_cpu.sh (the built-in tiny model on CPU, 2 processes) through the
-same slurm/_launch.sh as the LLaMA-2 scripts.
+same slurm/_launch.sh as the LLaMA-2 scripts. The finished and preempted runs force the offload
+layout (DS_CONFIG=zero3_offload.json): the scripts' default, auto, picks the replicated base for
+the tiny model, and the two-node tests (test_slurm_multinode.py) preempt and lose a node under that
+default; here the same paths run under ZeRO-3 with parameter offload.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from reliability_support import metric_records
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SLURM_CONF = "/tmp/loretta_slurm/etc/slurm.conf"
 JOB_TIMEOUT_S = int(os.environ.get("LORETTA_SLURM_JOB_TIMEOUT", "900"))
+# The layout of the runs that are preempted or resubmitted here (see the module's docstring).
+OFFLOAD = str(REPO / "ds_configs" / "zero3_offload.json")
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                 "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
@@ -118,9 +123,10 @@ def uninterrupted_run(trainer, tmp_path_factory) -> Path:
     """One tiny_cpu job from start to finish; its OUTPUT_DIR."""
     base = tmp_path_factory.mktemp("slurm_uninterrupted")
     out_dir, log = base / "run", base / "job.log"
-    job = sbatch("tiny_cpu.sh", log, OUTPUT_DIR=str(out_dir))
+    job = sbatch("tiny_cpu.sh", log, OUTPUT_DIR=str(out_dir), DS_CONFIG=OFFLOAD)
     info = wait_job(job, completed, "completion", log)
     assert info["ExitCode"] == "0:0"
+    assert "ZeRO stage 3, 2 process(es)" in read_log(log)
     return out_dir
 
 
@@ -179,7 +185,7 @@ def test_tiny_job_completes_with_adapter_and_merged_export(uninterrupted_run):
 
 def test_preempted_job_requeues_resumes_and_matches(uninterrupted_run, tmp_path):
     out_dir, log = tmp_path / "run", tmp_path / "job.log"
-    job = sbatch("tiny_cpu.sh", log, OUTPUT_DIR=str(out_dir))
+    job = sbatch("tiny_cpu.sh", log, OUTPUT_DIR=str(out_dir), DS_CONFIG=OFFLOAD)
 
     # Signal only once the trainer is optimising, so the signal lands mid-run.
     deadline = time.monotonic() + JOB_TIMEOUT_S

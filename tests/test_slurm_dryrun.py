@@ -179,15 +179,40 @@ def test_header_sizes_per_model():
     assert "gpus-per-node" not in sbatch_header("tiny_cpu.sh")
 
 
-def test_70b_defaults_to_parameter_and_optimizer_offload(tmp_path):
-    res = run_script("llama2_70b.sh", tmp_path, DRY_RUN="1", MODEL="tiny-llama",
-                     LORETTA_HOSTLIST="python")
-    plan = parse_plan(res.stdout)
-    cfg_path = REPO / "ds_configs" / "zero3_offload.json"
-    if not cfg_path.exists():
-        pytest.skip("ds_configs/zero3_offload.json not in the checkout yet")
+@pytest.mark.parametrize("script", MODEL_SCRIPTS + ["tiny_cpu_2node.sh"])
+def test_scripts_default_to_the_auto_layout_and_still_check_the_batch(tmp_path, script):
+    """Without DS_CONFIG every script lets the trainer choose the layout (--ds_config auto); the
+    launcher's batch check still runs the trainer's rule for the job's process count."""
+    header = sbatch_header(script)
+    world = int(header["nodes"]) * int(header["ntasks-per-node"])
+    res = run_script(script, tmp_path, DRY_RUN="1", MODEL="tiny-llama", LORETTA_HOSTLIST="python")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert f"--ds_config {cfg_path} " in plan["srun"]
+    plan = parse_plan(res.stdout)
+    assert " --ds_config auto " in plan["srun"]
+    assert all(" --ds_config auto " in cmd for _, cmd in plan["node_cmds"].values())
+    assert re.search(rf"\[launch\] batch: global batch \d+ = micro batch \d+ x grad accum \d+ x {world} process",
+                     res.stdout), res.stdout
+
+
+def test_auto_layout_batch_flags_are_checked_before_the_job_starts(tmp_path):
+    res, out_dir = run_bad(tmp_path, False, DS_CONFIG="auto", EXTRA_ARGS="--micro_batch_size 0")
+    assert_refused(res, out_dir, "micro_batch_size", "This job starts 16 processes",
+                   "pass other batch flags in EXTRA_ARGS")
+
+
+def test_a_file_named_like_a_layout_word_is_not_auto(tmp_path):
+    """Only the exact word auto asks the trainer to choose; a near miss is a missing file, and the
+    message offers auto."""
+    res, out_dir = run_bad(tmp_path, True, DS_CONFIG="Auto")
+    assert_refused(res, out_dir, "DS_CONFIG=Auto not found", "Set DS_CONFIG to auto")
+
+
+def test_explicit_offload_config_is_still_passed_through(tmp_path):
+    cfg_path = REPO / "ds_configs" / "zero3_offload.json"
+    res = run_script("llama2_70b.sh", tmp_path, DRY_RUN="1", MODEL="tiny-llama", LORETTA_HOSTLIST="python",
+                     DS_CONFIG="ds_configs/zero3_offload.json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"--ds_config {cfg_path} " in parse_plan(res.stdout)["srun"]
     zero = json.loads(cfg_path.read_text())["zero_optimization"]
     assert zero["stage"] == 3
     assert zero["offload_param"]["device"] == "cpu"

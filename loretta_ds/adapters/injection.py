@@ -26,7 +26,8 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) and weight is not None
 
 
-def _is_norm(module: nn.Module) -> bool:
+def is_norm(module: nn.Module) -> bool:
+    """A norm layer (RMSNorm, LayerNorm): what train_norms trains."""
     return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
 
 
@@ -77,9 +78,14 @@ def _tied_output_embedding(model: nn.Module) -> nn.Module | None:
     return get_output()
 
 
-def plan_injection(model: nn.Module, cfg: LorettaConfig) -> list[PlannedLayer]:
-    """Find every target and resolve its TT modes; raise before the model is touched."""
-    linears = {name: m for name, m in model.named_modules() if _is_linear(m)}
+def plan_injection(model: nn.Module, cfg: LorettaConfig, named_modules=None) -> list[PlannedLayer]:
+    """Find every target and resolve its TT modes; raise before the model is touched.
+
+    ``named_modules``: (name, module) pairs to plan on instead of ``model.named_modules()`` (the
+    PEFT tuner passes the modules as they were before its adapters wrapped them).
+    """
+    pairs = model.named_modules() if named_modules is None else named_modules
+    linears = {name: m for name, m in pairs if _is_linear(m)}
     plan: list[PlannedLayer] = []
     used_overrides: set[str] = set()
     for pattern in cfg.target_modules:
@@ -159,7 +165,7 @@ def trainable_parameter_names(model: nn.Module) -> list[str]:
     norm_params = set()
     if cfg.train_norms:
         for module_name, module in model.named_modules():
-            if _is_norm(module):
+            if is_norm(module):
                 norm_params.update(f"{module_name}.{p}" if module_name else p
                                    for p, _ in module.named_parameters(recurse=False))
     return [name for name, _ in model.named_parameters()

@@ -16,6 +16,61 @@ from ..tt import TTFactorMatrix
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 
 
+def init_factor_pair(first: TTFactorMatrix, second: TTFactorMatrix, init: str) -> None:
+    """Initialize an adapter's two TT factors (A, B or down, up): "reference" draws the reference's
+    Gaussian cores for both; "zero" the same, but the second factor's last core is zero, so the
+    adapter's output is 0 and the adapted model starts as the base model."""
+    first.reset_reference_()
+    second.reset_reference_()
+    if init == "zero":
+        second.zero_last_core_()
+
+
+def rep_delta_weight(a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """rep's dense update scaling * (A B)^T, (out_features, in_features), from A (in, r) and B (r, out)."""
+    return (a @ b).T * scaling
+
+
+def add_rep_update(result: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                   scaling: float) -> torch.Tensor:
+    """result + scaling * (x A) B, for x (..., in) (dropout already applied) and result (..., out).
+
+    (x A) B costs tokens * r * (d_in + d_out), the same as LoRA; never form A B per token.
+    The activations (tokens x features) dominate the memory traffic, so: the scale goes on
+    B (r x d_out values) instead of on the output, the add into the base output happens
+    inside the GEMM (addmm), and A goes to the GEMM in nn.Linear's (out, in) layout, whose
+    backward GEMMs MKL/cuBLAS run fastest (the transposed copy is d_in * r values).
+    """
+    r, out_features = b.shape
+    xa = F.linear(x.to(a.dtype), a.t().contiguous())
+    scaled_b = (b * scaling).to(result.dtype)
+    out = torch.addmm(result.reshape(-1, out_features), xa.reshape(-1, r).to(result.dtype), scaled_b)
+    return out.view(result.shape)
+
+
+@torch.no_grad()
+def init_adp_biases(down_bias: torch.Tensor, up_bias: torch.Tensor, init: str) -> None:
+    """adp's biases: U(-1/sqrt(fan_out), 1/sqrt(fan_out)) as the reference; "zero": up's bias is 0."""
+    for bias in (down_bias, up_bias):
+        bound = bias.numel() ** -0.5
+        bias.copy_(torch.empty(bias.shape, dtype=torch.float32).uniform_(-bound, bound))
+    if init == "zero":
+        up_bias.zero_()
+
+
+def adp_update(h: torch.Tensor, down: torch.Tensor, up: torch.Tensor, down_bias: torch.Tensor,
+               up_bias: torch.Tensor, activation: str, scaling: float) -> torch.Tensor:
+    """s * up(act(down(h))) for h (..., features), from the dense down (features, bottleneck) and
+    up (bottleneck, features) matrices and their biases.
+
+    Biases inside the GEMMs and the scale on up (bottleneck x d values), not on the
+    (tokens x d) output: two passes over the activations fewer, forward and backward.
+    """
+    hidden = _ACTIVATIONS[activation](F.linear(h.to(down.dtype), down.t().contiguous(), down_bias))
+    out = F.linear(hidden, (up * scaling).t().contiguous(), up_bias * scaling)
+    return out.to(h.dtype)
+
+
 def linear_shape(layer: nn.Module) -> tuple[int, int]:
     """(out_features, in_features) of a linear layer, also when ZeRO-3 has partitioned its weight.
 
@@ -50,29 +105,17 @@ class LorettaRepLinear(nn.Module):
 
     def reset_parameters(self, init: str) -> None:
         """"reference": Gaussian cores everywhere; "zero": the same, but B is exactly zero."""
-        self.loretta_A.reset_reference_()
-        self.loretta_B.reset_reference_()
-        if init == "zero":
-            self.loretta_B.zero_last_core_()
+        init_factor_pair(self.loretta_A, self.loretta_B, init)
 
     def delta_weight(self) -> torch.Tensor:
         """The dense update (alpha / r) * (A B)^T, shape (out_features, in_features)."""
-        return (self.loretta_A() @ self.loretta_B()).T * self.scaling
+        return rep_delta_weight(self.loretta_A(), self.loretta_B(), self.scaling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         if self.merged:
             return result
-        a, b = self.loretta_A(), self.loretta_B()
-        # (x A) B costs tokens * r * (d_in + d_out), the same as LoRA; never form A B per token.
-        # The activations (tokens x features) dominate the memory traffic, so: the scale goes on
-        # B (r x d_out values) instead of on the output, the add into the base output happens
-        # inside the GEMM (addmm), and A goes to the GEMM in nn.Linear's (out, in) layout, whose
-        # backward GEMMs MKL/cuBLAS run fastest (the transposed copy is d_in * r values).
-        xa = F.linear(self.loretta_dropout(x).to(a.dtype), a.t().contiguous())
-        scaled_b = (b * self.scaling).to(result.dtype)
-        out = torch.addmm(result.reshape(-1, self.out_features), xa.reshape(-1, self.r).to(result.dtype), scaled_b)
-        return out.view(result.shape)
+        return add_rep_update(result, self.loretta_dropout(x), self.loretta_A(), self.loretta_B(), self.scaling)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -120,23 +163,13 @@ class LorettaAdpLinear(nn.Module):
     def reset_parameters(self, init: str) -> None:
         """"reference": Gaussian cores, biases U(-1/sqrt(fan_out), 1/sqrt(fan_out)) as the reference;
         "zero": the same, but up's last core and up's bias are zero, so the adapter outputs 0."""
-        self.loretta_down.reset_reference_()
-        self.loretta_up.reset_reference_()
-        for bias in (self.loretta_down_bias, self.loretta_up_bias):
-            bound = bias.numel() ** -0.5
-            bias.copy_(torch.empty(bias.shape, dtype=torch.float32).uniform_(-bound, bound))
-        if init == "zero":
-            self.loretta_up.zero_last_core_()
-            self.loretta_up_bias.zero_()
+        init_factor_pair(self.loretta_down, self.loretta_up, init)
+        init_adp_biases(self.loretta_down_bias, self.loretta_up_bias, init)
 
     def adapter(self, h: torch.Tensor) -> torch.Tensor:
         """s * up(act(down(h))) for h (..., features)."""
-        down, up = self.loretta_down(), self.loretta_up()
-        # Biases inside the GEMMs and the scale on up (bottleneck x d values), not on the
-        # (tokens x d) output: two passes over the activations fewer, forward and backward.
-        hidden = _ACTIVATIONS[self.activation](F.linear(h.to(down.dtype), down.t().contiguous(), self.loretta_down_bias))
-        out = F.linear(hidden, (up * self.scaling).t().contiguous(), self.loretta_up_bias * self.scaling)
-        return out.to(h.dtype)
+        return adp_update(h, self.loretta_down(), self.loretta_up(), self.loretta_down_bias, self.loretta_up_bias,
+                          self.activation, self.scaling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.position == "input":

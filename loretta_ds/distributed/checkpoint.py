@@ -236,6 +236,12 @@ def _ensure_optimizer_state(engine, keys: list[str]) -> None:
         for key in keys:
             if key not in state:
                 state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    # ZeRO-1/2 (and DeepSpeed's bf16 optimizer) point each parameter's view of the optimizer state
+    # at that state only after the first step; safe_set_full_optimizer_state writes through those
+    # views, so link them to the entries just made (the first step then keeps this link).
+    link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
 
 
 def gather_training_state(engine, model: torch.nn.Module, names: list[str]) -> tuple[dict, dict]:

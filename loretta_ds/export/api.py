@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ..adapters.io import CHAT_TEMPLATE_NAME, CONFIG_NAME, WEIGHTS_NAME, read_adapter_tensors
+from ..adapters.peft_export import PEFT_WEIGHTS
 from .base_weights import BaseCheckpoint, open_base_checkpoint
 from .lora import write_lora
 from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_config, write_merged,
@@ -236,15 +237,17 @@ def _export_adapter(source: ExportSource, out_dir: Path, _dtype, _shards, overwr
     record = source.run or RunRecord(method=source.config.method, loretta=source.config.to_dict())
     if source.base_name and not record.model:
         record = record.replace(model=source.base_name)
-    _check_disk(staged, (source.adapter_dir / WEIGHTS_NAME).stat().st_size)
+    # save_adapter's files, and PEFT's where the adapter has them (then PeftModel loads the export too)
+    names = [name for name in (CONFIG_NAME, WEIGHTS_NAME, PEFT_WEIGHTS) if (source.adapter_dir / name).is_file()]
+    _check_disk(staged, sum((source.adapter_dir / name).stat().st_size for name in names))
     with staged:
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
+        for name in names:
             shutil.copyfile(source.adapter_dir / name, staged.path / name)
         write_run_record(staged.path, record)
         staged.publish()
     log(f"wrote {out_dir}: LoRETTA_{source.config.method} adapter + {RUN_CONFIG} "
         "(load with loretta_ds.load_adapter, or export it again: it is a valid RUN_DIR)")
-    return ExportResult(staged.out_dir, "adapter", [CONFIG_NAME, WEIGHTS_NAME, RUN_CONFIG])
+    return ExportResult(staged.out_dir, "adapter", names + [RUN_CONFIG])
 
 
 def export_merged(run_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,

@@ -1,0 +1,31 @@
+"""LoRETTA_rep and LoRETTA_adp as PEFT methods (HF Trainer, TRL's SFTTrainer, accelerate).
+
+    import loretta_ds
+    from peft import get_peft_model
+    model = get_peft_model(model, loretta_ds.LorettaRepConfig(task_type="CAUSAL_LM"))
+
+Creating a config registers the methods; ``register_peft()`` does it explicitly (needed before
+``PeftModel.from_pretrained`` in a process that has created no config). Names are imported on
+first use. The PEFT type names an adapter directory carries are loretta_ds.adapters.io's.
+"""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "config": ("LorettaRepConfig", "LorettaAdpConfig", "config_for", "register"),
+    "registry": ("is_registered", "check_peft_version", "SUPPORTED_PEFT"),
+    "tuner": ("LorettaModel",),
+    "layers": ("RepLinear", "AdpLinear", "LorettaLayer"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
