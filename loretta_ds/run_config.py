@@ -56,7 +56,9 @@ class TrainConfig:
     built-in tiny-llama on the bundled classification task) learns the task in a few minutes."""
 
     model: str = setting(BUILTIN_MODEL, help="Hugging Face model directory or hub id (default: the built-in "
-                                             f"{BUILTIN_MODEL})")
+                                             f"{BUILTIN_MODEL}); count, estimate and a layout-only plan also take "
+                                             "a config.json or a shape-only preset: llama2-7b | llama2-13b | "
+                                             "llama2-70b")
     dataset: tuple[str, ...] = setting(
         default_factory=tuple, parse=parse_datasets, nargs="+",
         help="one or more json/jsonl/csv/parquet files or dataset names, each optionally with a mixing "
@@ -194,6 +196,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local_rank", type=int, default=suppress, help=suppress)  # the deepspeed launcher's
     add_flags(parser, TrainConfig)
     add_adapter_arguments(parser)
+
+
+def add_train_settings(parser, names: tuple[str, ...]) -> None:
+    """Training's settings ``names`` as flags, declared as train declares them (its help, its
+    default in the namespace): for the commands that plan a run without running it (count,
+    estimate), so a flag they share with train means the same and defaults the same."""
+    unknown = sorted(set(names) - TRAIN_FIELDS)
+    if unknown:
+        raise ValueError(f"not training settings: {unknown}")
+    add_flags(parser, TrainConfig, suppress_defaults=False, only=names)
+
+
+def train_settings_from_args(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The values of ``add_train_settings(parser, names)``'s flags, typed and checked as a run's
+    (``validate``'s rules), as {name: value}."""
+    values = {name: coerce(TrainConfig, name, getattr(args, name)) for name in names}
+    checked = validate(dataclasses.replace(TrainConfig(), **values))
+    return {name: getattr(checked, name) for name in names}
 
 
 def add_adapter_arguments(parser: argparse.ArgumentParser, suppress_defaults: bool = True) -> None:

@@ -47,8 +47,10 @@ def _base_type(item: dataclasses.Field) -> tuple[str, bool]:
     return kind.removesuffix(" | None"), optional
 
 
-def add_flags(parser, cls, skip: tuple[str, ...] = (), suppress_defaults: bool = True) -> None:
-    """Every field of dataclass ``cls`` (but ``skip``) as a ``--name`` flag with its help.
+def add_flags(parser, cls, skip: tuple[str, ...] = (), suppress_defaults: bool = True,
+              only: tuple[str, ...] | None = None) -> None:
+    """Every field of dataclass ``cls`` (but ``skip``; of ``only`` where given) as a ``--name`` flag
+    with its help.
 
     With ``suppress_defaults`` the namespace holds only what the user typed (so a caller can layer
     the flags over a YAML file); otherwise it holds the field defaults for the rest. Either way,
@@ -57,6 +59,8 @@ def add_flags(parser, cls, skip: tuple[str, ...] = (), suppress_defaults: bool =
     for item in dataclasses.fields(cls):
         meta = item.metadata
         if item.name in skip or not meta.get("flag", True) or "help" not in meta:
+            continue
+        if only is not None and item.name not in only:
             continue
         kwargs: dict[str, Any] = {"help": meta["help"]}
         if suppress_defaults:

@@ -41,7 +41,7 @@ MAIN_JOB = ("pip install torch==2.13.0 -e . && deepspeed --num_gpus 2 launch/tra
 TEST_INSTALL = 'pip install torch==2.13.0 -e ".[dev]" && python -m pytest -q -ra'
 COUNT = "loretta-ds count --model llama2-70b --method rep"
 ESTIMATE = ("loretta-ds estimate --model llama2-70b --method rep --nodes 4 --gpus_per_node 8 "
-            "--offload param+optimizer --bf16")
+            "--offload param+optimizer --bf16 --seq_len 4096 --gpu_memory 80")
 TRAIN_HELP = "loretta-ds train --help"
 HELP = "loretta-ds --help"
 SLURM_DRY_RUN = "DRY_RUN=plan SLURM_JOB_NODELIST='gpu[01-04]' bash slurm/llama2_70b.sh"

@@ -4,30 +4,28 @@ from __future__ import annotations
 import argparse
 
 from ..adapters.config import METHODS, LorettaConfig
-from ..run_config import add_adapter_arguments, adapter_settings_from_args
+from ..run_config import add_adapter_arguments, add_train_settings, adapter_settings_from_args, train_settings_from_args
+
+# The training settings count and estimate take (declared once, in run_config.TrainConfig).
+MODEL_SETTINGS = ("model", "method")
 
 
 def add_loretta_arguments(parser: argparse.ArgumentParser) -> None:
-    """--method (rep | adp) and the adapter's settings, as train declares them (one help text each),
-    for count and estimate."""
-    parser.add_argument("--method", default="rep", choices=METHODS,
-                        help="rep (TT-factored LoRA update, mergeable) | adp (TT bottleneck adapters) (default rep)")
+    """--model, --method and the adapter's settings, as train declares them (one help text and one
+    default each), for count and estimate."""
+    add_train_settings(parser, MODEL_SETTINGS)
     add_adapter_arguments(parser, suppress_defaults=False)
 
 
 def loretta_config_from_args(args: argparse.Namespace) -> LorettaConfig:
-    return adapter_settings_from_args(args).loretta(args.method)
-
-
-def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    """--model of the commands that read a model's shapes only (count, estimate)."""
-    parser.add_argument("--model", required=True,
-                        help="llama2-7b | llama2-13b | llama2-70b (shapes only) | tiny-llama | an HF model dir, "
-                             "config.json or cached hub id: what train --model takes")
+    method = train_settings_from_args(args, ("method",))["method"]
+    if method not in METHODS:
+        raise ValueError(f"--method {method} is the LoRA baseline (PEFT's own count); count and estimate cover the "
+                         f"LoRETTA methods: use one of {', '.join(METHODS)}")
+    return adapter_settings_from_args(args).loretta(method)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_argument(parser)
     add_loretta_arguments(parser)
 
 

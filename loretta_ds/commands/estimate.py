@@ -5,10 +5,12 @@ import argparse
 import json
 import math
 
-from ..settings import parse_bool
-from .count import add_loretta_arguments, add_model_argument, loretta_config_from_args
+from ..run_config import add_train_settings, train_settings_from_args
+from .count import add_loretta_arguments, loretta_config_from_args
 
-DEFAULT_GPU_MEMORY_GIB = 80  # H100 80GB, A100 80GB
+# The settings estimate shares with train: declared once (run_config.TrainConfig), train's help and default.
+RUN_SETTINGS = ("ds_config", "gpu_memory", "host_memory", "micro_batch_size", "seq_len", "bf16",
+                "gradient_checkpointing", "load_in_4bit", "bnb_4bit_use_double_quant")
 BANDWIDTH_FLAGS = ("pcie_gbps", "nvlink_gbps", "network_gbps", "gpu_tflops", "utilization")
 
 
@@ -42,43 +44,17 @@ def bandwidths_from_args(args: argparse.Namespace):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_argument(parser)
     add_loretta_arguments(parser)
-    run = parser.add_argument_group("hardware and DeepSpeed")
+    add_train_settings(parser.add_argument_group("the run (as train takes it)"), RUN_SETTINGS)
+    run = parser.add_argument_group("the job and DeepSpeed")
     run.add_argument("--nodes", type=int, default=1, help="nodes in the job (default 1)")
     run.add_argument("--gpus_per_node", type=int, default=8, help="GPUs per node, one process each (default 8)")
-    run.add_argument("--gpu_memory", type=float, default=DEFAULT_GPU_MEMORY_GIB,
-                     help="memory of one GPU in GiB, for the verdict (default "
-                          f"{DEFAULT_GPU_MEMORY_GIB}: H100 / A100 80GB; 40 for A100 40GB, 24 for a 4090)")
-    run.add_argument("--host_memory", type=float, default=None,
-                     help="host memory of one node in GiB, for the offload layout of --ds_config auto (default: "
-                          "this machine's total)")
-    run.add_argument("--ds_config", default=None,
-                     help="the DeepSpeed config the run will use, as train takes it (a file, a shipped "
-                          "name: zero3_offload, zero3, zero2, or auto: the layout train would choose, with "
-                          "what each alternative needs): stage, offload, bf16, micro batch, persistence "
-                          "threshold, prefetch bucket and max live parameters come from it, resolved as the "
-                          "trainer resolves them; the flags below replace its values where given")
     run.add_argument("--offload", default=None,
-                     help="what ZeRO-3 keeps in host memory: none | optimizer | param+optimizer "
-                          "(the frozen weights' partitions too) (default: the ds_config's, else none)")
-    run.add_argument("--bf16", type=parse_bool, nargs="?", const=True, default=None,
-                     help="bf16 weights and activations (--bf16 false for fp32; default: the ds_config's "
-                          "bf16.enabled, fp32 where it says auto, as train; true without --ds_config)")
-    run.add_argument("--micro_batch_size", type=int, default=None,
-                     help="sequences per GPU per step (default: what train would use with the ds_config, "
-                          "else 1)")
-    run.add_argument("--seq_len", type=int, default=4096, help="tokens per sequence (default 4096)")
-    run.add_argument("--gradient_checkpointing", action="store_true",
-                     help="one checkpoint per decoder layer (train's --gradient_checkpointing)")
+                     help="what ZeRO-3 keeps in host memory, replacing the ds_config's: none | optimizer | "
+                          "param+optimizer (the frozen weights' partitions too) (default: the ds_config's)")
     run.add_argument("--param_persistence_threshold", type=int, default=None,
                      help="DeepSpeed stage3_param_persistence_threshold: parameters this small stay whole "
-                          "on every GPU (default: the ds_config's, as train raises it, else 100000)")
-    run.add_argument("--load_in_4bit", type=parse_bool, nargs="?", const=True, default=False,
-                     help="plan a 4-bit frozen base (train's --load_in_4bit: every linear weight but the head "
-                          "as bitsandbytes 4-bit codes and block scales; no bitsandbytes needed to plan)")
-    run.add_argument("--bnb_4bit_use_double_quant", type=parse_bool, nargs="?", const=True, default=True,
-                     help="with --load_in_4bit: quantized block scales, as train's default (true/false)")
+                          "on every GPU (default: the ds_config's, as train raises it)")
     add_bandwidth_arguments(parser)
     run.add_argument("--json", action="store_true", help="print the estimate and the verdict as JSON")
 
@@ -222,13 +198,6 @@ def _zero_hpz_is_auto(ds_config: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not (math.isfinite(args.gpu_memory) and args.gpu_memory > 0):
-        raise ValueError(f"--gpu_memory must be the GPU's memory in GiB (> 0), got {args.gpu_memory:g}; "
-                         "e.g. --gpu_memory 80")
-    if args.host_memory is not None and not (math.isfinite(args.host_memory) and args.host_memory > 0):
-        raise ValueError(f"--host_memory must be one node's memory in GiB (> 0), got {args.host_memory:g}")
-    if args.micro_batch_size is not None and args.micro_batch_size < 1:
-        raise ValueError(f"--micro_batch_size must be at least 1, got {args.micro_batch_size}")
     from dataclasses import replace
 
     from ..estimate import prepare_model
@@ -238,20 +207,21 @@ def run(args: argparse.Namespace) -> int:
     from ..traffic import step_traffic
 
     cfg = loretta_config_from_args(args)
-    config = load_model_config(args.model)
+    shared = train_settings_from_args(args, (*RUN_SETTINGS, "model"))  # train's checks (gpu_memory > 0 ...)
+    model_name, ds_config = shared.pop("model"), shared.pop("ds_config")
+    Setup(nodes=args.nodes, gpus_per_node=args.gpus_per_node, seq_len=shared["seq_len"])  # checked before the model
+    # The memory train would plan with: --gpu_memory, else this machine's device (as train's --ds_config auto).
+    hardware = detect_hardware(args.nodes, args.gpus_per_node, shared["gpu_memory"], shared["host_memory"])
+    config = load_model_config(model_name)
     bandwidths = bandwidths_from_args(args)
-    Setup(nodes=args.nodes, gpus_per_node=args.gpus_per_node, seq_len=args.seq_len)  # checked before the model
     prepared = prepare_model(config, cfg)  # one meta-device model for every plan below
-    notes: list[str] = []
     choice = None
-    settings = dict(nodes=args.nodes, gpus_per_node=args.gpus_per_node, seq_len=args.seq_len,
-                    gradient_checkpointing=args.gradient_checkpointing, micro_batch_size=args.micro_batch_size,
-                    bf16=args.bf16, offload=args.offload, param_persistence_threshold=args.param_persistence_threshold,
-                    load_in_4bit=args.load_in_4bit, double_quant=args.bnb_4bit_use_double_quant)
-    hardware = None
-    if args.ds_config is not None:
-        hardware = detect_hardware(args.nodes, args.gpus_per_node, args.gpu_memory, args.host_memory)
-    if args.ds_config == AUTO_LAYOUT:
+    settings = dict(nodes=args.nodes, gpus_per_node=args.gpus_per_node, seq_len=shared["seq_len"],
+                    gradient_checkpointing=shared["gradient_checkpointing"],
+                    micro_batch_size=shared["micro_batch_size"], bf16=shared["bf16"], offload=args.offload,
+                    param_persistence_threshold=args.param_persistence_threshold,
+                    load_in_4bit=shared["load_in_4bit"], double_quant=shared["bnb_4bit_use_double_quant"])
+    if ds_config == AUTO_LAYOUT:
         if args.offload is not None:
             raise ValueError("--offload chooses a layout; --ds_config auto chooses it for you: drop one of the two")
         setup, notes = setup_for_ds_config(config, cfg, LAYOUT_TEMPLATE, prepared=prepared, **settings)
@@ -260,36 +230,29 @@ def run(args: argparse.Namespace) -> int:
         if choice.chosen is None:
             print("\n".join(choice.lines()), file=__import__("sys").stderr)
             raise ValueError(choice.reason)
-        estimate = replace(choice.chosen.estimate, model=args.model)
-    elif args.ds_config is not None:
-        setup, notes = setup_for_ds_config(config, cfg, args.ds_config, prepared=prepared, **settings)
-        if _zero_hpz_is_auto(args.ds_config):
+        estimate = replace(choice.chosen.estimate, model=model_name)
+    else:
+        setup, notes = setup_for_ds_config(config, cfg, ds_config, prepared=prepared, **settings)
+        if _zero_hpz_is_auto(ds_config):
             hpz, note = hpz_size(config, cfg, setup, hardware, bandwidths=bandwidths, prepared=prepared)
             setup = replace(setup, hpz_partition_size=hpz)
             notes.append(note)
-        estimate = estimate_memory(config, cfg, setup, model_name=args.model, prepared=prepared)
-    else:
-        setup = Setup(nodes=args.nodes, gpus_per_node=args.gpus_per_node, offload=args.offload or "none",
-                      bf16=True if args.bf16 is None else args.bf16, micro_batch_size=args.micro_batch_size or 1,
-                      seq_len=args.seq_len, gradient_checkpointing=args.gradient_checkpointing,
-                      param_persistence_threshold=(100_000 if args.param_persistence_threshold is None
-                                                   else args.param_persistence_threshold),
-                      load_in_4bit=args.load_in_4bit, double_quant=args.bnb_4bit_use_double_quant)
-        estimate = estimate_memory(config, cfg, setup, model_name=args.model, prepared=prepared)
+        estimate = estimate_memory(config, cfg, setup, model_name=model_name, prepared=prepared)
     traffic = step_traffic(estimate, config, 1, bandwidths)
-    judged = verdict(estimate, int(args.gpu_memory * 2**30))
+    judged = verdict(estimate, hardware.device_bytes)
     if args.json:
-        print(json.dumps({**estimate.to_dict(), "verdict": judged.to_dict(), "ds_config": args.ds_config,
+        print(json.dumps({**estimate.to_dict(), "verdict": judged.to_dict(), "ds_config": ds_config,
                           "ds_config_notes": notes, "traffic": traffic.to_dict(),
                           "layout": choice.to_dict() if choice is not None else None,
                           "not_predicted": NOT_PREDICTED}, indent=2))
     else:
         lines = format_estimate(estimate).split("\n")
-        if args.ds_config is not None:
-            named = f"auto ({choice.chosen.ds_config_name})" if choice is not None else args.ds_config
-            lines[2:2] = format_ds_config(estimate, named, notes).split("\n")  # under the header
+        named = f"auto ({choice.chosen.ds_config_name})" if choice is not None else ds_config
+        lines[2:2] = format_ds_config(estimate, named, notes).split("\n")  # under the header
         if choice is not None:
             lines[0:0] = choice.lines() + [""]
+        measured = ("" if shared["gpu_memory"] is not None else
+                    f"\n  (one GPU's memory: {hardware.device_source}; --gpu_memory GIB judges another GPU)")
         print("\n".join(lines) + "\n\n" + format_traffic(estimate, traffic) + "\n\n" + format_verdict(estimate, judged)
-              + "\n\n" + NOT_PREDICTED)
+              + measured + "\n\n" + NOT_PREDICTED)
     return 0
