@@ -31,10 +31,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
+from .distributed.ds_config import AUTO_LAYOUT, LAYOUT_TEMPLATE
 from .estimate import MemoryEstimate, PreparedModel, Setup, estimate_memory, prepare_model
 from .traffic import Bandwidths, Traffic, step_traffic
 
-AUTO_LAYOUT = "auto"  # the --ds_config value that asks for this choice
 RESERVE_FRACTION = 0.10
 RESERVE_MIN_BYTES = 2 * 2**30
 
@@ -328,9 +328,6 @@ def require_layout(choice: LayoutChoice) -> LayoutChoice:
 
 # The shipped config whose batch keys (all "auto", as in every shipped config) stand for the chosen
 # layout's before it is chosen, and whose resolved ZeRO-3 thresholds the candidates share.
-LAYOUT_TEMPLATE = "zero3"
-
-
 def processes_per_node(world_size: int, given: int | None = None) -> int:
     """Processes per node: ``given``, else the launcher's LOCAL_WORLD_SIZE (torchrun, the SLURM
     scripts) or LOCAL_SIZE (deepspeed), else all of them on one node."""
@@ -343,20 +340,6 @@ def processes_per_node(world_size: int, given: int | None = None) -> int:
         raise ValueError(f"{per_node} processes per node do not divide the world size {world_size}; every node "
                          "must run the same number of processes (--gpus_per_node / LOCAL_WORLD_SIZE)")
     return per_node
-
-
-def load_run_ds_config(name: str) -> dict | None:
-    """The DeepSpeed config --ds_config names (None for auto: chosen once the model is known)."""
-    from .distributed.ds_config import load_ds_config
-
-    return None if name == AUTO_LAYOUT else load_ds_config(name)
-
-
-def batch_ds_config(name: str) -> dict:
-    """A config with the batch keys the run will have (for the batch split before any model)."""
-    from .distributed.ds_config import load_ds_config
-
-    return load_ds_config(LAYOUT_TEMPLATE if name == AUTO_LAYOUT else name)
 
 
 @dataclass(frozen=True)

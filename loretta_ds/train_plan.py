@@ -265,7 +265,8 @@ def fit_run_layout(cfg: TrainConfig, raw_ds_config: dict | None, facts: RunFacts
 def plan_layout_only(cfg: TrainConfig, world_size: int, per_node: int | None = None, bandwidths=None):
     """The DeepSpeed layout of a run from the model's shapes alone (a LLaMA-2 preset works; no data,
     tokenizer or weights): (the fitted layout, the DeepSpeed config as it would run, notes)."""
-    from .layout import load_run_ds_config, processes_per_node
+    from .distributed.ds_config import load_run_ds_config
+    from .layout import processes_per_node
     from .models import load_model_config
 
     per_node = processes_per_node(world_size, per_node)
@@ -302,7 +303,8 @@ def check_quantized_run(cfg: TrainConfig) -> None:
 def build_plan(cfg: TrainConfig, world_size: int, per_node: int | None = None) -> Plan:
     """Check and resolve everything about the run (``cfg`` is only read). ``per_node``: processes
     per node (default: the launcher's, see loretta_ds.layout.processes_per_node)."""
-    from .layout import load_run_ds_config, processes_per_node
+    from .distributed.ds_config import load_run_ds_config
+    from .layout import processes_per_node
 
     if cfg.load_in_4bit:
         check_quantized_run(cfg)

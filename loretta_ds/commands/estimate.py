@@ -201,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..estimate import prepare_model
-    from ..layout import AUTO_LAYOUT, LAYOUT_TEMPLATE, choose_layout, detect_hardware, hpz_size
+    from ..distributed.ds_config import AUTO_LAYOUT, LAYOUT_TEMPLATE
+    from ..layout import choose_layout, detect_hardware, hpz_size
     from ..estimate import Setup, estimate_memory, setup_for_ds_config, verdict
     from ..models import load_model_config
     from ..traffic import step_traffic

@@ -94,8 +94,7 @@ def format_summary(summary: dict) -> str:
 def batch_split(cfg, world_size: int) -> str:
     """The run's batch split over ``world_size`` processes, by the trainer's own rule; ValueError
     naming the fix when the DeepSpeed config's numbers do not fit that many processes."""
-    from ..distributed.ds_config import RunFacts, resolve_batch
-    from ..layout import batch_ds_config
+    from ..distributed.ds_config import RunFacts, batch_ds_config, resolve_batch
     from ..run_config import DEFAULT_GLOBAL_BATCH
 
     facts = RunFacts(world_size=world_size, lr=None, warmup_steps=0, total_steps=0, grad_clip=None, bf16=None,

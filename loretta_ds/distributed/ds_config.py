@@ -86,6 +86,23 @@ def load_ds_config(path: str | Path) -> dict:
     return read_json_object(find_ds_config(path), "DeepSpeed config", "fix the file (ds_configs/ has working examples)")
 
 
+# --ds_config auto: the layout is chosen once the model is known (loretta_ds.layout). Until then
+# (the batch split the SLURM launcher checks before any process starts, with no torch) the run's
+# batch keys come from this template, whose batch keys every layout shares.
+AUTO_LAYOUT = "auto"
+LAYOUT_TEMPLATE = "zero3"
+
+
+def load_run_ds_config(name: str) -> dict | None:
+    """The DeepSpeed config --ds_config names (None for auto: chosen once the model is known)."""
+    return None if name == AUTO_LAYOUT else load_ds_config(name)
+
+
+def batch_ds_config(name: str) -> dict:
+    """A config with the batch keys the run will have (for the batch split before any model)."""
+    return load_ds_config(LAYOUT_TEMPLATE if name == AUTO_LAYOUT else name)
+
+
 def zero_stage(config: dict) -> int:
     """The ZeRO stage of ``config``; a clear error for a missing section or an unknown stage."""
     zero = config.get("zero_optimization")
