@@ -132,7 +132,7 @@ def test_a_run_directory_from_before_the_claim_is_still_the_runs(finished_run):
     assert found.collisions == [] and found.foreign == []
     (run / "run_config.json").unlink()
     assert sorted(contents.survey(run).collisions) == ["adapter/adapter.safetensors", "adapter/adapter_config.json",
-                                                       "metrics.jsonl"]
+                                                       "adapter/adapter_model.safetensors", "metrics.jsonl"]
 
 
 def test_export_overwrite_replaces_only_an_export_this_program_wrote(finished_run, tmp_path, capsys):
@@ -628,7 +628,7 @@ def test_what_was_a_traceback_is_one_clear_error(case, builtin_model, no_model_l
         argv += ["--model", model]
         fragment = "is truncated"
     else:
-        argv, fragment = ["estimate", "--model", "llama2-7b", "--gpu_memory", "inf"], "--gpu_memory must be"
+        argv, fragment = ["estimate", "--model", "llama2-7b", "--gpu_memory", "inf"], "gpu_memory must be a number of GiB > 0"
     before = digests(tmp_path)
     err = refused(capsys, *argv)
     assert fragment in err, err
@@ -666,7 +666,7 @@ def test_plan_says_how_the_lr_schedule_differs_from_the_flags(flags, fragment, b
 
 def test_estimate_refuses_a_micro_batch_of_zero(capsys):
     err = refused(capsys, "estimate", "--model", "llama2-7b", "--micro_batch_size", 0)
-    assert "--micro_batch_size must be at least 1, got 0" in err
+    assert "micro_batch_size must be an integer >= 1, got 0" in err
 
 
 # --- 6 and 7. YAML: an alias bomb is refused unexpanded; a key given twice is refused -----------------------
