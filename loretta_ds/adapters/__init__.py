@@ -5,7 +5,7 @@ modules on first use, so ``from loretta_ds.adapters.config import ...`` stays fr
 """
 from __future__ import annotations
 
-import importlib
+from ..lazy_names import lazy_names
 
 _WHERE = {
     "config": ("TARGET_PRESETS", "LorettaConfig"),
@@ -16,14 +16,4 @@ _WHERE = {
     "merging": ("merge", "merge_and_unload", "unmerge"),
     "peft_export": ("export_peft_lora", "peft_lora_tensors"),
 }
-_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name in _MODULE_OF:
-        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_names(__name__, _WHERE)

@@ -12,7 +12,7 @@ accuracy, and the bundled demo data. Names are imported from their modules on fi
 
 from __future__ import annotations
 
-import importlib
+from ..lazy_names import lazy_names
 
 _WHERE = {
     "bundled": ("BUNDLED_DIR", "DEFAULT_DATASET", "bundled_path", "bundled_task_names", "corpus_path"),
@@ -25,14 +25,4 @@ _WHERE = {
     "prepare": ("PreparedData", "SourceSummary", "prepare_data"),
     "tokenization": ("TruncationStats", "build_example", "pad_id_of", "tokenize_dataset"),
 }
-_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name in _MODULE_OF:
-        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_names(__name__, _WHERE)

@@ -10,7 +10,7 @@ first use. The PEFT type names an adapter directory carries are loretta_ds.adapt
 """
 from __future__ import annotations
 
-import importlib
+from ...lazy_names import lazy_names
 
 _WHERE = {
     "config": ("LorettaRepConfig", "LorettaAdpConfig", "config_for", "register"),
@@ -18,14 +18,4 @@ _WHERE = {
     "tuner": ("LorettaModel",),
     "layers": ("RepLinear", "AdpLinear", "LorettaLayer"),
 }
-_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name in _MODULE_OF:
-        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_names(__name__, _WHERE)
