@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.unlink(missing_ok=True)
     output_dir = args.output_dir or str(metrics.with_suffix(".trainer"))
-    from loretta_ds.distributed.engine import use_environment_extension_cache
+    from loretta_ds.distributed.op_cache import use_environment_extension_cache
 
     use_environment_extension_cache()  # DeepSpeed's JIT-built ops (the CPU all-reduce): built once per venv
     if not torch.cuda.is_available():

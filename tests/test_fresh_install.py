@@ -5,6 +5,7 @@ Real processes throughout: a wheel built from this tree and installed into a new
 environment, the deepspeed launcher, and a second trainer holding the port.
 """
 import os
+import site
 import subprocess
 import sys
 import time
@@ -35,7 +36,14 @@ def installed_venv(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                     "-w", str(wheels), str(REPO)], check=True, capture_output=True, text=True, timeout=300)
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # The heavy dependencies are this interpreter's (a venv's, where the tests run in one): its
+    # site-packages go on the new venv's path after the venv's own, where the wheel installs.
+    # Paths added this way have their .pth files skipped, so an editable install of the checkout
+    # in this interpreter stays out of the new venv.
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    (Path(purelib) / "dependencies_of_the_test_interpreter.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     wheel = next(wheels.glob("loretta_ds-*.whl"))
     subprocess.run([str(venv / "bin" / "pip"), "install", "--no-deps", "-q", str(wheel)], check=True,
                    capture_output=True, text=True, timeout=300)
