@@ -218,9 +218,12 @@ def shell_env(tmp_path: Path) -> dict[str, str]:
     shim = bin_dir / "loretta-ds"
     shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m loretta_ds.cli "$@"\n')
     shim.chmod(0o755)
+    # A script, not a symlink: a symlinked venv python outside the venv finds no pyvenv.cfg and runs
+    # as the base Python, without this environment's packages.
     for name in ("python", "python3"):
         if not (bin_dir / name).exists():
-            (bin_dir / name).symlink_to(sys.executable)
+            (bin_dir / name).write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+            (bin_dir / name).chmod(0o755)
     drop = ("MODEL", "DATA", "METHOD", "OUTPUT_DIR", "DS_CONFIG", "GPUS_PER_NODE", "EXTRA_ARGS", "DRY_RUN",
             "MASTER_PORT", "MASTER_ADDR", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LORETTA_ROOT", "LORETTA_HOSTLIST")
     env = {k: v for k, v in os.environ.items()
