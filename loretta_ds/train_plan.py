@@ -333,6 +333,9 @@ def build_plan(cfg: TrainConfig, world_size: int, per_node: int | None = None) -
     specs = parse_dataset_specs(list(cfg.dataset) or None)
     eval_specs = parse_dataset_specs(list(cfg.eval_dataset)) if cfg.eval_dataset else None
     attn = resolve_attention(cfg.attn)
+    from .run.reporting import check_reporter
+
+    check_reporter(cfg.report_to)
     from .models import check_model_type, resolve_model
 
     model_path, model_config = resolve_model(cfg.model, weights=True)

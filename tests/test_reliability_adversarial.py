@@ -884,3 +884,118 @@ def test_a_full_disk_under_metrics_jsonl_is_one_clear_error(small_disk):
     assert f"cannot write the metrics log {small_disk / 'run' / 'metrics.jsonl'}: No space left on device" in message
     assert "--resume auto" in message
     metrics.close()
+
+
+# --- 8 and 11. the SLURM launcher: advice only where it applies; paths with spaces --------------------------
+
+
+def test_the_launchers_nodes_advice_follows_only_a_batch_that_does_not_divide(tmp_path):
+    from test_slurm_dryrun import assert_refused, run_bad, write_ds_config
+
+    # A batch flag that contradicts the config: the job's node count has nothing to do with it.
+    ds = write_ds_config(tmp_path / "ds.json", train_batch_size=16, train_micro_batch_size_per_gpu=1,
+                         gradient_accumulation_steps=1)
+    res, out_dir = run_bad(tmp_path, True, DS_CONFIG=str(ds), EXTRA_ARGS="--micro_batch_size 2")
+    assert_refused(res, out_dir, "--micro_batch_size 2 contradicts train_micro_batch_size_per_gpu=1")
+    assert "submit with another --nodes" not in res.stderr, res.stderr
+    # Where the batch does not divide over the job's processes the advice still comes
+    # (tests/test_slurm_dryrun.py: test_a_batch_that_does_not_fit_the_job_is_refused_by_the_trainers_rule).
+
+
+def test_slurm_data_and_extra_args_carry_paths_with_spaces(tmp_path):
+    import shlex
+
+    from test_slurm_dryrun import parse_plan, run_bad, write_ds_config
+
+    data = reviews(tmp_path / "my data" / "train set.jsonl", 8)
+    template = tmp_path / "my templates" / "chat.jinja"
+    template.parent.mkdir()
+    template.write_text(TEMPLATE)
+    ds = write_ds_config(tmp_path / "ds.json", train_batch_size=32, train_micro_batch_size_per_gpu="auto",
+                         gradient_accumulation_steps=2)
+    res, _ = run_bad(tmp_path, True, DS_CONFIG=str(ds), DATA=f'"{data}":0.7,bundled:sentiment:0.3',
+                     EXTRA_ARGS=f"--chat_template '{template}' --seed 3")
+    assert res.returncode == 0, res.stderr
+    (_, command), *_ = parse_plan(res.stdout)["node_cmds"].values()
+    words = shlex.split(command)
+    start = words.index("--dataset")
+    assert words[start + 1:start + 3] == [f"{data}:0.7", "bundled:sentiment:0.3"], words
+    assert words[words.index("--chat_template") + 1] == str(template) and words[-2:] == ["--seed", "3"], words
+    # An unclosed quote is one clear refusal naming the variable, not a split at the spaces.
+    res, out_dir = run_bad(tmp_path, True, DS_CONFIG=str(ds), EXTRA_ARGS=f"--chat_template '{template}")
+    assert res.returncode == 2 and "EXTRA_ARGS cannot be split into arguments (No closing quotation)" in res.stderr
+    assert not out_dir.exists()
+
+
+# --- 11. evaluation data of the user's choosing; metrics to W&B or MLflow ----------------------------------
+
+
+def test_eval_dataset_and_eval_split_choose_the_held_out_examples(builtin_model, no_model_loading, tmp_path, capsys):
+    data = reviews(tmp_path / "train.jsonl", 50)
+    held = reviews(tmp_path / "held.jsonl", 12)
+    base = ["--output_dir", tmp_path / "run", "--dataset", data, "--max_steps", 2, "--seq_len", 32]
+    plan = plan_of([*base, "--eval_dataset", held])
+    assert (len(plan.data.train), len(plan.data.eval)) == (50, 12)  # nothing held out of the training file
+    assert plan.settings["eval_dataset"] == [str(held)]
+    plan = plan_of([*base, "--eval_split", 10])
+    assert (len(plan.data.train), len(plan.data.eval)) == (40, 10)  # the default 0.05 holds out 2
+    config = tmp_path / "run.yaml"
+    for value, fragment in (("1.5", "eval_split must be a fraction in (0, 1) (e.g. 0.1) or a count of records"),
+                            ("50", "has 50 records: too few to hold out a validation split (50 records)")):
+        config.write_text(f"eval_split: {value}\n")
+        err = refused(capsys, "train", *base, "--config", config)
+        assert fragment in err, err
+    err = refused(capsys, "train", *base, "--eval_dataset", tmp_path / "missing.jsonl")
+    assert "missing.jsonl' does not exist" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])
+def test_report_to_a_tracker_that_is_not_installed_is_refused_with_the_install(tracker, builtin_model,
+                                                                             no_model_loading, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec(tracker) is not None:
+        pytest.skip(f"{tracker} is installed here")
+    err = refused(capsys, "train", "--output_dir", tmp_path / "run", "--max_steps", 2, "--report_to", tracker)
+    assert f"--report_to {tracker} needs the {tracker} package, which is not installed here" in err, err
+    assert f"pip install {tracker}" in err and "--report_to none" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_to_wandb_sends_every_record_offline_into_the_run_directory(tmp_path, monkeypatch):
+    """The wiring, with a stand-in for the wandb package (not a dependency; absent here): every
+    record of metrics.jsonl reaches the tracker under its train/ or eval/ name, at its step."""
+    import importlib.machinery
+    import types
+
+    from loretta_ds.run.metrics import MetricsLog
+
+    calls = {"log": [], "finished": 0}
+
+    class Run:
+        def log(self, scalars, step):
+            calls["log"].append((step, scalars))
+
+        def finish(self):
+            calls["finished"] += 1
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return Run()
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", loader=None)
+    fake.init = init
+    monkeypatch.setitem(__import__("sys").modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    metrics = MetricsLog(run, enabled=True, report_to="wandb", settings={"lr": 0.01})
+    metrics.log({"step": 1, "kind": "train", "loss": 2.5, "lr": 0.01})
+    metrics.log({"step": 2, "kind": "eval", "loss": 2.0, "accuracy": 0.75})
+    metrics.close()
+    assert calls["init"]["mode"] == "offline" and calls["init"]["dir"] == str(run)
+    assert calls["init"]["config"] == {"lr": 0.01} and calls["init"]["resume"] == "allow"
+    assert calls["log"] == [(1, {"train/loss": 2.5, "train/lr": 0.01}), (2, {"eval/loss": 2.0, "eval/accuracy": 0.75})]
+    assert calls["finished"] == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # metrics.jsonl as ever

@@ -133,6 +133,11 @@ def _number(value, name: str) -> int | None:
     return int(value)
 
 
+class BatchSplitError(ValueError):
+    """The DeepSpeed config's global batch does not divide over the run's processes: the process
+    count (nodes x processes per node) or the batch is what to change."""
+
+
 def resolve_batch(config: dict, facts: RunFacts) -> tuple[int, int, int]:
     """(micro batch per rank, gradient accumulation, global batch), consistent with the world size.
 
@@ -163,7 +168,7 @@ def resolve_batch(config: dict, facts: RunFacts) -> tuple[int, int, int]:
             accum = cfg_global // (micro * world)
         if micro < 1 or accum < 1 or micro * accum * world != cfg_global:
             fits = cfg_global // chosen if cfg_global % chosen == 0 else None
-            raise ValueError(
+            raise BatchSplitError(
                 f"train_batch_size={cfg_global} in the DeepSpeed config does not divide into "
                 f"{world} process(es) x micro batch {micro} x gradient accumulation {accum}"
                 + (f" (it fits {fits} process(es){', fewer than ' if fits < world else ', more than '}"

@@ -41,11 +41,13 @@ class MetricsLog:
     have logged steps that the resumed run repeats, and each step must appear once.
     """
 
-    def __init__(self, run_dir: RunDir | Path, enabled: bool, resume_step: int = 0):
+    def __init__(self, run_dir: RunDir | Path, enabled: bool, resume_step: int = 0, report_to: str = "none",
+                 settings: dict | None = None):
         run_dir = RunDir(run_dir)
         self.enabled = enabled
         self.path = run_dir.metrics
         self._tb = None
+        self._reporter = None
         if not enabled:
             return
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step else []
@@ -58,6 +60,9 @@ class MetricsLog:
             self._tb = SummaryWriter(log_dir=str(run_dir.tensorboard), purge_step=resume_step + 1)
         except ImportError:  # tensorboard is optional
             self._tb = None
+        from .reporting import open_reporter
+
+        self._reporter = open_reporter(report_to, run_dir.root, settings or {})
 
     @contextlib.contextmanager
     def _writing(self):
@@ -85,11 +90,16 @@ class MetricsLog:
             for key, value in record.items():
                 if key not in ("step", "kind") and isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+        if self._reporter is not None:
+            self._reporter.log(record)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._reporter is not None:
+            self._reporter.close()
+            self._reporter = None
 
 
 def read_metrics(path: Path) -> list[dict]:
