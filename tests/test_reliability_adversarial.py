@@ -999,3 +999,31 @@ def test_report_to_wandb_sends_every_record_offline_into_the_run_directory(tmp_p
     assert calls["log"] == [(1, {"train/loss": 2.5, "train/lr": 0.01}), (2, {"eval/loss": 2.0, "eval/accuracy": 0.75})]
     assert calls["finished"] == 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # metrics.jsonl as ever
+
+
+def test_report_to_mlflow_logs_into_a_file_store_in_the_run_directory(tmp_path, monkeypatch):
+    """As above, with a stand-in for mlflow: the file store under OUTPUT_DIR/mlruns, the settings as
+    parameters, every record's scalars at its step."""
+    import importlib.machinery
+    import types
+
+    from loretta_ds.run.metrics import MetricsLog
+
+    calls = {"metrics": [], "ended": 0}
+    fake = types.ModuleType("mlflow")
+    fake.__spec__ = importlib.machinery.ModuleSpec("mlflow", loader=None)
+    fake.set_tracking_uri = lambda uri: calls.__setitem__("uri", uri)
+    fake.set_experiment = lambda name: calls.__setitem__("experiment", name)
+    fake.start_run = lambda run_name: calls.__setitem__("run_name", run_name)
+    fake.log_params = lambda params: calls.__setitem__("params", params)
+    fake.log_metrics = lambda metrics, step: calls["metrics"].append((step, metrics))
+    fake.end_run = lambda: calls.__setitem__("ended", calls["ended"] + 1)
+    monkeypatch.setitem(__import__("sys").modules, "mlflow", fake)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "run"
+    metrics = MetricsLog(run, enabled=True, report_to="mlflow", settings={"lr": 0.01, "dataset": ["a.jsonl"]})
+    metrics.log({"step": 3, "kind": "eval", "loss": 2.0, "accuracy": 0.5})
+    metrics.close()
+    assert calls["uri"] == (run / "mlruns").resolve().as_uri() and calls["run_name"] == "run"
+    assert calls["params"] == {"lr": "0.01", "dataset": "['a.jsonl']"}
+    assert calls["metrics"] == [(3, {"eval_loss": 2.0, "eval_accuracy": 0.5})] and calls["ended"] == 1
