@@ -3,7 +3,8 @@
 Each command module offers ``add_arguments(parser)`` (cheap imports only) and ``run(args) -> int``;
 only the module of the command being run is imported, so one command's heavy or broken imports
 never slow down or break another. Errors a user can cause (ValueError,
-FileNotFoundError) print one message and exit 2; ``--debug`` shows the traceback instead.
+FileNotFoundError) print one message and exit 2 (or the error's own ``exit_status``, where a caller
+must tell that error apart); ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         report_user_error(err)
-        return 2
+        return getattr(err, "exit_status", 2)
 
 
 def run_and_exit(argv: list[str] | None = None) -> NoReturn:

@@ -14,6 +14,7 @@ from loretta_ds.adapters import read_adapter_tensors
 from loretta_ds.adapters.config import AdapterSettings
 from loretta_ds.run_config import config_from_args
 from loretta_ds.tt import modes_for, tt_numel
+from cli_forkserver import CliForkServer
 from reliability_support import clean_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,9 +34,16 @@ tensor_rank: 3
 """
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "loretta_ds.cli", *args], cwd=cwd, env=clean_env(),
-                          capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="module")
+def cli():
+    """`loretta-ds ARGS` in a process of its own, run in cwd: forked from one interpreter that has
+    imported the CLI (tests/cli_forkserver.py), so each call costs its own work, not Python's start-up."""
+    with CliForkServer(clean_env()) as server:
+        def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+            status, stdout, stderr, _ = server.run(list(args), cwd, clean_env())
+            return subprocess.CompletedProcess(["loretta-ds", *args], status, stdout, stderr)
+
+        yield run
 
 
 def test_yaml_block_top_level_keys_and_flags_layer_in_that_order(tmp_path):
@@ -64,7 +72,7 @@ def test_bad_adapter_settings_name_the_key(tmp_path, yaml_text, message):
         config_from_args({"config": str(config)})
 
 
-def test_tt_shapes_flag_that_does_not_fit_is_refused_before_anything_loads(tmp_path):
+def test_tt_shapes_flag_that_does_not_fit_is_refused_before_anything_loads(cli, tmp_path):
     done = cli("plan", "--tt_shapes", "q_proj.A=4x4x4", "--output_dir", str(tmp_path / "run"), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "q_proj factor A: TT modes [4, 4, 4] multiply to 64" in done.stderr
@@ -73,7 +81,7 @@ def test_tt_shapes_flag_that_does_not_fit_is_refused_before_anything_loads(tmp_p
     assert not (tmp_path / "run").exists()
 
 
-def test_plan_and_count_take_the_adapter_flags(tmp_path):
+def test_plan_and_count_take_the_adapter_flags(cli, tmp_path):
     planned = cli("plan", "--method", "adp", "--bottleneck", str(BOTTLENECK), "--tensor_rank", "3",
                   "--tt_shapes", "gate_proj.down=32x32", "--json", "--output_dir", str(tmp_path / "run"),
                   cwd=tmp_path)
@@ -92,7 +100,7 @@ def test_plan_and_count_take_the_adapter_flags(tmp_path):
     assert trainable - default_trainable == change != 0
 
 
-def test_an_adapter_as_large_as_the_model_or_a_rank_beyond_the_width_is_warned_about(tmp_path):
+def test_an_adapter_as_large_as_the_model_or_a_rank_beyond_the_width_is_warned_about(cli, tmp_path):
     """Valid but almost certainly a typo: `plan` (and the run, which prints the same plan) warns,
     naming the knob; the default adapter draws no warning."""
     def warnings(*flags: str) -> list[str]:

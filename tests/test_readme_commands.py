@@ -38,7 +38,7 @@ LAUNCHERS = ("pip", "python", "python3", "deepspeed", "loretta-ds", "bash", "sba
 
 MAIN_JOB = ("pip install torch==2.13.0 -e . && deepspeed --num_gpus 2 launch/train.py "
             "--ds_config ds_configs/zero3_offload.json --output_dir runs/demo")
-TEST_INSTALL = 'pip install torch==2.13.0 -e ".[dev]" && python -m pytest -q -ra'
+TEST_INSTALL = 'pip install torch==2.13.0 -e ".[dev]" && python -m pytest -q -ra -n 2'
 COUNT = "loretta-ds count --model llama2-70b --method rep"
 ESTIMATE = ("loretta-ds estimate --model llama2-70b --method rep --nodes 4 --gpus_per_node 8 "
             "--offload param+optimizer --bf16 --seq_len 4096 --gpu_memory 80")
@@ -95,7 +95,7 @@ CANNOT_RUN_HERE = {
         "submits the same launcher (slurm/tiny_cpu.sh, slurm/tiny_cpu_2node.sh) to a real two-node cluster (-m slurm)",
     "bash .ci/slurm_tests.sh": "starts SLURM daemons as root (and installs them): CI's job, not a test's",
     ".ci/slurm_cluster.sh": "named as what starts the two-node cluster (root, network namespaces): CI's job",
-    "python -m pytest": "the fast tier: this test suite itself (CI stage 2 runs it through the test install)",
+    "python -m pytest -q -ra -n 2": "the fast tier: this test suite itself (CI stage 2 runs it through the test install)",
     'python -m pytest -m "slow or multiprocess"': "the other tiers of this suite: .ci/run runs them (CI stage 3)",
     ".ci/run": "CI itself (the main job, the SLURM cluster, the whole test suite)",
     ".ci/main_job.sh": "CI stage 1: the main job in a fresh venv (minutes of both cores)",

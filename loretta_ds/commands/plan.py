@@ -109,6 +109,13 @@ def batch_split(cfg, world_size: int) -> str:
 
 # --check batch's exit status when the batch does not divide over the processes (other errors exit 2).
 EXIT_BATCH_SPLIT = 3
+
+
+class BatchDoesNotSplit(ValueError):
+    """A user error the SLURM launcher tells apart by its exit status: its advice (another --nodes,
+    another batch) fits this error only."""
+
+    exit_status = EXIT_BATCH_SPLIT
 PLAN_ONLY = ("world_size", "json", "table", "check", "nodes", "gpus_per_node", *BANDWIDTH_FLAGS)
 
 
@@ -194,16 +201,12 @@ def run(args: argparse.Namespace) -> int:
     world_size, per_node = world_of(args)
     cfg = config_from_args(given)
     if args.check == "batch":
-        from ..cli import report_user_error
         from ..distributed.ds_config import BatchSplitError
 
         try:
             print(batch_split(cfg, world_size))
-        except BatchSplitError as err:  # told apart from other errors: the launcher's advice depends on it
-            if args.debug:
-                raise
-            report_user_error(err)
-            return EXIT_BATCH_SPLIT
+        except BatchSplitError as err:
+            raise BatchDoesNotSplit(str(err)) from err
         return 0
     from ..models import resolve_model
 

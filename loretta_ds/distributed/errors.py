@@ -1,15 +1,6 @@
 """Failures that end a run for a reason the user can act on: reported as one message, no traceback."""
 
-
-class RunFailure(RuntimeError):
-    """A run that cannot continue; the message says why and how to continue (usually --resume auto).
-
-    ``reporter``: the one rank that prints the message; rank 0, unless rank 0 is the one lost.
-    """
-
-    def __init__(self, message: str, reporter: int = 0):
-        super().__init__(message)
-        self.reporter = reporter
+from ..run.failure import RunFailure  # noqa: F401  (the base class; imported from here by the trainer)
 
 
 class CheckpointError(RunFailure):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..distributed.errors import RunFailure
+from .failure import RunFailure
 from .directory import RunDir
 
 
