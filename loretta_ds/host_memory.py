@@ -5,7 +5,7 @@ request is above the mmap threshold, and that threshold is dynamic: each freed m
 raises it to the block's size (up to 32 MiB on 64-bit). After the first activation buffers of a
 training step are freed, every later buffer of that size comes from the heap instead, and memory
 freed in the middle of the heap stays resident. On SmolLM2-135M (micro batch 16 x 64 tokens, one
-process, float32) this held 300-400 MiB more at the peak than the tensors alive
+process, float32) this held 300-460 MiB more at the peak than the tensors alive
 (docs/benchmarks.md section 12), in the full-precision and the 4-bit run alike.
 
 Fixing the threshold at glibc's initial value stops the drift: buffers of 128 KiB and more are

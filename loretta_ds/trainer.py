@@ -255,7 +255,7 @@ class Trainer:
         self.log(f"model {plan.model_path} ({base}, attention {plan.attn}); ZeRO stage "
                  f"{plan.zero_stage}, {self.world_size} process(es); {batch_summary(plan.ds_config)}")
         # Before the first large tensor: freed activation buffers go back to the system instead of
-        # staying resident in the heap (host_memory: 300-400 MiB of SmolLM2's peak).
+        # staying resident in the heap (host_memory: 300-460 MiB of SmolLM2's peak).
         fix_mmap_threshold()
         # Must stay alive until the end: transformers checks it through a weak reference.
         self._load_context = zero3_params.Zero3LoadContext(plan.ds_config, plan.zero3)
