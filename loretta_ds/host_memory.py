@@ -1,26 +1,21 @@
 """Host memory the C allocator keeps after torch frees it (glibc only; a no-op elsewhere).
 
-glibc's malloc serves a large request with its own mmap and unmaps it on free, but only while the
-request is above the mmap threshold, and that threshold is dynamic: each freed mmapped block
-raises it to the block's size (up to 32 MiB on 64-bit). After the first activation buffers of a
-training step are freed, every later buffer of that size comes from the heap instead, and memory
-freed in the middle of the heap stays resident. On SmolLM2-135M (micro batch 16 x 64 tokens, one
-process, float32) this held 300-460 MiB more at the peak than the tensors alive
-(docs/benchmarks.md section 12), in the full-precision and the 4-bit run alike.
+A 4-bit load reads each full-precision weight, quantizes it and frees it; glibc keeps the freed
+blocks in its heap, resident, until something asks for them back. ``release_free_heap`` does
+(``malloc_trim``: the heap's free pages go back to the system).
 
-Fixing the threshold at glibc's initial value stops the drift: buffers of 128 KiB and more are
-mapped and returned on free; smaller ones, the many small tensors, stay on the heap as before.
-``malloc_trim`` returns what the heap holds free now (after a 4-bit load: the full-precision
-weights read and quantized one by one).
+The larger effect is glibc's dynamic mmap threshold: each freed mmapped block raises the threshold
+to its size (up to 32 MiB), so after a training step's first activation buffers are freed, later
+ones come from the heap and memory freed in its middle stays resident: 300-460 MiB of SmolLM2-135M's
+peak (docs/benchmarks.md section 12). Fixing the threshold (``MALLOC_MMAP_THRESHOLD_=131072`` in
+the environment) returns it, but every buffer of 128 KiB or more is then mapped and faulted in
+anew: forward + backward took 1.4-2x as long on this CPU, so the trainer leaves it to the user.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
-
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial (and documented default) threshold
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,16 +28,9 @@ def _libc():
         libc = ctypes.CDLL(name)
     except OSError:
         return None
-    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") and hasattr(libc, "gnu_get_libc_version")):
+    if not (hasattr(libc, "malloc_trim") and hasattr(libc, "gnu_get_libc_version")):
         return None
     return libc
-
-
-def fix_mmap_threshold() -> bool:
-    """Keep large allocations mmapped (and returned on free) for the rest of the process. Returns
-    whether it took effect."""
-    libc = _libc()
-    return bool(libc is not None and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1)
 
 
 def release_free_heap() -> bool:

@@ -44,7 +44,7 @@ from .distributed.param_report import describe_report, parameter_report
 from .distributed.stop import StopRequest
 from .data.batches import real_token_count
 from .file_io import write_json_atomically
-from .host_memory import fix_mmap_threshold, release_free_heap
+from .host_memory import release_free_heap
 from .quantization import base_record, release_checkpoint_mapping
 from .run.contents import StartState, check_output_path, claim, clear_previous_run, listing
 from .run_config import TrainConfig
@@ -254,9 +254,6 @@ class Trainer:
         base = f"{plan.dtype}" + (f", {plan.quantization.describe()}" if plan.quantization else "")
         self.log(f"model {plan.model_path} ({base}, attention {plan.attn}); ZeRO stage "
                  f"{plan.zero_stage}, {self.world_size} process(es); {batch_summary(plan.ds_config)}")
-        # Before the first large tensor: freed activation buffers go back to the system instead of
-        # staying resident in the heap (host_memory: 300-460 MiB of SmolLM2's peak).
-        fix_mmap_threshold()
         # Must stay alive until the end: transformers checks it through a weak reference.
         self._load_context = zero3_params.Zero3LoadContext(plan.ds_config, plan.zero3)
         quantized = {"quantization_config": plan.quantization.bnb_config()} if plan.quantization else {}

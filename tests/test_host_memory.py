@@ -1,4 +1,4 @@
-"""loretta_ds.host_memory: freed large buffers leave the process (glibc), in a fresh interpreter each
+"""loretta_ds.host_memory: the heap's free pages leave the process (glibc), in a fresh interpreter
 (the allocator's state is per process)."""
 from __future__ import annotations
 
@@ -28,8 +28,6 @@ SCENARIO = textwrap.dedent("""
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) / 1024
 
-    if sys.argv[1] == "fixed":
-        assert host_memory.fix_mmap_threshold()
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
@@ -48,18 +46,15 @@ SCENARIO = textwrap.dedent("""
 """)
 
 
-def run(mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", SCENARIO, mode], cwd=ROOT, capture_output=True, text=True,
+def run() -> dict:
+    out = subprocess.run([sys.executable, "-c", SCENARIO], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, check=True)
     return json.loads(out.stdout)
 
 
-def test_fixed_threshold_returns_freed_buffers_and_trim_returns_the_heap():
-    dynamic = run("dynamic")
-    # Without the fix the 200 MiB freed stay resident (served from the heap, under a pinned top)...
-    assert dynamic["before"] - dynamic["after_free"] < 50, dynamic
+def test_trimming_returns_the_free_heap_the_allocator_kept():
+    kept = run()
+    # The 200 MiB freed stay resident (served from the heap, under a pinned top)...
+    assert kept["before"] - kept["after_free"] < 50, kept
     # ...until malloc_trim hands the free pages back.
-    assert dynamic["trimmed"] and dynamic["before"] - dynamic["after_trim"] > 150, dynamic
-    fixed = run("fixed")
-    # With the threshold fixed, each 4 MiB buffer was mapped on its own and unmapped on free.
-    assert fixed["before"] - fixed["after_free"] > 150, fixed
+    assert kept["trimmed"] and kept["before"] - kept["after_trim"] > 150, kept
