@@ -289,7 +289,8 @@ def plot(summary: dict, runs: list[dict], path: Path) -> None:
 
     tasks = list(summary)
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(5 * (len(tasks) + 1), 4))
-    colours = {"base": "#999999", "rep": "#1f77b4", "adp": "#2ca02c", "lora": "#d62728"}
+    colours = {"base": "#999999", "rep": "#1f77b4", "adp": "#2ca02c", "lora": "#d62728",
+               "rep-4bit": "#aec7e8", "adp-4bit": "#98df8a", "lora-4bit": "#ff9896"}  # lighter: the 4-bit base
     for ax, task in zip(axes, tasks):
         rows = summary[task]
         for x, (method, row) in enumerate(rows.items()):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import random
 import signal
@@ -43,6 +44,7 @@ from .distributed.param_report import describe_report, parameter_report
 from .distributed.stop import StopRequest
 from .data.batches import real_token_count
 from .file_io import write_json_atomically
+from .host_memory import release_free_heap
 from .quantization import base_record, release_checkpoint_mapping
 from .run.contents import StartState, check_output_path, claim, clear_previous_run, listing
 from .run_config import TrainConfig
@@ -262,6 +264,8 @@ class Trainer:
             # save_adapter records it: an export or a reload of the adapter rebuilds this base.
             model.loretta_base_quantization = base_record(model, plan.quantization)
             release_checkpoint_mapping(model)
+            gc.collect()
+            release_free_heap()  # the full-precision weights the quantizer read, freed one by one
         model, self.trainable_names = attach_adapter(model, plan.adapter)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,6 +1,6 @@
 """A 4-bit frozen base (--load_in_4bit): the byte counts, the memory plan, a real run of the built-in
 model that trains, checkpoints, resumes, exports and reloads in stock libraries (one process and
-two ranks under ZeRO-3), and the refusal without the optional extra."""
+two ranks under ZeRO-3 with offload), and the refusal without the optional extra."""
 import json
 import subprocess
 import sys
@@ -16,7 +16,7 @@ from loretta_ds.models import load_model_config, meta_model
 from loretta_ds.quantization import (EXTRA, QuantSpec, bytes_per_parameter, packed_numel, quantized_bytes,
                                      quantized_linear_names, state_bytes)
 
-from reliability_support import REPO, ZERO3, clean_env, deepspeed_command, flags, run_to_end, single_command
+from reliability_support import REPO, clean_env, deepspeed_command, flags, run_to_end, single_command
 
 bnb = pytest.importorskip("bitsandbytes")
 GIB = 2**30
@@ -176,13 +176,18 @@ def test_a_4bit_run_trains_resumes_bit_exactly_and_exports(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_two_ranks_train_a_4bit_base_under_zero3_and_export(tmp_path):
+def test_two_ranks_train_a_4bit_base_under_zero3_offload_and_export(tmp_path):
+    """The default layout (zero3_offload: parameters and optimizer offloaded to the host) on a 4-bit
+    base: the offloaded partitions are the packed codes' storage tensors, gathered back as they are
+    (the one-process ZeRO-3 run above covers ZeRO-3 without offload)."""
     from loretta_ds.export import export
 
     out = tmp_path / "run"
-    code, output = run_to_end(deepspeed_command(out, ds_config=ZERO3, max_steps=2, save_every=2,
+    code, output = run_to_end(deepspeed_command(out, max_steps=2, save_every=2,  # ds_config: zero3_offload
                                                 load_in_4bit="true", export="true"), tmp_path / "run.log", timeout=1200)
     assert code == 0, output[-3000:]
+    zero = json.loads((out / "run_config.json").read_text())["ds_config"]["zero_optimization"]
+    assert zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
     report = json.loads((out / "param_report.json").read_text())
     assert report["world_size"] == 2 and report["zero_stage"] == 3 and report["frozen_partitioned_tensors"] >= 14
     assert (out / "checkpoints" / "step-2").is_dir() and (out / "merged" / "model.safetensors").is_file()
