@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "loretta_ds"
 
 LAYERS = [
-    {"loretta_ds", "settings", "file_io", "lazy_names"},  # helpers every layer uses; the package root's constants
+    {"loretta_ds", "settings", "file_io", "lazy_names", "host_memory"},  # helpers every layer uses; the package root's constants
     {"run", "run.directory", "run.reporting", "run.failure"},  # the run directory's names and run_config.json;
     # --report_to; the failure that ends a run
     {"run.lock", "run.metrics"},  # one run per directory; what a run reports
