@@ -146,12 +146,21 @@ class Baton:
         self.cond = threading.Condition()
 
     def _order(self) -> list[str]:
-        order = self.methods if self.round % 2 == 0 else self.methods[::-1]
-        return [m for m in order if m not in self.done]
+        return self.methods if self.round % 2 == 0 else self.methods[::-1]
 
     def _current(self) -> str | None:
         order = self._order()
         return order[self.turn] if self.turn < len(order) else None
+
+    def _advance(self) -> None:
+        """Move the turn past finished methods, into the next round after the last one."""
+        while len(self.done) < len(self.methods):
+            while self.turn < len(self.methods) and self._order()[self.turn] in self.done:
+                self.turn += 1
+            if self.turn < len(self.methods):
+                return
+            print(f"round {self.round} done", flush=True)
+            self.round, self.turn = self.round + 1, 0
 
     def acquire(self, method: str) -> None:
         with self.cond:
@@ -160,18 +169,13 @@ class Baton:
     def release(self, method: str) -> None:
         with self.cond:
             self.turn += 1
-            if self.turn >= len(self._order()):
-                print(f"round {self.round} done", flush=True)
-                self.round, self.turn = self.round + 1, 0
+            self._advance()
             self.cond.notify_all()
 
     def finish(self, method: str) -> None:
         with self.cond:
-            if self._current() == method:  # it failed holding the turn: pass it on
-                self.turn += 1
-            self.done.add(method)
-            if self.turn >= len(self._order()):
-                self.round, self.turn = self.round + 1, 0
+            self.done.add(method)  # also passes the turn on if it failed holding it
+            self._advance()
             self.cond.notify_all()
 
 
