@@ -7,7 +7,8 @@
 #                                                  for the model, ~14 GB more for the merged export)
 #
 # Settings (environment): PRESET=llama2-7b, LAYERS= (all; 1-2 for a width-exact slice), VOCAB=32000,
-# MODEL=WORK_DIR/PRESET (reused if complete), PROCS=2, STEPS=2, SEQ_LEN=8, MASTER_PORT=29730,
+# MODEL=WORK_DIR/PRESET (reused if complete), PROCS=2, STEPS=2, SEQ_LEN=8, MASTER_PORT=29730, LIMIT_GIB=16
+# (every sampled command is killed when its processes' anonymous memory passes it),
 # STAGES="write floor estimate train resume export reload" (a subset runs only those stages).
 # A quick rehearsal of the whole pipeline: PRESET=llama2-13b LAYERS=1 VOCAB=1024 bash benchmarks/scale_7b.sh /tmp/s
 set -euo pipefail
@@ -26,12 +27,22 @@ STAGES=${STAGES:-write floor estimate train resume export reload}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 mkdir -p "$WORK"
 PY=${PYTHON:-python}
+LIMIT_GIB=${LIMIT_GIB:-16}
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 sampled() { local name=$1; shift; echo "+ $*" | tee -a "$WORK/commands.txt"
-  /usr/bin/time -f "$name: %e s wall" "$PY" -m benchmarks.rss_sampler --out "$WORK/$name.rss.json" -- "$@" 2>&1 \
+  /usr/bin/time -f "$name: %e s wall" "$PY" -m benchmarks.rss_sampler --limit_gib "$LIMIT_GIB" --out "$WORK/$name.rss.json" -- "$@" 2>&1 \
     | tee "$WORK/$name.log"; }
-train_args=(--model "$MODEL" --ds_config ds_configs/zero3_offload.json --bf16 --method rep --max_steps "$STEPS"
-            --save_every 1 --seq_len "$SEQ_LEN" --micro_batch_size 1 --grad_accum 1 --eval_every 0 --export false
+# zero3_offload with ZeRO-3's working set bounded: at its 1e9 live / reuse parameters each process would
+# keep about 2 GiB of 7B's weights gathered, which two processes on 24 GiB cannot spare.
+DS_CONFIG=$WORK/zero3_offload_bounded.json
+"$PY" - "$DS_CONFIG" <<'EOF'
+import json, sys
+config = json.load(open("ds_configs/zero3_offload.json"))
+config["zero_optimization"].update(stage3_max_live_parameters=2e8, stage3_max_reuse_distance=2e8)
+json.dump(config, open(sys.argv[1], "w"), indent=1)
+EOF
+train_args=(--model "$MODEL" --ds_config "$DS_CONFIG" --bf16 --method rep --max_steps "$STEPS"
+            --save_every 1 --seq_len "$SEQ_LEN" --micro_batch_size 1 --grad_accum 1 --eval_every 0 --eval_batches 1 --export false
             --seed 0)
 launcher() { if [ "$PROCS" -gt 1 ]; then echo deepspeed --num_gpus "$PROCS" --master_port "$MASTER_PORT";
              else echo "$PY"; fi; }
@@ -45,7 +56,7 @@ if stage floor; then
 fi
 if stage estimate; then
   "$PY" -m loretta_ds.cli estimate --model "$MODEL" --method rep --nodes 1 --gpus_per_node "$PROCS" \
-    --offload param+optimizer --bf16 --seq_len "$SEQ_LEN" --micro_batch_size 1 | tee "$WORK/estimate.txt"
+    --ds_config "$DS_CONFIG" --bf16 --seq_len "$SEQ_LEN" --micro_batch_size 1 | tee "$WORK/estimate.txt"
 fi
 if stage train; then
   rm -rf "$WORK/run"

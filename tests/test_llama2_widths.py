@@ -28,9 +28,12 @@ WIDTHS = {"llama2-13b": dict(hidden=5120, layers=40), "llama2-70b": dict(hidden=
 # A large learning rate so that one step moves the bf16 model visibly (the update must survive the
 # bf16 rounding of the merged weights for the merged-vs-base comparison to mean something).
 LR = "5e-2"
-# Float32 logits of bf16 weights: the merged export rounds W + dW to bf16 once, base + adapter keeps dW
-# beside W. Measured on the prompt of stock_reload.py: see the test below.
-TOLERANCE = 2e-2
+# Float32 logits of bf16 weights: the merged export rounds W + dW to bf16 once (as any bf16 merged
+# checkpoint does), base + adapter keeps dW beside W. Measured on stock_reload.py's prompt: merged vs
+# base + adapter 1.07e-2 (13B width) and 1.58e-2 (70B width) in max |logit difference|, while the adapter
+# moved the logits by 0.53 and 0.91 from the base: 2.0% and 1.7% of the adapter's change. A merge that
+# dropped, doubled or mis-scaled the update would differ by the order of that change itself.
+ROUNDING_SHARE = 0.05
 
 
 @pytest.fixture(scope="module", params=list(WIDTHS))
@@ -44,7 +47,7 @@ def trained(request, tmp_path_factory) -> tuple[str, Path, Path]:
     command = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), TRAIN, "--ds_config", ZERO3,
                "--model", str(model), "--method", "rep", "--bf16", "--max_steps", "1", "--lr", LR,
                "--warmup_steps", "0", "--micro_batch_size", "1", "--grad_accum", "1", "--seq_len", "4",
-               "--eval_every", "0", "--save_every", "1", "--output_dir", str(out), "--seed", "0"]
+               "--eval_every", "0", "--eval_batches", "1", "--save_every", "1", "--output_dir", str(out), "--seed", "0"]
     check(run(command, threads=1, timeout=900))
     check(run([sys.executable, "-m", "loretta_ds.cli", "export", str(out), str(out / "peft"),
                "--format", "peft-lora"], threads=2))
@@ -59,8 +62,11 @@ def test_slice_is_laid_out_as_the_hub_checkpoint(trained):
     index = json.loads((model / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert shards == [p.name for p in sorted(model.glob("model-*-of-*.safetensors"))]
-    assert index["metadata"]["total_size"] == sum(p.stat().st_size for p in model.glob("model-*")) \
-        - sum(8 + int.from_bytes(p.read_bytes()[:8], "little") for p in model.glob("model-*"))
+    shard_data = 0
+    for shard in model.glob("model-*-of-*.safetensors"):
+        with open(shard, "rb") as handle:
+            shard_data += shard.stat().st_size - 8 - int.from_bytes(handle.read(8), "little")
+    assert index["metadata"]["total_size"] == shard_data
     assert (model / "tokenizer.model").is_file()
 
 
@@ -91,5 +97,5 @@ def test_slice_merged_export_reloads_in_stock_transformers_as_base_plus_adapter(
     merged_vs_adapter = (stock["merged"] - stock["peft"]).abs().max().item()
     trained_change = (stock["peft"] - stock["base"]).abs().max().item()
     print(f"{preset}: merged vs base + adapter {merged_vs_adapter:.2e}, base + adapter vs base {trained_change:.2e}")
-    assert merged_vs_adapter < TOLERANCE
-    assert trained_change > 10 * TOLERANCE
+    assert merged_vs_adapter < ROUNDING_SHARE * trained_change
+    assert trained_change > 0.1  # the step moved the model: the comparison above is not between equals
