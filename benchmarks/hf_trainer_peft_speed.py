@@ -6,6 +6,11 @@ order per repeat) in one process, so a machine shared with other work slows both
 repeat builds a fresh model and Trainer and times --steps optimizer steps; the first
 --warmup of each are dropped. Prints one JSON object: per-method median step time and the ratio.
 
+On a machine shared with other work, wall time per step moves with the load (it moved 8x within
+one repeat here). `--clock cpu --threads 1` times each step by the process's own CPU time instead:
+one thread does the whole step, so the CPU seconds it spends are the step's work, whatever else runs
+(other programs slow it only through shared caches and memory bandwidth).
+
     python benchmarks/hf_trainer_peft_speed.py --model DIR --repeats 3 --steps 8 --out result.json
 """
 from __future__ import annotations
@@ -39,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--target_modules", default="q_proj,v_proj")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time per step; cpu: the process's CPU time per step (use with "
+                             "--threads 1 on a shared machine)")
     parser.add_argument("--out", default=None, help="also write the result JSON here")
     return parser.parse_args(argv)
 
@@ -65,13 +73,14 @@ def time_one(method: str, args, train, pad_id: int, workdir: str) -> list[float]
     model.config.use_cache = False
     model = get_peft_model(model, peft_config(method, args))
     times: list[float] = []
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *_, **__):
-            self.started = time.perf_counter()
+            self.started = clock()
 
         def on_step_end(self, *_, **__):
-            times.append(time.perf_counter() - self.started)
+            times.append(clock() - self.started)
 
     training_args = TrainingArguments(
         output_dir=workdir, max_steps=args.steps, per_device_train_batch_size=args.batch, learning_rate=1e-3,
@@ -103,11 +112,12 @@ def main(argv=None) -> int:
             for method in (methods if repeat % 2 == 0 else methods[::-1]):  # ABBA: neither always goes first
                 order.append(method)
                 steps[method] += time_one(method, args, train, pad_id_of(tokenizer), workdir)
-                print(f"repeat {repeat} {method}: median {statistics.median(steps[method]):.4f} s/step so far",
+                print(f"repeat {repeat} {method}: median {statistics.median(steps[method]):.4f} s/step ({args.clock}) so far",
                       flush=True)
     medians = {m: statistics.median(t) for m, t in steps.items()}
     result = {"model": args.model, "seq_len": args.seq_len, "batch": args.batch, "steps_per_repeat": args.steps,
               "warmup_dropped": args.warmup, "repeats": args.repeats, "order": order, "threads": torch.get_num_threads(),
+              "clock": args.clock,
               "median_step_s": medians, "step_s": steps,
               "ratio": {m: medians[m] / medians[methods[0]] for m in methods}}
     print(json.dumps({k: result[k] for k in ("median_step_s", "ratio", "order")}))

@@ -41,6 +41,13 @@ def check_model_type(config: PretrainedConfig) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"model type {model_type!r} is not supported; supported model types: "
                          f"{', '.join(SUPPORTED_MODEL_TYPES)} ({FAMILY_NAMES})")
+    quantized = getattr(config, "quantization_config", None)
+    if quantized:
+        method = quantized.get("quant_method") if isinstance(quantized, dict) else getattr(quantized, "quant_method", None)
+        raise ValueError(f"the model's config.json has a quantization_config (quant_method {str(method)!r}): "
+                         "pre-quantized checkpoints are not supported (the adapter is trained on, merged into and "
+                         "exported with the original weights); train on the original, unquantized checkpoint, "
+                         "with --load_in_4bit to hold its frozen weights in 4 bits (NF4)")
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)

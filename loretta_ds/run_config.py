@@ -19,6 +19,7 @@ from pathlib import Path
 from .adapters.config import METHODS as LORETTA_METHODS
 from .adapters.config import AdapterSettings
 from .data.formats import FORMATS
+from .data.spec_text import absolute_spec
 from .quantization import COMPUTE_DTYPES, EXTRA as QUANT_EXTRA, QUANT_TYPES
 from .settings import add_flags, coerce, parse_bool, setting
 from .tiny_llama import TINY_LLAMA_NAME as BUILTIN_MODEL
@@ -33,14 +34,41 @@ DEFAULT_LR = 1e-2
 DEFAULT_GRAD_CLIP = 1.0
 DEFAULT_EPOCHS = 4
 DEFAULT_GLOBAL_BATCH = 16
+DEFAULT_EVAL_SPLIT = 0.05
+# What happens to an example whose prompt leaves no answer token within --seq_len.
+TOO_LONG = ("drop", "refuse")
+# Where the metrics go besides metrics.jsonl (and TensorBoard when installed): loretta_ds.run.reporting.
+REPORT_TO = ("none", "wandb", "mlflow")
 
 
-def parse_datasets(value) -> tuple[str, ...]:
-    """One or more dataset specs (a YAML list or one text)."""
+def parse_datasets(value, name: str = "dataset") -> tuple[str, ...]:
+    """One or more dataset specs (a YAML list or one text); a spec naming an existing file or
+    directory is recorded by its absolute path (a run continued from another directory names the
+    same data)."""
     items = value if isinstance(value, (list, tuple)) else [value]
+    if not items:  # `dataset: []` in YAML: never the silent fallback to the bundled task
+        raise ValueError(f"{name} is an empty list: it names no data; list one or more files or dataset names "
+                         f"({name}: [train.jsonl]), or leave the key out"
+                         + (" for the bundled classification task" if name == "dataset" else ""))
     if not all(isinstance(v, str) and v.strip() for v in items):
-        raise ValueError(f"dataset must be file names or dataset names (text), got {value!r}")
-    return tuple(items)
+        raise ValueError(f"{name} must be file names or dataset names (text), got {value!r}")
+    return tuple(absolute_spec(v) for v in items)
+
+
+def parse_eval_datasets(value) -> tuple[str, ...]:
+    return parse_datasets(value, "eval_dataset")
+
+
+def parse_eval_split(value) -> float:
+    """--eval_split: a fraction in (0, 1) of each data file's records, or a count (an integer >= 1)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0 or (number >= 1 and number != int(number)):
+        raise ValueError(f"eval_split must be a fraction in (0, 1) (e.g. 0.1) or a count of records (e.g. 200), "
+                         f"got {value!r}")
+    return int(number) if number >= 1 else number
 
 
 def parse_chat_template(value) -> str:
@@ -63,6 +91,18 @@ class TrainConfig:
         default_factory=tuple, parse=parse_datasets, nargs="+",
         help="one or more json/jsonl/csv/parquet files or dataset names, each optionally with a mixing "
              "weight as NAME:WEIGHT (default: the bundled classification task)")
+    eval_dataset: tuple[str, ...] = setting(
+        default_factory=tuple, parse=parse_eval_datasets, nargs="+",
+        help="held-out evaluation data: one or more files or dataset names in --dataset's formats (default: "
+             "each --dataset's own validation split, else --eval_split of its records held out)")
+    eval_split: float = setting(DEFAULT_EVAL_SPLIT, parse=parse_eval_split,
+                                help="without --eval_dataset, how much of each data file without a validation "
+                                     "split is held out for evaluation: a fraction in (0, 1) or a count of "
+                                     f"records (default {DEFAULT_EVAL_SPLIT})")
+    too_long: str = setting("drop", choices=TOO_LONG,
+                            help="an example whose prompt leaves no answer token within --seq_len: drop (removed "
+                                 "and counted in the log; default) | refuse (the run stops, naming the first one); "
+                                 "the same with and without --packing")
     format: str = setting("auto", choices=FORMATS,
                           help="how records become examples: " + " | ".join(FORMATS)
                                + " (default auto: detected from the fields)")
@@ -120,6 +160,9 @@ class TrainConfig:
                                                  help="dtype the 4-bit weights are dequantized to for each matmul "
                                                       "(default: the run's, bfloat16 with --bf16, else float32)")
     # evaluation, checkpoints, output
+    report_to: str = setting("none", choices=REPORT_TO,
+                             help="also log the metrics to: none | wandb | mlflow (offline: a local directory in "
+                                  "OUTPUT_DIR; needs that package installed; default none)")
     eval_every: int = setting(50, help="evaluate every N steps (0: only at the end; default 50)")
     eval_batches: int | None = setting(None, help="evaluate on at most N micro batches per process, and as many "
                                                   "classification records (default: all)")
@@ -155,6 +198,7 @@ class TrainConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "adapter"}
         values.update(self.adapter.to_dict())
         values["dataset"] = list(self.dataset)
+        values["eval_dataset"] = list(self.eval_dataset)
         if isinstance(values["target_modules"], list):
             values["target_modules"] = ",".join(values["target_modules"])
         return values
@@ -171,19 +215,26 @@ IDENTITY_KEYS = ("model", "dataset", "format", "method", "r", "tensor_rank", "al
                  "bottleneck", "activation", "adapter_scaling", "target_modules", "init", "train_norms",
                  "tt_shapes", "lr", "warmup_steps", "grad_clip", "max_steps", "epochs", "global_batch", "seq_len",
                  "bf16", "seed", "packing", "chat_template", "load_in_4bit", "bnb_4bit_quant_type",
-                 "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+                 "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "eval_dataset", "eval_split")
 # The identity keys of the run's length: a run continued under other values is extended (or
 # shortened), its lr schedule recomputed for the new length (warmup's default is 5% of it).
 LENGTH_KEYS = ("max_steps", "epochs", "warmup_steps")
 # Identity keys added later: a run_config.json written before them had these values.
 _IDENTITY_DEFAULTS = {"packing": False, "chat_template": None, "activation": "relu", "adapter_scaling": 1.0,
                       "tt_shapes": {}, "load_in_4bit": False, "bnb_4bit_quant_type": "nf4",
-                      "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": None}
+                      "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": None, "eval_dataset": [],
+                      "eval_split": DEFAULT_EVAL_SPLIT}
 
 
 def identity(train: dict) -> dict:
-    """The settings that define what a run trains (see IDENTITY_KEYS)."""
-    return {key: train.get(key, _IDENTITY_DEFAULTS.get(key)) for key in IDENTITY_KEYS}
+    """The settings that define what a run trains (see IDENTITY_KEYS). Dataset paths compare as
+    absolute paths: a record written before they were recorded so holds them as typed, which
+    still names the same data from the directory that run started in."""
+    found = {key: train.get(key, _IDENTITY_DEFAULTS.get(key)) for key in IDENTITY_KEYS}
+    for key in ("dataset", "eval_dataset"):
+        if isinstance(found[key], (list, tuple)):
+            found[key] = [absolute_spec(spec) if isinstance(spec, str) else spec for spec in found[key]]
+    return found
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -351,7 +402,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     dataset = (cfg.dataset,) if isinstance(cfg.dataset, str) else tuple(str(d) for d in (cfg.dataset or ()))
     if dataset != cfg.dataset:
         changes["dataset"] = dataset
-    for name, allowed in (("format", FORMATS), ("method", TRAIN_METHODS), ("attn", ATTENTION)):
+    eval_dataset = tuple(str(d) for d in (cfg.eval_dataset or ()))
+    if eval_dataset != cfg.eval_dataset:
+        changes["eval_dataset"] = eval_dataset
+    for name, allowed in (("format", FORMATS), ("method", TRAIN_METHODS), ("attn", ATTENTION),
+                          ("too_long", TOO_LONG), ("report_to", REPORT_TO)):
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"unknown {name} {getattr(cfg, name)!r}: use one of {', '.join(allowed)}")
     for name in ("bf16", "gradient_checkpointing", "export", "verify_frozen", "overwrite_output_dir",
@@ -375,6 +430,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a number of GiB > 0, e.g. 80, got {value!r}")
+    parse_eval_split(cfg.eval_split)
     if cfg.dist_timeout > DIST_TIMEOUT_LIMIT_S:  # the process group's timedelta (and gloo's) overflow beyond
         raise ValueError(f"dist_timeout must be at most {DIST_TIMEOUT_LIMIT_S} seconds (a year), got {cfg.dist_timeout}")
     if cfg.seed >= SEED_LIMIT:  # numpy's generator takes 32-bit seeds; a resume adds 1000 x step + rank

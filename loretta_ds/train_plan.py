@@ -227,6 +227,20 @@ def schedule_warnings(cfg: TrainConfig, warmup_steps: int, total_steps: int) -> 
     return found
 
 
+def epoch_span_warnings(cfg: TrainConfig, data, micro: int, accum: int, world_size: int) -> list[str]:
+    """A global batch larger than the training set: every step spans more than one epoch, so an
+    example is seen twice within one step and --epochs no longer counts passes."""
+    global_batch = micro * accum * world_size
+    units = packed_row_count(data, micro, world_size, cfg.seed) if cfg.packing else len(data.train)
+    if global_batch <= units:
+        return []
+    what = "packed rows" if cfg.packing else "examples"
+    return [f"the global batch ({global_batch} = micro batch {micro} x grad accum {accum} x {world_size} "
+            f"process(es)) is larger than the training set ({units} {what}): every step spans more than one "
+            f"epoch and repeats examples within the step; lower --micro_batch_size / --grad_accum (or the "
+            f"ds_config's train_batch_size) to a global batch of at most {units}, or add data"]
+
+
 def load_tokenizer(model_path: str):
     from transformers import AutoTokenizer
 
@@ -317,7 +331,11 @@ def build_plan(cfg: TrainConfig, world_size: int, per_node: int | None = None) -
     from .data.files import parse_dataset_specs
 
     specs = parse_dataset_specs(list(cfg.dataset) or None)
+    eval_specs = parse_dataset_specs(list(cfg.eval_dataset)) if cfg.eval_dataset else None
     attn = resolve_attention(cfg.attn)
+    from .run.reporting import check_reporter
+
+    check_reporter(cfg.report_to)
     from .models import check_model_type, resolve_model
 
     model_path, model_config = resolve_model(cfg.model, weights=True)
@@ -334,8 +352,8 @@ def build_plan(cfg: TrainConfig, world_size: int, per_node: int | None = None) -
     from .data.prepare import prepare_data
 
     tokenizer = load_tokenizer(model_path)
-    data = prepare_data(tokenizer, specs, cfg.format, cfg.seq_len, cfg.seed,
-                        chat_template=cfg.chat_template, packing=cfg.packing)
+    data = prepare_data(tokenizer, specs, cfg.format, cfg.seq_len, cfg.seed, eval_specs=eval_specs,
+                        eval_fraction=cfg.eval_split, chat_template=cfg.chat_template, too_long=cfg.too_long)
 
     # The ds_config's "auto" values come from the flags, the model and the data. The number of
     # steps of --epochs depends on the batch split, which the config resolves first.
@@ -366,6 +384,7 @@ def build_plan(cfg: TrainConfig, world_size: int, per_node: int | None = None) -
     total_steps, warmup_steps = steps_for_batch(micro, accum), scheduled_warmup(ds_config)
     warnings = adapter_size_warnings(cfg, model_config.hidden_size, sum(numels), sum(frozen_numels))
     warnings += schedule_warnings(cfg, warmup_steps, total_steps)
+    warnings += epoch_span_warnings(cfg, data, micro, accum, world_size)
     return Plan(cfg=cfg, model_path=model_path, model_config=model_config, tokenizer=tokenizer, data=data,
                 adapter=adapter, ds_config=ds_config, zero_stage=stage, micro_batch_size=micro, grad_accum=accum,
                 global_batch=ds_config["train_batch_size"], total_steps=total_steps,

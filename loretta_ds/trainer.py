@@ -331,7 +331,8 @@ class Trainer:
 
     def train(self) -> int:
         plan, cfg, engine = self.plan, self.cfg, self.engine
-        metrics = MetricsLog(self.run_dir, self.rank == 0, resume_step=self.step)
+        metrics = MetricsLog(self.run_dir, self.rank == 0, resume_step=self.step, report_to=self.cfg.report_to,
+                             settings=self.plan.settings)
         if metrics.tensorboard:
             self.log(f"TensorBoard logs in {self.run_dir.tensorboard}")
         if self.step == 0 and plan.data.eval is not None:

@@ -10,14 +10,16 @@
 # Inputs (environment; the sbatch scripts set defaults):
 #   MODEL          HF model directory (or name); a value that looks like a path must exist
 #   DATA           dataset name or path, or several weighted ones (a.jsonl:0.7,b.jsonl:0.3 or
-#                  space-separated); a value that looks like a path must exist
+#                  space-separated; quote a path with spaces or commas: DATA='"/data/my set.jsonl":0.7');
+#                  a value that looks like a path must exist
 #   METHOD         LoRETTA method (rep | adp)
 #   OUTPUT_DIR     run directory: checkpoints, adapter/, merged/
 #   DS_CONFIG      auto (the trainer picks the fastest DeepSpeed layout that fits, from the model,
 #                  the GPUs' memory and the processes per node: docs/layouts.md), or a DeepSpeed
 #                  JSON (absolute, relative to the current directory, or to the checkout)
 #   GPUS_PER_NODE  processes per node (one per GPU; on CPU, one per process wanted)
-#   EXTRA_ARGS     more trainer arguments, split on whitespace
+#   EXTRA_ARGS     more trainer arguments, split into words as a shell splits them (quote a value
+#                  with spaces: EXTRA_ARGS='--chat_template "/data/my templates/t.jinja"')
 #   MASTER_PORT    rendezvous port (default: derived from the job id)
 #   PYTHON         interpreter for the trainer (default: python3)
 #   MAX_REQUEUES   give up after this many restarts of the same job (default 50)
@@ -38,6 +40,9 @@ set -euo pipefail
 
 readonly EXIT_PREEMPTED=75
 readonly EXIT_BAD_INPUT=2
+# `loretta-ds plan --check batch`'s exit status when the batch does not divide over the processes
+# (the nodes or the batch are the cause; any other problem exits EXIT_BAD_INPUT).
+readonly EXIT_BATCH_SPLIT=3
 # The DS_CONFIG value that lets the trainer choose the layout (the trainer's --ds_config auto).
 readonly AUTO_LAYOUT=auto
 
@@ -184,8 +189,12 @@ abspath() {  # abspath PATH: absolute, normalised form (the file may not exist)
 # --dataset (the trainer's list); a SOURCE that looks like a path is made absolute and must exist.
 # Sets DATA_SPECS; problems go to `errors` (run_main's).
 split_data_specs() {
-    local words=() word source weight
-    IFS=$', \t\n' read -r -a words <<<"$1"
+    local words=() word source weight reason
+    if ! reason="$(split_words "$1" , 2>&1 >/dev/null)"; then
+        errors+=("DATA='$1' cannot be split into dataset specs ($reason). Close the quote; quote a path with spaces or commas: DATA='\"/data/my set.jsonl\":0.7,b.jsonl:0.3'.")
+        return 0
+    fi
+    mapfile -d '' -t words < <(split_words "$1" ,)
     for word in "${words[@]}"; do
         [[ -n $word ]] || continue
         source=$word weight=""
@@ -199,6 +208,23 @@ split_data_specs() {
         DATA_SPECS+=("$source$weight")
     done
     ((${#DATA_SPECS[@]} > 0)) || errors+=("DATA='$1' holds no dataset spec. Set DATA to a dataset name or file (several: a.jsonl:0.7,b.jsonl:0.3).")
+}
+
+# Python's shlex splits as a shell does (quotes and backslashes group), without running anything.
+readonly WORD_SPLITTER='import shlex, sys
+lexer = shlex.shlex(sys.argv[1], posix=True)
+lexer.whitespace_split, lexer.commenters = True, ""
+lexer.whitespace += sys.argv[2]
+try:
+    words = list(lexer)
+except ValueError as err:
+    sys.exit(str(err))
+sys.stdout.write("".join(word + "\0" for word in words))'
+
+# split_words TEXT [MORE_SEPARATORS]: TEXT's words, each ended by a NUL (read them with mapfile -d '');
+# fails with the reason on stderr (an unclosed quote).
+split_words() {
+    "$PYTHON" -c "$WORD_SPLITTER" "$1" "${2:-}"
 }
 
 quote_cmd() {  # quote_cmd WORD...: one line that a shell reads back as the same words
@@ -327,15 +353,26 @@ run_main() {
         errors+=("GPUS_PER_NODE=$GPUS_PER_NODE but the job has only --ntasks-per-node=$SLURM_NTASKS_PER_NODE. Submit with --ntasks-per-node=$GPUS_PER_NODE (and --gpus-per-node) or lower GPUS_PER_NODE.")
     fi
 
-    local world=0 batch_msg="" extra=()
-    read -r -a extra <<<"$EXTRA_ARGS"
-    if ((nodes > 0)) && [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]]; then
+    local world=0 batch_msg="" extra=() reason extra_ok=1
+    if reason="$(split_words "$EXTRA_ARGS" 2>&1 >/dev/null)"; then
+        mapfile -d '' -t extra < <(split_words "$EXTRA_ARGS")
+    else
+        extra_ok=0
+        errors+=("EXTRA_ARGS cannot be split into arguments ($reason). Close the quote; quote a value with spaces: EXTRA_ARGS='--chat_template \"/data/my templates/t.jinja\"'.")
+    fi
+    if ((nodes > 0 && extra_ok)) && [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]]; then
         world=$((nodes * GPUS_PER_NODE))
         if [[ -n ${DS_CONFIG:-} ]]; then
-            if ! batch_msg="$(batch_check "$world" "${extra[@]}")"; then
+            local status=0
+            batch_msg="$(batch_check "$world" "${extra[@]}")" || status=$?
+            if ((status == EXIT_BATCH_SPLIT)); then
+                # Only here are the nodes (or the batch) the cause: say both ways out.
                 local fix="change the batch in $DS_CONFIG"
                 [[ $DS_CONFIG == "$AUTO_LAYOUT" ]] && fix="pass other batch flags in EXTRA_ARGS"
                 errors+=("$batch_msg. This job starts $world processes ($nodes nodes x GPUS_PER_NODE=$GPUS_PER_NODE): submit with another --nodes or GPUS_PER_NODE, or $fix.")
+                batch_msg=""
+            elif ((status != 0)); then
+                errors+=("$batch_msg (the batch check of DS_CONFIG=$DS_CONFIG with the flags in EXTRA_ARGS).")
                 batch_msg=""
             fi
         fi

@@ -1,6 +1,7 @@
 """Shared fixtures."""
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,3 +33,22 @@ def small_disk(tmp_path):
         yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def builtin_model() -> Path:
+    """The built-in tiny model (built once per machine, cached)."""
+    from loretta_ds.tiny_llama import ensure_tiny_llama
+
+    return ensure_tiny_llama()
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Any attempt to load weights fails the test: every user error must be reported before that."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the user error was reported")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)

@@ -182,15 +182,16 @@ def test_template_that_does_not_render_names_the_file(tokenizer, tmp_path):
         prepare_data(tokenizer, [str(data)], seq_len=64, chat_template=str(tmp_path / "missing.jinja"))
 
 
-def test_packing_with_a_prompt_longer_than_seq_len_names_the_record(tokenizer, tmp_path):
+def test_a_prompt_longer_than_seq_len_is_dropped_or_refused_on_request_naming_the_record(tokenizer, tmp_path):
     long_prompt = [{"role": "user", "content": "please " * 60}, {"role": "assistant", "content": "ok"}]
     path = write_jsonl(tmp_path / "c.jsonl", [{"messages": CONVERSATION}] * 20 + [{"messages": long_prompt}])
     evaluation = [str(write_jsonl(tmp_path / "eval.jsonl", [{"messages": CONVERSATION}] * 2))]
-    unpacked = prepare_data(tokenizer, [str(path)], seq_len=40, eval_specs=evaluation)
-    assert unpacked.train_stats.dropped == 1 and len(unpacked.train) == 20  # dropped and counted, as before
-    with pytest.raises(ValueError, match=r"--packing: .*c.jsonl: record 21 has \d+ prompt tokens, which leave "
-                                         r"no answer token within --seq_len 40"):
-        prepare_data(tokenizer, [str(path)], seq_len=40, eval_specs=evaluation, packing=True)
+    dropped = prepare_data(tokenizer, [str(path)], seq_len=40, eval_specs=evaluation)
+    assert dropped.train_stats.dropped == 1 and len(dropped.train) == 20  # dropped and counted (the default)
+    assert "dropped and counted (--too_long drop" in dropped.summary()
+    with pytest.raises(ValueError, match=r"--too_long refuse: .*c.jsonl: record 21 has \d+ prompt tokens, which "
+                                         r"leave no answer token within --seq_len 40"):
+        prepare_data(tokenizer, [str(path)], seq_len=40, eval_specs=evaluation, too_long="refuse")
 
 
 # --- through the CLI: exit 2, one line, before any model loads, nothing written -----------------------
@@ -218,7 +219,8 @@ def test_cli_reports_chat_errors_before_loading_the_model(tmp_path, capsys, monk
     else:
         records = records + [{"messages": [{"role": "user", "content": "please " * 60},
                                            {"role": "assistant", "content": "ok"}]}] * 3
-        args, expected = ["--packing", "--seq_len", "48"], "prompt tokens, which leave no answer token within --seq_len 48"
+        args = ["--packing", "--seq_len", "48", "--too_long", "refuse"]
+        expected = "prompt tokens, which leave no answer token within --seq_len 48"
     data = write_jsonl(tmp_path / "chat.jsonl", records)
     out = tmp_path / "run"
     status = main(["train", "--dataset", str(data), "--output_dir", str(out), *args])

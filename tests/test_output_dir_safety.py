@@ -21,23 +21,6 @@ from test_export import make_base, make_run
 from test_trainer_checkpoint import make_checkpoint
 
 
-@pytest.fixture(scope="module")
-def builtin_model() -> Path:
-    from loretta_ds.tiny_llama import ensure_tiny_llama
-
-    return ensure_tiny_llama()
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    import transformers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the user error was reported")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 def digests(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(directory.rglob("*")) if p.is_file()}

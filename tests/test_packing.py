@@ -188,7 +188,7 @@ def test_bundled_chat_packs_at_least_95_percent_full():
     from loretta_ds.tiny_llama import ensure_tiny_llama
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_llama())
-    data = prepare_data(tokenizer, ["bundled:chat"], seq_len=256, packing=True)
+    data = prepare_data(tokenizer, ["bundled:chat"], seq_len=256)
     batches = PackedBatches(data.train, 4, 0, 2, seed=0, pad_id=data.pad_id, seq_len=256)
     assert batches.efficiency(0) >= 0.95
     padded = ShardedBatches(data.train, 8, 0, 1, seed=0, pad_id=data.pad_id)

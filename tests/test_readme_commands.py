@@ -50,7 +50,9 @@ EXPORTS = ["loretta-ds export runs/7b runs/7b-merged",
            "loretta-ds export runs/7b runs/7b-adapter --format adapter"]
 GENERATES = ['loretta-ds generate runs/7b --prompt "Summarize: ..."',
              'loretta-ds generate runs/7b-merged --prompt "..." --sample --seed 1']
-PLAN = "loretta-ds plan --world_size 16 --config run.yaml"
+# HF_HUB_OFFLINE=1: the model's config comes from the local cache at once; without it, a machine that
+# cannot reach the hub retries for about 30 s before reading that cache.
+PLAN = "HF_HUB_OFFLINE=1 loretta-ds plan --world_size 16 --config run.yaml"
 
 # Commands a test below runs as written: command -> the test that runs it.
 RUNS_HERE = {

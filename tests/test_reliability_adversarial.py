@@ -19,23 +19,6 @@ from loretta_ds.run import contents
 from test_export import make_base, make_run
 
 
-@pytest.fixture(scope="module")
-def builtin_model() -> Path:
-    from loretta_ds.tiny_llama import ensure_tiny_llama
-
-    return ensure_tiny_llama()
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    import transformers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the user error was reported")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 @pytest.fixture
 def finished_run(tmp_path):
     """A run directory as training leaves it (run_config.json + adapter/) on a tiny base."""
@@ -689,3 +672,358 @@ def test_a_yaml_key_given_twice_is_refused(tmp_path, capsys):
     config.write_text("lr: 0.01\nmax_steps: 4\nlr: 0.5\n")
     err = refused(capsys, "plan", "--config", config)
     assert "the key 'lr' is given twice (line 3)" in err, err
+
+
+def reviews(path: Path, count: int) -> Path:
+    """A classification file of ``count`` records."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": f"review number {i}", "label": ["good", "bad"][i % 2]}) + "\n"
+                            for i in range(count)))
+    return path
+
+
+def test_a_global_batch_larger_than_the_data_is_said_with_the_fix(builtin_model, tmp_path, capsys):
+    data = reviews(tmp_path / "data.jsonl", 20)  # 19 train examples once one is held out
+    argv = ["plan", "--output_dir", tmp_path / "run", "--dataset", data, "--max_steps", 2, "--seq_len", 32]
+    assert main([*map(str, argv), "--micro_batch_size", "8", "--grad_accum", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert ("warning: the global batch (32 = micro batch 8 x grad accum 4 x 1 process(es)) is larger than the "
+            "training set (19 examples): every step spans more than one epoch") in printed, printed
+    assert "to a global batch of at most 19" in printed
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["NAN", -0.5, 2])
+def test_a_scheduler_ratio_outside_zero_one_is_refused_naming_the_key(value, tmp_path, capsys):
+    from loretta_ds.distributed.ds_config import load_ds_config
+
+    scheduler = load_ds_config("zero3")["scheduler"]
+    scheduler["params"]["cos_min_ratio"] = value
+    ds = ds_config_with(tmp_path, "ds.json", {"scheduler": scheduler})
+    before = digests(tmp_path)
+    err = refused(capsys, "plan", "--output_dir", tmp_path / "run", "--ds_config", ds, "--max_steps", 2)
+    assert "scheduler.params.cos_min_ratio in the DeepSpeed config must be a number in [0, 1]" in err, err
+    assert digests(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_an_empty_dataset_list_in_yaml_is_refused_not_the_bundled_task(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset: []\nmax_steps: 2\n")
+    for command in ("plan", "train"):
+        err = refused(capsys, command, "--config", config, "--output_dir", tmp_path / "run")
+        assert "dataset is an empty list: it names no data" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_continued_from_another_directory_names_the_same_data(builtin_model, no_model_loading, tmp_path,
+                                                                      monkeypatch, capsys):
+    from loretta_ds.distributed.checkpoint import write_marker
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    data = reviews(work / "data.jsonl", 40)
+    elsewhere.mkdir()
+    out = tmp_path / "run"
+    monkeypatch.chdir(work)
+    write_run_with_checkpoint(out, [*RUN, "--dataset", "data.jsonl"])
+    assert json.loads((out / "run_config.json").read_text())["train"]["dataset"] == [str(data)]
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(AssertionError, match="a model was loaded"):  # continued: up to loading the model
+        main(["train", "--output_dir", str(out), *map(str, RUN), "--dataset", "../work/data.jsonl"])
+    # A record of an earlier version holds the path as typed: from its own directory it is the same
+    # data; from another, where that name is another file (or none), it is refused as another run.
+    for record in (out / "run_config.json", out / "checkpoints" / "step-2" / "trainer_state.json"):
+        state = json.loads(record.read_text())
+        (state["train"] if "train" in state else state["settings"])["dataset"] = ["data.jsonl"]
+        record.write_text(json.dumps(state))
+    write_marker(out / "checkpoints" / "step-2", 2)  # the checkpoint's own record of its files' sizes
+    before = digests(out)
+    err = refused(capsys, "train", "--output_dir", out, *RUN, "--dataset", "../work/data.jsonl")
+    assert "dataset: ['data.jsonl'] there" in err, err
+    assert digests(out) == before
+    monkeypatch.chdir(work)
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["train", "--output_dir", str(out), *map(str, RUN), "--dataset", "data.jsonl"])
+
+
+def test_instruction_data_on_a_tokenizer_without_eos_is_refused(builtin_model, no_model_loading, tmp_path, capsys):
+    model = tmp_path / "no-eos"
+    shutil.copytree(builtin_model, model)
+    tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
+    tokenizer_config["eos_token"] = None
+    (model / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    before = digests(tmp_path)
+    err = refused(capsys, "train", "--model", model, "--dataset", "bundled:instruct", "--output_dir",
+                  tmp_path / "run", "--max_steps", 2)
+    assert "the tokenizer has no end-of-sequence token (eos_token), so the instruction examples" in err, err
+    assert "tokenizer_config.json" in err
+    assert digests(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_generate_refuses_a_prompt_past_the_models_positions(builtin_model, tmp_path, capsys):
+    long_prompt = " ".join(["word"] * 600)  # the built-in model has 512 positions
+    err = refused(capsys, "generate", builtin_model, "--prompt", long_prompt, "--max_new_tokens", 4)
+    assert "runs past the model's 512 positions (max_position_embeddings): shorten the prompt" in err, err
+    err = refused(capsys, "generate", builtin_model, "--prompt", "hello", "--max_new_tokens", 600)
+    assert "with --max_new_tokens 600 that runs past the model's 512 positions" in err
+    assert "lower --max_new_tokens to" in err, err
+
+
+# --- 6. a rank or a record that would blow up is refused before anything is built ----------------------
+
+
+@pytest.mark.parametrize("command", ["plan", "estimate", "count"])
+def test_a_tensor_rank_beyond_the_layers_is_refused_before_any_core_exists(command, builtin_model, tmp_path, capsys):
+    import resource
+
+    argv = {"plan": ["plan", "--output_dir", tmp_path / "run", "--max_steps", 2],
+            "estimate": ["estimate", "--model", "llama2-7b"], "count": ["count", "--model", "llama2-7b"]}[command]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    err = refused(capsys, *argv, "--tensor_rank", 100000)
+    assert "tensor_rank 100000 is more than" in err and "can use: at most" in err, err
+    assert "use --tensor_rank" in err and "or less" in err
+    # Cores of rank 100000 hold 10^10 numbers per bond: refused before any is allocated.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 512 * 1024  # KiB
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("layout", ["json lines", "json array"])
+def test_a_deeply_nested_record_is_one_clear_error_naming_the_line(layout, builtin_model, no_model_loading, tmp_path,
+                                                                   capsys):
+    deep = "[" * 50_000 + "]" * 50_000
+    if layout == "json lines":
+        data = tmp_path / "data.jsonl"
+        data.write_text(json.dumps({"text": "fine", "label": "a"}) + "\n" + '{"text": "x", "label": ' + deep + "}\n")
+        where = "line 2: a value is nested deeper than the JSON reader allows"
+    else:
+        data = tmp_path / "data.json"
+        data.write_text('[{"text": "x", "label": ' + deep + "}]")
+        where = "a value is nested deeper than the JSON reader allows"
+    before = digests(tmp_path)
+    err = refused(capsys, "train", "--output_dir", tmp_path / "run", "--dataset", data)
+    assert f"{data}: malformed JSON, {where}" in err, err
+    assert digests(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+# --- 10. one policy for examples too long for --seq_len, packed or not -----------------------------------
+
+
+def test_too_long_examples_are_dropped_and_counted_packed_or_not_and_refused_on_request(builtin_model, no_model_loading,
+                                                                                       tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    records = [{"prompt": f"question {i}?", "completion": f" answer {i}"} for i in range(30)]
+    records[4]["prompt"] = records[9]["prompt"] = "a very long question " * 40
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    argv = ["--output_dir", tmp_path / "run", "--dataset", data, "--seq_len", 32, "--max_steps", 2,
+            "--eval_dataset", data]
+    for packing in ("false", "true"):
+        plan = plan_of([*argv, "--packing", packing])
+        assert plan.data.train_stats.dropped == 2 and len(plan.data.train) == 28, packing
+        assert "2 had no answer token left and were dropped" in plan.data.summary()
+        assert "dropped and counted (--too_long drop; --too_long refuse stops the run instead)" in plan.data.summary()
+    for packing in ("false", "true"):
+        err = refused(capsys, "train", *argv, "--packing", packing, "--too_long", "refuse")
+        assert "--too_long refuse: " in err and "data.jsonl: record 5 has" in err, err
+        assert "which leave no answer token within --seq_len 32 (2 such examples)" in err
+        assert "--too_long drop" in err
+    assert not (tmp_path / "run").exists()
+
+
+# --- 9 (continued). a pickle, a pre-quantized model, a full disk under metrics.jsonl --------------------
+
+
+def test_a_pickle_only_model_directory_is_refused_with_how_to_convert(builtin_model, no_model_loading, tmp_path,
+                                                                      capsys):
+    import argparse
+
+    import torch
+    from safetensors.torch import load_file
+
+    model = tmp_path / "pickled"
+    shutil.copytree(builtin_model, model)
+    state = load_file(str(model / "model.safetensors"))
+    state["training_args"] = argparse.Namespace(lr=1.0)  # an object: a pickle, not a file of tensors
+    torch.save(state, model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+    before = digests(tmp_path)
+    for argv in (["train", "--model", model, "--output_dir", tmp_path / "run", "--max_steps", 2],
+                 ["generate", model, "--prompt", "hi", "--max_new_tokens", 2]):
+        err = refused(capsys, *argv)
+        assert "pytorch_model.bin could not be read as a PyTorch checkpoint of tensors" in err, err
+        assert "never loaded, as loading it could run code" in err and "save_file(" in err and "\x1b" not in err
+    assert digests(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_a_pre_quantized_checkpoint_is_refused_naming_load_in_4bit(builtin_model, no_model_loading, tmp_path, capsys):
+    model = model_with_config(builtin_model, tmp_path / "gptq",
+                              quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 128})
+    before = digests(tmp_path)
+    for command in ("plan", "train"):
+        err = refused(capsys, command, "--model", model, "--output_dir", tmp_path / "run", "--max_steps", 2)
+        assert "has a quantization_config (quant_method 'gptq'): pre-quantized checkpoints are not supported" in err
+        assert "--load_in_4bit" in err, err
+    assert digests(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_under_metrics_jsonl_is_one_clear_error(small_disk):
+    from loretta_ds.distributed.errors import RunFailure
+    from loretta_ds.run.metrics import MetricsLog
+
+    metrics = MetricsLog(small_disk / "run", enabled=True)
+    metrics.log({"step": 1, "kind": "train", "loss": 1.0})
+    try:  # fill the 1 MiB disk
+        with (small_disk / "filler").open("wb") as handle:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+    except OSError:
+        pass
+    with pytest.raises(RunFailure) as failure:
+        for step in range(2, 200):
+            metrics.log({"step": step, "kind": "train", "loss": 1.0, "note": "x" * 4096})
+    message = str(failure.value)
+    assert f"cannot write the metrics log {small_disk / 'run' / 'metrics.jsonl'}: No space left on device" in message
+    assert "--resume auto" in message
+    metrics.close()
+
+
+# --- 8 and 11. the SLURM launcher: advice only where it applies; paths with spaces --------------------------
+
+
+def test_the_launchers_nodes_advice_follows_only_a_batch_that_does_not_divide(tmp_path):
+    from test_slurm_dryrun import assert_refused, run_bad, write_ds_config
+
+    # A batch flag that contradicts the config: the job's node count has nothing to do with it.
+    ds = write_ds_config(tmp_path / "ds.json", train_batch_size=16, train_micro_batch_size_per_gpu=1,
+                         gradient_accumulation_steps=1)
+    res, out_dir = run_bad(tmp_path, True, DS_CONFIG=str(ds), EXTRA_ARGS="--micro_batch_size 2")
+    assert_refused(res, out_dir, "--micro_batch_size 2 contradicts train_micro_batch_size_per_gpu=1")
+    assert "submit with another --nodes" not in res.stderr, res.stderr
+    # Where the batch does not divide over the job's processes the advice still comes
+    # (tests/test_slurm_dryrun.py: test_a_batch_that_does_not_fit_the_job_is_refused_by_the_trainers_rule).
+
+
+def test_slurm_data_and_extra_args_carry_paths_with_spaces(tmp_path):
+    import shlex
+
+    from test_slurm_dryrun import parse_plan, run_bad, write_ds_config
+
+    data = reviews(tmp_path / "my data" / "train set.jsonl", 8)
+    template = tmp_path / "my templates" / "chat.jinja"
+    template.parent.mkdir()
+    template.write_text(TEMPLATE)
+    ds = write_ds_config(tmp_path / "ds.json", train_batch_size=32, train_micro_batch_size_per_gpu="auto",
+                         gradient_accumulation_steps=2)
+    res, _ = run_bad(tmp_path, True, DS_CONFIG=str(ds), DATA=f'"{data}":0.7,bundled:sentiment:0.3',
+                     EXTRA_ARGS=f"--chat_template '{template}' --seed 3")
+    assert res.returncode == 0, res.stderr
+    (_, command), *_ = parse_plan(res.stdout)["node_cmds"].values()
+    words = shlex.split(command)
+    start = words.index("--dataset")
+    assert words[start + 1:start + 3] == [f"{data}:0.7", "bundled:sentiment:0.3"], words
+    assert words[words.index("--chat_template") + 1] == str(template) and words[-2:] == ["--seed", "3"], words
+    # An unclosed quote is one clear refusal naming the variable, not a split at the spaces.
+    res, out_dir = run_bad(tmp_path, True, DS_CONFIG=str(ds), EXTRA_ARGS=f"--chat_template '{template}")
+    assert res.returncode == 2 and "EXTRA_ARGS cannot be split into arguments (No closing quotation)" in res.stderr
+    assert not out_dir.exists()
+
+
+# --- 11. evaluation data of the user's choosing; metrics to W&B or MLflow ----------------------------------
+
+
+def test_eval_dataset_and_eval_split_choose_the_held_out_examples(builtin_model, no_model_loading, tmp_path, capsys):
+    data = reviews(tmp_path / "train.jsonl", 50)
+    held = reviews(tmp_path / "held.jsonl", 12)
+    base = ["--output_dir", tmp_path / "run", "--dataset", data, "--max_steps", 2, "--seq_len", 32]
+    plan = plan_of([*base, "--eval_dataset", held])
+    assert (len(plan.data.train), len(plan.data.eval)) == (50, 12)  # nothing held out of the training file
+    assert plan.settings["eval_dataset"] == [str(held)]
+    plan = plan_of([*base, "--eval_split", 10])
+    assert (len(plan.data.train), len(plan.data.eval)) == (40, 10)  # the default 0.05 holds out 2
+    config = tmp_path / "run.yaml"
+    for value, fragment in (("1.5", "eval_split must be a fraction in (0, 1) (e.g. 0.1) or a count of records"),
+                            ("50", "has 50 records: too few to hold out a validation split (50 records)")):
+        config.write_text(f"eval_split: {value}\n")
+        err = refused(capsys, "train", *base, "--config", config)
+        assert fragment in err, err
+    err = refused(capsys, "train", *base, "--eval_dataset", tmp_path / "missing.jsonl")
+    assert "missing.jsonl' does not exist" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])
+def test_report_to_a_tracker_that_is_not_installed_is_refused_with_the_install(tracker, builtin_model,
+                                                                             no_model_loading, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec(tracker) is not None:
+        pytest.skip(f"{tracker} is installed here")
+    err = refused(capsys, "train", "--output_dir", tmp_path / "run", "--max_steps", 2, "--report_to", tracker)
+    assert f"--report_to {tracker} needs the {tracker} package, which is not installed here" in err, err
+    assert f"pip install {tracker}" in err and "--report_to none" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_to_wandb_sends_every_record_offline_into_the_run_directory(tmp_path, monkeypatch):
+    """The wiring, with a stand-in for the wandb package (not a dependency; absent here): every
+    record of metrics.jsonl reaches the tracker under its train/ or eval/ name, at its step."""
+    import importlib.machinery
+    import types
+
+    from loretta_ds.run.metrics import MetricsLog
+
+    calls = {"log": [], "finished": 0}
+
+    class Run:
+        def log(self, scalars, step):
+            calls["log"].append((step, scalars))
+
+        def finish(self):
+            calls["finished"] += 1
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return Run()
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", loader=None)
+    fake.init = init
+    monkeypatch.setitem(__import__("sys").modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    metrics = MetricsLog(run, enabled=True, report_to="wandb", settings={"lr": 0.01})
+    metrics.log({"step": 1, "kind": "train", "loss": 2.5, "lr": 0.01})
+    metrics.log({"step": 2, "kind": "eval", "loss": 2.0, "accuracy": 0.75})
+    metrics.close()
+    assert calls["init"]["mode"] == "offline" and calls["init"]["dir"] == str(run)
+    assert calls["init"]["config"] == {"lr": 0.01} and calls["init"]["resume"] == "allow"
+    assert calls["log"] == [(1, {"train/loss": 2.5, "train/lr": 0.01}), (2, {"eval/loss": 2.0, "eval/accuracy": 0.75})]
+    assert calls["finished"] == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # metrics.jsonl as ever
+
+
+def test_report_to_mlflow_logs_into_a_file_store_in_the_run_directory(tmp_path, monkeypatch):
+    """As above, with a stand-in for mlflow: the file store under OUTPUT_DIR/mlruns, the settings as
+    parameters, every record's scalars at its step."""
+    import importlib.machinery
+    import types
+
+    from loretta_ds.run.metrics import MetricsLog
+
+    calls = {"metrics": [], "ended": 0}
+    fake = types.ModuleType("mlflow")
+    fake.__spec__ = importlib.machinery.ModuleSpec("mlflow", loader=None)
+    fake.set_tracking_uri = lambda uri: calls.__setitem__("uri", uri)
+    fake.set_experiment = lambda name: calls.__setitem__("experiment", name)
+    fake.start_run = lambda run_name: calls.__setitem__("run_name", run_name)
+    fake.log_params = lambda params: calls.__setitem__("params", params)
+    fake.log_metrics = lambda metrics, step: calls["metrics"].append((step, metrics))
+    fake.end_run = lambda: calls.__setitem__("ended", calls["ended"] + 1)
+    monkeypatch.setitem(__import__("sys").modules, "mlflow", fake)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "run"
+    metrics = MetricsLog(run, enabled=True, report_to="mlflow", settings={"lr": 0.01, "dataset": ["a.jsonl"]})
+    metrics.log({"step": 3, "kind": "eval", "loss": 2.0, "accuracy": 0.5})
+    metrics.close()
+    assert calls["uri"] == (run / "mlruns").resolve().as_uri() and calls["run_name"] == "run"
+    assert calls["params"] == {"lr": "0.01", "dataset": "['a.jsonl']"}
+    assert calls["metrics"] == [(3, {"eval_loss": 2.0, "eval_accuracy": 0.5})] and calls["ended"] == 1

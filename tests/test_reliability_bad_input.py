@@ -1,14 +1,16 @@
 """Bad input across `loretta-ds train | export | estimate | count` and the SLURM helper.
 
-Every case runs the real command line in a subprocess and must: exit non-zero, print one
+Every case runs the real command line in a process of its own and must: exit non-zero, print one
 one-paragraph message that names the problem and the fix (once, also with two ranks), show no
 traceback (unless --debug), fail before any model loads, and write nothing (the output directory
 stays absent, or unchanged when it existed).
 
 "Before any model loads" is checked for real: the training cases use a copy of the built-in model
 whose weights file is garbage, so a case that got as far as loading weights would fail with a
-different message. The cases run two at a time (they are mostly interpreter start-up); each one's
-own wall time is recorded and printed.
+different message. The `loretta-ds` cases run in children forked from one interpreter that has
+imported the CLI and its libraries (tests/cli_forkserver.py): as subprocesses they were mostly
+interpreter start-up. The SLURM helper's cases are bash subprocesses. Each case's own wall time is
+recorded and printed.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ import struct
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +31,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cli_forkserver import CliForkServer
 from reliability_support import REPO, TRAIN, ZERO3_OFFLOAD, clean_env, free_port
 from tiny_models import randomize_adapter, tiny_llama
 
-pytestmark = pytest.mark.slow  # about 60 command lines, each a fresh Python process
+pytestmark = pytest.mark.slow  # about 60 command lines
 
 # A case may take this long on a loaded machine; alone on two idle cores each takes a few seconds.
 CASE_TIME_LIMIT_S = 60
@@ -380,14 +382,17 @@ def launcher_env(case: Case) -> dict:
     return env
 
 
-def execute(case: Case, cwd: Path) -> Outcome:
+def execute(case: Case, cwd: Path, server: CliForkServer) -> Outcome:
     cwd.mkdir(parents=True, exist_ok=True)
     before = snapshot(case.watched)
-    started = time.monotonic()
-    done = subprocess.run(case.command, cwd=cwd, env=launcher_env(case), capture_output=True, text=True,
-                          timeout=300)
-    seconds = time.monotonic() - started
-    return Outcome(done.returncode, done.stdout, done.stderr, seconds, before, snapshot(case.watched))
+    if case.command[:3] == cli()[:3]:  # `python -m loretta_ds.cli ...`: a child of the preloaded interpreter
+        status, stdout, stderr, seconds = server.run(case.command[3:], cwd, launcher_env(case))
+    else:
+        started = time.monotonic()
+        done = subprocess.run(case.command, cwd=cwd, env=launcher_env(case), capture_output=True, text=True,
+                              timeout=300)
+        status, stdout, stderr, seconds = done.returncode, done.stdout, done.stderr, time.monotonic() - started
+    return Outcome(status, stdout, stderr, seconds, before, snapshot(case.watched))
 
 
 @pytest.fixture(scope="module")
@@ -395,9 +400,8 @@ def outcomes(tmp_path_factory) -> dict[str, Outcome]:
     ws = Workspace(tmp_path_factory.mktemp("bad-input"))
     cases = build_cases(ws)
     assert sorted(cases) == sorted(CASE_NAMES + ["train-debug-shows-traceback"])
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(execute, case, ws.root / "cwd" / name) for name, case in cases.items()}
-        results = {name: future.result() for name, future in futures.items()}
+    with CliForkServer(launcher_env(Case([], (), ws.root))) as server:
+        results = {name: execute(case, ws.root / "cwd" / name, server) for name, case in cases.items()}
     width = max(map(len, results))
     print("\n" + "\n".join(f"  {name:<{width}} {r.seconds:5.1f} s  exit {r.status}" for name, r in results.items()))
     return {name: (cases[name], outcome) for name, outcome in results.items()}

@@ -196,8 +196,9 @@ def test_scripts_default_to_the_auto_layout_and_still_check_the_batch(tmp_path, 
 
 def test_auto_layout_batch_flags_are_checked_before_the_job_starts(tmp_path):
     res, out_dir = run_bad(tmp_path, False, DS_CONFIG="auto", EXTRA_ARGS="--micro_batch_size 0")
-    assert_refused(res, out_dir, "micro_batch_size", "This job starts 16 processes",
-                   "pass other batch flags in EXTRA_ARGS")
+    assert_refused(res, out_dir, "micro_batch_size must be an integer >= 1, got 0",
+                   "the batch check of DS_CONFIG=auto with the flags in EXTRA_ARGS")
+    assert "submit with another --nodes" not in res.stderr  # the node count is not the cause
 
 
 def test_a_file_named_like_a_layout_word_is_not_auto(tmp_path):

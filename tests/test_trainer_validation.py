@@ -17,22 +17,8 @@ from loretta_ds.run_config import config_from_args
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def built_tiny_llama():
-    from loretta_ds.tiny_llama import ensure_tiny_llama
-
-    return ensure_tiny_llama()
-
-
-@pytest.fixture(autouse=True)
-def no_model_loading(monkeypatch):
-    """Any attempt to load weights fails the test: every error must come before that."""
-    import transformers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the user error was reported")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+# Every case needs the built-in model on disk, and any attempt to load weights fails it (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("builtin_model", "no_model_loading")
 
 
 def train(tmp_path, capsys, *args) -> tuple[int, str]:

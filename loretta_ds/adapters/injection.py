@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..tt import modes_for
+from ..tt import modes_for, useful_rank
 from .config import LorettaConfig
 from .layers import LorettaAdpLinear, LorettaRepLinear, linear_shape
 
@@ -113,6 +113,8 @@ def plan_injection(model: nn.Module, cfg: LorettaConfig, named_modules=None) -> 
             d = in_f if position == "input" else out_f
             factors = (("down", d, cfg.bottleneck), ("up", cfg.bottleneck, d))
         modes = [factor_modes(cfg, name, factor, d_in, d_out, used_overrides) for factor, d_in, d_out in factors]
+        for (factor, d_in, d_out), factor_modes_ in zip(factors, modes):
+            _check_tensor_rank(cfg, name, factor, d_in, d_out, factor_modes_)
         plan.append(PlannedLayer(name, module, (modes[0], modes[1]), position))
     unused = sorted(set(cfg.tt_shapes) - used_overrides)
     if unused:
@@ -121,6 +123,18 @@ def plan_injection(model: nn.Module, cfg: LorettaConfig, named_modules=None) -> 
             f"{'A/B' if cfg.method == 'rep' else 'down/up'} or '<d_in>x<d_out>'"
         )
     return plan
+
+
+def _check_tensor_rank(cfg: LorettaConfig, name: str, factor: str, d_in: int, d_out: int, modes: list[int]) -> None:
+    """A bond rank beyond what a factor's modes can use is refused before any core exists: it adds
+    no capacity, and its cores grow with the square of the rank (--tensor_rank 100000 would ask for
+    terabytes)."""
+    most = useful_rank(modes)
+    if cfg.tensor_rank > most:
+        raise ValueError(f"tensor_rank {cfg.tensor_rank} is more than {name}'s {factor} factor ({d_in} x {d_out}, TT "
+                         f"modes {'x'.join(map(str, modes))}) can use: at most {most} at its widest bond, beyond "
+                         f"which its cores hold more numbers than the dense {d_in} x {d_out} matrix and add no "
+                         f"capacity; use --tensor_rank {most} or less (the paper's is 5)")
 
 
 def _build_layer(item: PlannedLayer, cfg: LorettaConfig) -> nn.Module:

@@ -128,6 +128,21 @@ def prompt_ids(tokenizer, prompt: str, chat: str = "auto") -> list[int]:
     return tokenizer(prompt)["input_ids"]
 
 
+def check_positions(model, encoded: list[list[int]], max_new_tokens: int) -> None:
+    """Refuse, before generating anything, a prompt whose tokens and the new ones would run past the
+    model's positions (rotary positions beyond those it was trained on give garbage, silently)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    for index, ids in enumerate(encoded):
+        if len(ids) + max_new_tokens > limit:
+            room = limit - len(ids)
+            fix = (f"lower --max_new_tokens to {room} or shorten the prompt" if room > 0
+                   else f"shorten the prompt to fewer than {limit} tokens")
+            raise ValueError(f"prompt {index + 1} is {len(ids)} tokens; with --max_new_tokens {max_new_tokens} that "
+                             f"runs past the model's {limit} positions (max_position_embeddings): {fix}")
+
+
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, sample: bool = False,
              temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, chat: str = "auto") -> list[str]:
     """The completion of each prompt (one at a time: no padding, so nothing depends on batching)."""
@@ -136,11 +151,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, sam
     from ..generation import generation_config
 
     check_settings(max_new_tokens, sample, temperature, top_p)
+    encoded = [prompt_ids(tokenizer, prompt, chat) for prompt in prompts]
+    check_positions(model, encoded, max_new_tokens)
     config = generation_config(model, tokenizer, max_new_tokens, sample, temperature, top_p)
     texts = []
-    for index, prompt in enumerate(prompts):
+    for index, ids in enumerate(encoded):
         torch.manual_seed(seed + index)
-        ids = torch.tensor([prompt_ids(tokenizer, prompt, chat)])
+        ids = torch.tensor([ids])
         with torch.no_grad():
             output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
         texts.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True))

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "layout and hpZ depend on it")
     parser.add_argument("--check", choices=("all", "batch", "layout"), default="all",
                         help="all: every check of train (default); batch: only the batch split of the "
-                             "DeepSpeed config over --world_size processes (no model or data needed); layout: "
+                             "DeepSpeed config over --world_size processes (no model or data needed; exit 3 when "
+                             "the batch does not divide over them, 2 for any other error); layout: "
                              "only the DeepSpeed layout and its memory and traffic, from the model's shapes "
                              "(presets such as llama2-70b work; no data, tokenizer or weights). A shape-only "
                              "--model (a preset or a config.json) plans the layout only")
@@ -106,6 +107,8 @@ def batch_split(cfg, world_size: int) -> str:
             "process(es)")
 
 
+# --check batch's exit status when the batch does not divide over the processes (other errors exit 2).
+EXIT_BATCH_SPLIT = 3
 PLAN_ONLY = ("world_size", "json", "table", "check", "nodes", "gpus_per_node", *BANDWIDTH_FLAGS)
 
 
@@ -191,7 +194,16 @@ def run(args: argparse.Namespace) -> int:
     world_size, per_node = world_of(args)
     cfg = config_from_args(given)
     if args.check == "batch":
-        print(batch_split(cfg, world_size))
+        from ..cli import report_user_error
+        from ..distributed.ds_config import BatchSplitError
+
+        try:
+            print(batch_split(cfg, world_size))
+        except BatchSplitError as err:  # told apart from other errors: the launcher's advice depends on it
+            if args.debug:
+                raise
+            report_user_error(err)
+            return EXIT_BATCH_SPLIT
         return 0
     from ..models import resolve_model
 

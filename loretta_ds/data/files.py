@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from datasets.naming import camelcase_to_snakecase  # how the datasets cache nam
 from .bundled import BUNDLED_PREFIX, BUNDLED_TASKS, DEFAULT_DATASET, bundled_path, bundled_task_names
 from .chat import CHAT_COLUMNS, chat_column
 from .formats import FORMAT_SPECS, check_format_name, render, resolve_format
+from .spec_text import split_weight
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev", "eval")}
@@ -44,21 +44,6 @@ class DatasetSpec:
     @property
     def path(self) -> Path | None:
         return Path(self.source).expanduser() if self.kind in ("file", "dir") else None
-
-
-def _split_weight(text: str) -> tuple[str, float | None]:
-    # Only a trailing ":<number>" is a weight, so "bundled:sentiment" and "C:\data" stay whole.
-    head, sep, tail = text.rpartition(":")
-    if not sep or not head:
-        return text, None
-    try:
-        weight = float(tail)
-    except ValueError:
-        return text, None
-    if not math.isfinite(weight) or weight <= 0:
-        raise ValueError(f"dataset spec {text!r}: mixing weight {tail!r} must be a positive "
-                         f"finite number, e.g. {head}:0.5")
-    return head, weight
 
 
 def _looks_like_path(source: str) -> bool:
@@ -95,7 +80,7 @@ def parse_dataset_specs(specs: list[str] | str | None) -> list[DatasetSpec]:
         text = text.strip()
         if not text:
             raise ValueError("empty dataset spec; pass a file, a directory or bundled:sentiment")
-        source, weight = _split_weight(text)
+        source, weight = split_weight(text)
         if source.startswith(BUNDLED_PREFIX):
             if source[len(BUNDLED_PREFIX):] not in BUNDLED_TASKS:
                 raise ValueError(f"unknown bundled dataset {source!r}; available: "
@@ -161,6 +146,12 @@ def _find_encoding_error(path: Path) -> str | None:
     return None
 
 
+# Python's JSON reader recurses once per level of nesting; a record nested some thousand levels deep
+# (no training record is) would end the process with a RecursionError naming nothing.
+TOO_DEEP = ("nested deeper than the JSON reader allows (lists or objects inside each other about a thousand "
+            "levels deep); a record holds text fields such as prompt, completion or messages")
+
+
 def _find_json_error(path: Path) -> str | None:
     """Where a JSON / JSON-lines file is malformed ("line N: reason"), or None if it parses as records.
 
@@ -181,6 +172,8 @@ def _find_json_error(path: Path) -> str | None:
                 records = json.loads(handle.read())
             except json.JSONDecodeError as err:
                 return f"line {err.lineno}, column {err.colno}: {err.msg}"
+            except RecursionError:
+                return f"a value is {TOO_DEEP}"
             for index, record in enumerate(records):
                 if not isinstance(record, dict):
                     return f"array element {index + 1} is a JSON {_json_kind(record)}, not an object"
@@ -197,6 +190,8 @@ def _find_json_error(path: Path) -> str | None:
                 if number == 1 and _is_one_json_object(path):
                     return None  # one (pretty-printed) JSON object: datasets reads it as one record
                 return f"line {number}, column {err.colno}: {err.msg}"
+            except RecursionError:
+                return f"line {number}: a value is {TOO_DEEP}"
             if not isinstance(record, dict):
                 return f"line {number} is a JSON {_json_kind(record)}, not an object"
             problem = _chat_shape_error(record)
@@ -223,7 +218,7 @@ def _json_kind(value) -> str:
 def _is_one_json_object(path: Path) -> bool:
     try:
         return isinstance(json.loads(path.read_text(encoding="utf-8-sig", errors="replace")), dict)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
 
 

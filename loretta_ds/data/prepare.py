@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 import datasets
 
 from .chat import resolve_chat_template
-from .formats import check_format_name
+from .formats import FORMAT_SPECS, check_format_name
 from .files import (DatasetSpec, as_specs, canonicalize, combined_format, has_split, mix, mix_counts,
                       parse_dataset_specs, read_raw)
-from .tokenization import TruncationStats, pad_id_of, tokenize_dataset
+from .tokenization import TruncationStats, pad_id_of, special_ids, tokenize_dataset
+
+# What happens to an example whose prompt leaves no answer token within seq_len (run_config's
+# --too_long declares the flag): "drop" removes and counts it, "refuse" stops before training.
+TOO_LONG_POLICIES = ("drop", "refuse")
 
 
 @dataclass
@@ -55,6 +59,7 @@ class PreparedData:
     # chat data and without --chat_template).
     chat_template: str | None = None
     chat_template_origin: str | None = None
+    too_long: str = "drop"
 
     @property
     def classification_eval_records(self) -> datasets.Dataset | None:
@@ -79,15 +84,20 @@ class PreparedData:
         lines.append(f"  train: {self.train_stats}")
         if self.eval_stats is not None:
             lines.append(f"  eval: {self.eval_stats}")
+        lines.append(f"  an example whose prompt leaves no answer token within seq_len is "
+                     + ("dropped and counted (--too_long drop; --too_long refuse stops the run instead)"
+                        if self.too_long == "drop" else "refused (--too_long refuse): none here"))
         return "\n".join(lines)
 
 
-def _hold_out(part: datasets.Dataset, fraction: float, seed: int, source: str
+def _hold_out(part: datasets.Dataset, split: float, seed: int, source: str
               ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    count = max(1, round(len(part) * fraction))
+    """(train, held out) of ``part``: ``split`` is a fraction of its records (< 1) or a count."""
+    count = int(split) if split >= 1 else max(1, round(len(part) * split))
     if count >= len(part):
+        share = f"{count} records" if split >= 1 else f"{split:.0%}"
         raise ValueError(f"{source} has {len(part)} records: too few to hold out a validation "
-                         f"split ({fraction:.0%}); add records or pass eval data")
+                         f"split ({share}); add records, lower --eval_split or pass --eval_dataset")
     split = part.train_test_split(test_size=count, seed=seed, shuffle=True)
     return split["train"], split["test"]
 
@@ -110,28 +120,31 @@ def _label_set(parts: list[datasets.Dataset], label_words: list[str] | None) -> 
 def prepare_data(tokenizer, specs: list[str] | list[DatasetSpec] | None = None, fmt: str = "auto", seq_len: int = 512,
                  seed: int = 0, eval_specs: list[str] | None = None, eval_fraction: float = 0.05,
                  label_words: list[str] | None = None, chat_template: str | None = None,
-                 packing: bool = False) -> PreparedData:
+                 too_long: str = "drop") -> PreparedData:
     """Load, check, split, mix and tokenize the training (and eval) data.
 
     specs: `SOURCE[:WEIGHT]` strings (see parse_dataset_specs) or the DatasetSpecs it made; None = the
         bundled sentiment task.
     eval_specs: eval data; without it each spec's own validation split is used, or, for a spec
-        that has none (a single file), a seeded eval_fraction of its records is held out.
+        that has none (a single file), a seeded eval_fraction of its records is held out (a
+        fraction < 1, or a count of records >= 1).
     label_words: the classification label set (and the words for integer labels); default: the
         labels seen in the training data.
     chat_template: a Jinja file for chat records; default: the tokenizer's template, else
         data/chat.py's DEFAULT_CHAT_TEMPLATE.
-    packing: the examples will be packed (loader.PackedBatches): an example whose prompt leaves
-        no answer token within seq_len is then an error instead of being dropped.
+    too_long: an example whose prompt leaves no answer token within seq_len is dropped and
+        counted ("drop"), or an error naming it ("refuse"); packed or not.
     Returns PreparedData. Raises ValueError / FileNotFoundError for user errors, before tokenizing.
     """
     check_format_name(fmt)
-    if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    if not (0.0 < eval_fraction < 1.0 or (eval_fraction >= 1 and eval_fraction == int(eval_fraction))):
+        raise ValueError(f"eval_fraction must be in (0, 1) or a count of records, got {eval_fraction}")
+    if too_long not in TOO_LONG_POLICIES:
+        raise ValueError(f"unknown too_long {too_long!r}: use one of {', '.join(TOO_LONG_POLICIES)}")
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
     parsed = as_specs(specs)
-    parsed_eval = parse_dataset_specs(eval_specs) if eval_specs else None
+    parsed_eval = as_specs(eval_specs) if eval_specs else None
 
     # Train parts first: the label set comes from them and the eval labels are checked against it.
     train_parts, formats = [], []
@@ -141,6 +154,7 @@ def prepare_data(tokenizer, specs: list[str] | list[DatasetSpec] | None = None, 
         train_parts.append(part)
         formats.append(resolved)
     words = _label_set(train_parts, label_words)
+    _check_eos(tokenizer, train_parts)
 
     eval_parts, origins = [], []
     if parsed_eval is not None:
@@ -169,16 +183,15 @@ def prepare_data(tokenizer, specs: list[str] | list[DatasetSpec] | None = None, 
     if chat_template or any(p[0]["format"] == "chat" for p in train_parts + eval_parts):
         template, origin = resolve_chat_template(tokenizer, chat_template)
     train, train_stats = tokenize_dataset(train_records, tokenizer, seq_len, template)
-    if packing and train_stats.dropped:
-        where, prompt = train_stats.first_dropped
-        raise ValueError(f"--packing: {where} has {prompt} prompt tokens, which leave no answer token "
-                         f"within --seq_len {seq_len} ({train_stats.dropped} such examples); raise "
-                         f"--seq_len above {prompt} or shorten those prompts")
+    if too_long == "refuse":
+        _refuse_too_long(train_stats, seq_len)
     if len(train) == 0:
         raise ValueError(f"no training example has an answer token within seq_len={seq_len} "
                          f"({train_stats}); raise seq_len or shorten the prompts")
     evaluation, eval_stats = (tokenize_dataset(eval_records, tokenizer, seq_len, template)
                               if eval_records is not None else (None, None))
+    if too_long == "refuse" and eval_stats is not None:
+        _refuse_too_long(eval_stats, seq_len)
 
     sources = []
     used = mix_counts([len(p) for p in train_parts], weights)
@@ -190,7 +203,27 @@ def prepare_data(tokenizer, specs: list[str] | list[DatasetSpec] | None = None, 
                         format=combined_format(formats), label_words=words,
                         train_stats=train_stats, eval_stats=eval_stats,
                         pad_id=pad_id_of(tokenizer), seq_len=seq_len, sources=sources,
-                        chat_template=template, chat_template_origin=origin)
+                        chat_template=template, chat_template_origin=origin, too_long=too_long)
+
+
+def _refuse_too_long(stats: TruncationStats, seq_len: int) -> None:
+    if stats.dropped:
+        where, prompt = stats.first_dropped
+        raise ValueError(f"--too_long refuse: {where} has {prompt} prompt tokens, which leave no answer token "
+                         f"within --seq_len {seq_len} ({stats.dropped} such examples); raise --seq_len above "
+                         f"{prompt}, shorten those prompts, or pass --too_long drop to drop them (counted in "
+                         "the log)")
+
+
+def _check_eos(tokenizer, parts: list[datasets.Dataset]) -> None:
+    """Generation formats end each completion with the tokenizer's eos, so the model learns to stop;
+    without one it would be trained to run on. Refused before anything is tokenized."""
+    needing = sorted({fmt for part in parts for fmt in part.unique("format") if FORMAT_SPECS[fmt].append_eos})
+    if needing and special_ids(tokenizer)[1] is None:
+        raise ValueError(f"the tokenizer has no end-of-sequence token (eos_token), so the {', '.join(needing)} "
+                         "examples would train without one and the model would never learn to end its answers; "
+                         "set eos_token in the model directory's tokenizer_config.json (e.g. \"</s>\" for "
+                         "LLaMA-2), or use classification data, which needs none")
 
 
 __all__ = ["DatasetSpec", "PreparedData", "SourceSummary", "prepare_data"]

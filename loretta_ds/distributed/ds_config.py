@@ -133,6 +133,11 @@ def _number(value, name: str) -> int | None:
     return int(value)
 
 
+class BatchSplitError(ValueError):
+    """The DeepSpeed config's global batch does not divide over the run's processes: the process
+    count (nodes x processes per node) or the batch is what to change."""
+
+
 def resolve_batch(config: dict, facts: RunFacts) -> tuple[int, int, int]:
     """(micro batch per rank, gradient accumulation, global batch), consistent with the world size.
 
@@ -163,7 +168,7 @@ def resolve_batch(config: dict, facts: RunFacts) -> tuple[int, int, int]:
             accum = cfg_global // (micro * world)
         if micro < 1 or accum < 1 or micro * accum * world != cfg_global:
             fits = cfg_global // chosen if cfg_global % chosen == 0 else None
-            raise ValueError(
+            raise BatchSplitError(
                 f"train_batch_size={cfg_global} in the DeepSpeed config does not divide into "
                 f"{world} process(es) x micro batch {micro} x gradient accumulation {accum}"
                 + (f" (it fits {fits} process(es){', fewer than ' if fits < world else ', more than '}"
@@ -263,6 +268,28 @@ def _fill_scheduler(config: dict, facts: RunFacts, lr: float) -> None:
     }
     for key, (value, must_equal, flag) in known.get(kind, {}).items():
         _fill(params, key, value, f"scheduler.params.{key}", must_equal, flag)
+    _check_schedule_numbers(params)
+
+
+# A schedule's shares of the peak lr, and its lrs: a NaN or a negative value runs (DeepSpeed does not
+# check them) with an lr of 0 or NaN for most of the steps.
+_SCHEDULE_RATIOS = ("warmup_min_ratio", "cos_min_ratio")
+_SCHEDULE_LRS = ("warmup_min_lr", "warmup_max_lr")
+
+
+def _check_schedule_numbers(params: dict) -> None:
+    for key in (*_SCHEDULE_RATIOS, *_SCHEDULE_LRS):
+        if key not in params:
+            continue
+        value = params[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if key in _SCHEDULE_RATIOS and not (number and 0 <= value <= 1):
+            raise ValueError(f"scheduler.params.{key} in the DeepSpeed config must be a number in [0, 1] (a share "
+                             f"of the peak lr), got {value!r}; set it to e.g. 0.0001, or remove it for DeepSpeed's "
+                             "default")
+        if key in _SCHEDULE_LRS and not (number and value >= 0):
+            raise ValueError(f"scheduler.params.{key} in the DeepSpeed config must be a learning rate >= 0, got "
+                             f"{value!r}; set it to \"auto\" (filled from --lr) or to a number")
 
 
 def scheduled_warmup(config: dict) -> int:

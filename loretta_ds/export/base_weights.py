@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +111,20 @@ def _load_bin(path: Path) -> dict:
             # Pre-1.6 pickles cannot be mapped: they are read whole (still one shard at a time).
             return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({str(err).splitlines()[0]}); "
-                         "re-download the base model or convert it to safetensors") from None
+        raise ValueError(
+            f"{path} could not be read as a PyTorch checkpoint of tensors ({_first_sentence(err)}): "
+            "a pickle holding anything else is never loaded, as loading it could run code. Use the model's "
+            "safetensors weights (model.safetensors), or, only if you trust the file, convert it: python -c "
+            f"\"import torch; from safetensors.torch import save_file; s = torch.load('{path.name}', "
+            "weights_only=False); save_file({k: v.contiguous() for k, v in s.items() if torch.is_tensor(v)}, "
+            f"'model.safetensors')\" in the model directory, then remove {path.name}") from None
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The reason of a torch.load error without its terminal colours and advice (which names
+    weights_only=False, the one thing never done here)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return (text.split(". ")[0].splitlines() or [""])[0][:160]
 
 
 def open_base_checkpoint(directory: str | os.PathLike) -> BaseCheckpoint:

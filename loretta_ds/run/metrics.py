@@ -5,6 +5,7 @@ the same methods everywhere without asking who it is.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..distributed.errors import RunFailure
 from .directory import RunDir
 
 
@@ -39,22 +41,40 @@ class MetricsLog:
     have logged steps that the resumed run repeats, and each step must appear once.
     """
 
-    def __init__(self, run_dir: RunDir | Path, enabled: bool, resume_step: int = 0):
+    def __init__(self, run_dir: RunDir | Path, enabled: bool, resume_step: int = 0, report_to: str = "none",
+                 settings: dict | None = None):
         run_dir = RunDir(run_dir)
         self.enabled = enabled
         self.path = run_dir.metrics
         self._tb = None
+        self._reporter = None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step else []
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        with self._writing():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(run_dir.tensorboard), purge_step=resume_step + 1)
         except ImportError:  # tensorboard is optional
             self._tb = None
+        from .reporting import open_reporter
+
+        self._reporter = open_reporter(report_to, run_dir.root, settings or {})
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A full disk (or a file system turned read-only) while the log is written ends the run
+        with one message that says what to do, not a traceback from inside the training loop."""
+        try:
+            yield
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise RunFailure(f"cannot write the metrics log {self.path}: {reason}. Free space on that file system "
+                             "(or make it writable), then run the same command again: the run continues from its "
+                             "newest checkpoint (--resume auto)") from err
 
     @property
     def tensorboard(self) -> bool:
@@ -63,18 +83,23 @@ class MetricsLog:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as handle:
+        with self._writing(), self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self._tb is not None:
             prefix = "eval" if record.get("kind") == "eval" else "train"
             for key, value in record.items():
                 if key not in ("step", "kind") and isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+        if self._reporter is not None:
+            self._reporter.log(record)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._reporter is not None:
+            self._reporter.close()
+            self._reporter = None
 
 
 def read_metrics(path: Path) -> list[dict]:

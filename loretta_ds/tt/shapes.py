@@ -97,6 +97,14 @@ def modes_for(d_in: int, d_out: int, override: list[int] | None = None) -> list[
     return table_modes if table_modes is not None else factorize(size)
 
 
+def useful_rank(modes: list[int]) -> int:
+    """The largest bond rank a train of these modes can use: bond k joins the modes before it
+    (product P) to those after it (product Q), and a rank above min(P, Q) there adds numbers but
+    no capacity; above this maximum over the bonds, every bond is past that point and the train
+    holds more numbers than the dense matrix it stands for."""
+    return max((min(math.prod(modes[:k]), math.prod(modes[k:])) for k in range(1, len(modes))), default=1)
+
+
 def tt_ranks(n_modes: int, tensor_rank: int) -> list[int]:
     """Bond ranks [1, t, ..., t, 1] for a train of ``n_modes`` cores."""
     if tensor_rank < 1:
