@@ -23,6 +23,11 @@ LLAMA2_PRESETS = {
 }
 
 
+def llama2_config(name: str, **overrides) -> LlamaConfig:
+    """The HF config of a LLaMA-2 preset (``overrides``: e.g. fewer layers for a width-exact slice)."""
+    return LlamaConfig(**{**_LLAMA2_COMMON, **LLAMA2_PRESETS[name], **overrides})
+
+
 # Decoder families whose layers carry the LLaMA projection names (q/k/v/o_proj, gate/up/down_proj)
 # that the adapters and the --target_modules presets use. SmolLM/SmolLM2 and LLaMA-3 are "llama";
 # Qwen2's q/k/v biases stay in the frozen base layer (merged exports copy them unchanged).
@@ -69,7 +74,7 @@ def resolve_model(name: str, *, weights: bool) -> tuple[str | None, PretrainedCo
         if weights:
             raise ValueError(f"--model {name} is a preset: its shapes, no weights; pass the directory of the "
                              "downloaded checkpoint (config.json, weights, tokenizer)")
-        return None, LlamaConfig(**_LLAMA2_COMMON, **LLAMA2_PRESETS[name])
+        return None, llama2_config(name)
     local = Path(name).expanduser()
     if local.exists():
         local = local.resolve()

@@ -179,12 +179,13 @@ def corpus_documents(path: Path | None = None) -> list[str]:
     return [doc.strip() for doc in text.split(CORPUS_SEPARATOR) if doc.strip()]
 
 
-def train_sentencepiece(documents: list[str], vocab_size: int = VOCAB_SIZE) -> bytes:
+def train_sentencepiece(documents: list[str], vocab_size: int = VOCAB_SIZE, pad: bool = True) -> bytes:
     """Train a byte-fallback BPE SentencePiece model with LLaMA's conventions; returns its proto.
 
     Ids 0..3 are <unk>, <s>, </s>, <pad>; digits are split one per token and whitespace-only
     pieces are allowed, as in the LLaMA-2 tokenizer. The identity normaliser keeps the text
     byte-exact, so the converted HF tokenizer (no normaliser) segments exactly like this model.
+    pad=False leaves out <pad>, as the released LLaMA-2 tokenizer does (its vocabulary starts at <unk>, <s>, </s>).
     """
     import sentencepiece as spm
 
@@ -195,12 +196,12 @@ def train_sentencepiece(documents: list[str], vocab_size: int = VOCAB_SIZE) -> b
         allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
         normalization_rule_name="identity", max_sentence_length=1 << 16,
         unk_id=SPECIAL_IDS["unk"], bos_id=SPECIAL_IDS["bos"], eos_id=SPECIAL_IDS["eos"],
-        pad_id=SPECIAL_IDS["pad"], pad_piece="<pad>",
+        pad_id=SPECIAL_IDS["pad"] if pad else -1, pad_piece="<pad>",
         num_threads=1, minloglevel=2)  # one thread: the merge order must not depend on timing
     return proto.getvalue()
 
 
-def hf_tokenizer_from_sentencepiece(model_proto: bytes, model_max_length: int):
+def hf_tokenizer_from_sentencepiece(model_proto: bytes, model_max_length: int, pad_token: str | None = "<pad>"):
     """A transformers LlamaTokenizer (tokenizers backend) equivalent to the SentencePiece model.
 
     Built from the piece list directly (BPE merges are recovered from the piece ranks), so no
@@ -215,7 +216,7 @@ def hf_tokenizer_from_sentencepiece(model_proto: bytes, model_max_length: int):
     specials = {"<unk>", "<s>", "</s>", "<pad>"}
     merges = generate_merges(vocab, skip_tokens=specials)
     return LlamaTokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>",
-                          eos_token="</s>", pad_token="<pad>", add_bos_token=True,
+                          eos_token="</s>", pad_token=pad_token, add_bos_token=True,
                           add_eos_token=False, legacy=False, add_prefix_space=True,
                           model_max_length=model_max_length)
 

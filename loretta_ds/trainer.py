@@ -44,6 +44,7 @@ from .distributed.param_report import describe_report, parameter_report
 from .distributed.stop import StopRequest
 from .data.batches import real_token_count
 from .file_io import write_json_atomically
+from .frozen_linear import reroute_frozen_bf16_linears
 from .host_memory import release_free_heap
 from .quantization import base_record, release_checkpoint_mapping
 from .run.contents import StartState, check_output_path, claim, clear_previous_run, listing
@@ -267,6 +268,8 @@ class Trainer:
             gc.collect()
             release_free_heap()  # the full-precision weights the quantizer read, freed one by one
         model, self.trainable_names = attach_adapter(model, plan.adapter)
+        if plan.dtype == torch.bfloat16:
+            reroute_frozen_bf16_linears(model)  # bf16 backward on CPUs without native bf16: see frozen_linear
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             # The frozen embedding output has no grad; checkpointed blocks still need one to

@@ -450,3 +450,22 @@ def test_gathered_weights_match_a_two_process_zero3_run(tmp_path):
         gathered = measured["max_gathered_numel"] * 4
         assert abs(gathered - plan["gathered"]) / plan["gathered"] < 0.25, (gathered, plan["gathered"])
         assert abs(measured["step_peak_measured"] - plan["step"]) / plan["step"] < 0.25, (measured, plan)
+
+
+def test_cpu_only_host_verdict_counts_offloaded_partitions_and_every_process():
+    """Without a GPU the processes' shares and the offloaded partitions share one host memory: 7B on 2
+    CPU processes needs the 12.55 GiB of partitions plus each process's share, which the per-"GPU"
+    verdict alone (a share of host / processes) never sees."""
+    from loretta_ds.commands.estimate import PROCESS_BYTES, format_host_verdict, host_verdict
+    from loretta_ds.layout import Hardware
+
+    config = load_model_config("llama2-7b")
+    e = estimate_memory(config, LorettaConfig(), Setup(gpus_per_node=2, offload="param+optimizer", seq_len=8))
+    machine = Hardware(1, 2, int(23.5 * 2**30) // 2, int(23.5 * 2**30), "host / 2", "total", device_is_host=True)
+    judged = host_verdict(e, machine)
+    assert judged["need_bytes"] == e.host_bytes_per_node + 2 * (e.gpu_total_bytes + PROCESS_BYTES)
+    assert e.host_bytes_per_node > 12 * 2**30 and judged["fits_total"]
+    small = Hardware(1, 2, 7 * 2**30, 14 * 2**30, "host / 2", "total", device_is_host=True)
+    assert not host_verdict(e, small)["fits_total"]
+    assert "does NOT fit" in format_host_verdict(host_verdict(e, small))
+    assert host_verdict(e, Hardware(1, 2, 80 * 2**30, 512 * 2**30, "CUDA", "total")) is None

@@ -125,6 +125,38 @@ def _size(n: int) -> str:
     return _gib(n).strip()
 
 
+# Resident memory of one training process beyond its tensors (Python, torch, DeepSpeed), measured in the
+# CPU runs (docs/benchmarks.md sections 3 and 13).
+PROCESS_BYTES = int(0.7 * 2**30)
+
+
+def host_verdict(e, hardware) -> dict | None:
+    """Where the "GPUs" are this host's CPU (no accelerator), every process's share and the offloaded
+    partitions live in the same memory: judge their sum against the host, total and available now."""
+    if not hardware.device_is_host:
+        return None
+    import psutil
+
+    per_process = e.gpu_total_bytes + PROCESS_BYTES
+    need = e.host_bytes_per_node + e.setup.gpus_per_node * per_process
+    available = psutil.virtual_memory().available
+    return {"need_bytes": need, "offloaded_bytes": e.host_bytes_per_node, "per_process_bytes": per_process,
+            "processes": e.setup.gpus_per_node, "host_bytes": hardware.host_bytes, "available_bytes": available,
+            "fits_total": need <= hardware.host_bytes, "fits_available": need <= available}
+
+
+def format_host_verdict(h: dict) -> str:
+    figures = (f"{_size(h['need_bytes'])} = offloaded {_size(h['offloaded_bytes'])} + {h['processes']} process(es) x "
+               f"{_size(h['per_process_bytes'])} (the per-GPU total + ~0.7 GiB of the process itself)")
+    where = f"{_size(h['host_bytes'])} total, {_size(h['available_bytes'])} available now"
+    if not h["fits_total"]:
+        return f"  host (no GPU: the devices share it): does NOT fit: {figures}, on {where}."
+    if not h["fits_available"]:
+        return (f"  host (no GPU: the devices share it): does NOT fit in what is free now: {figures}, on {where}; "
+                "fewer processes (each adds its own share) or a quieter machine.")
+    return f"  host (no GPU: the devices share it): fits: {figures}, on {where}."
+
+
 def format_verdict(e, v) -> str:
     """The answer to "does it fit?", and the checkpointing figure when activations dominate."""
     gpu = f"{v.gpu_bytes / 2**30:g} GiB"
@@ -241,8 +273,10 @@ def run(args: argparse.Namespace) -> int:
         estimate = estimate_memory(config, cfg, setup, model_name=model_name, prepared=prepared)
     traffic = step_traffic(estimate, config, 1, bandwidths)
     judged = verdict(estimate, hardware.device_bytes)
+    host = host_verdict(estimate, hardware)
     if args.json:
-        print(json.dumps({**estimate.to_dict(), "verdict": judged.to_dict(), "ds_config": ds_config,
+        print(json.dumps({**estimate.to_dict(), "verdict": judged.to_dict(), "host_verdict": host,
+                          "ds_config": ds_config,
                           "ds_config_notes": notes, "traffic": traffic.to_dict(),
                           "layout": choice.to_dict() if choice is not None else None,
                           "not_predicted": NOT_PREDICTED}, indent=2))
@@ -255,5 +289,5 @@ def run(args: argparse.Namespace) -> int:
         measured = ("" if shared["gpu_memory"] is not None else
                     f"\n  (one GPU's memory: {hardware.device_source}; --gpu_memory GIB judges another GPU)")
         print("\n".join(lines) + "\n\n" + format_traffic(estimate, traffic) + "\n\n" + format_verdict(estimate, judged)
-              + measured + "\n\n" + NOT_PREDICTED)
+              + measured + ("\n" + format_host_verdict(host) if host else "") + "\n\n" + NOT_PREDICTED)
     return 0
