@@ -17,7 +17,8 @@ LAYERS = [
     {"run", "run.directory", "run.reporting", "run.failure"},  # the run directory's names and run_config.json;
     # --report_to; the failure that ends a run
     {"run.lock", "run.metrics"},  # one run per directory; what a run reports
-    {"tt", "quantization"},  # tensor-train maths; the 4-bit base's settings and byte counts (siblings)
+    {"tt", "quantization", "frozen_linear"},  # tensor-train maths; the 4-bit base's settings and byte counts;
+    # the frozen bf16 layers' input gradient on CPUs without native bf16 (siblings)
     {"adapters"},  # LorettaConfig, the layers, inject / merge / save / load
     {"data", "distributed", "export", "integrations"},  # siblings: none imports another
     {"tiny_llama", "run.contents", "generation", "loss"},  # run.contents reads checkpoints' and exports' own files
