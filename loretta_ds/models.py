@@ -1,6 +1,7 @@
 """Model configs by name: LLaMA-2 presets with their real shapes, HF config files, meta-device models."""
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
@@ -106,6 +107,11 @@ def _config_from_hub(name: str, weights: bool) -> PretrainedConfig:
     """A hub id, from the local Hugging Face cache (the hub itself may be unreachable)."""
     choices = ("a local model directory" if weights else
                f"a preset ({', '.join(LLAMA2_PRESETS)}), a config file, a model directory")
+    # A mistyped preset or built-in name (no namespace, close to one of ours) is no hub id: asking the
+    # hub for it first would spend ~25 s of retries on an offline machine before the same error.
+    close = difflib.get_close_matches(name, [*LLAMA2_PRESETS, BUILTIN_MODEL], n=1, cutoff=0.75)
+    if "/" not in name and close:
+        raise FileNotFoundError(f"model {name!r} is neither {choices} nor a hub id; did you mean {close[0]}?")
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
