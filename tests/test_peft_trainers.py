@@ -46,6 +46,8 @@ def reload_in_fresh_process(base: Path, adapter: Path, out: Path) -> torch.Tenso
     """Logits of base + adapter in a new interpreter that imports loretta_ds only to register."""
     script = (
         "import sys, torch\n"
+        # this process's thread count: another one sums the matmuls in another order (~1e-6 apart)
+        f"torch.set_num_threads({torch.get_num_threads()})\n"
         "import loretta_ds\n"
         "loretta_ds.register_peft()\n"
         "from peft import PeftModel\n"
