@@ -11,7 +11,8 @@ Cost: the loss equality for every configuration (rep / adp x norms trained / fro
 single process (world size 1, ZeRO-3 still partitions and releases every frozen weight), eight
 short runs of the trainer's stages one after another. Four 2-process launches cover the rest:
 LoRETTA_adp with frozen norms (the case of the failure above) without and with checkpointing,
-and a checkpointed run preempted with SIGUSR1 and resumed.
+and a checkpointed run preempted with SIGUSR1 and resumed. They train on packed chat rows (the
+bundled chat task, --packing), so the same launches show that a packed run resumes bit for bit.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ STEPS = 6
 # fp32 throughout: the recompute repeats the same operations on the same inputs.
 TOLERANCE = 1e-5
 TWO_PROCESS = dict(method="adp", train_norms="false", max_steps=STEPS, save_every=2, eval_every=0,
-                   eval_batches=1, seq_len=48, micro_batch_size=2, export="false", seed=0)
+                   eval_batches=1, dataset="bundled:chat", packing="true", seq_len=64, micro_batch_size=2,
+                   export="false", seed=0)
 
 
 # ---------------------------------------------------------------- one process, every configuration
@@ -135,6 +137,7 @@ def checkpointed_run(tmp_path_factory) -> tuple[Path, str]:
 def test_two_process_checkpointed_run_matches_the_plain_run(plain_run, checkpointed_run):
     out, output = checkpointed_run
     assert "gradient checkpointing: each of the 2 decoder layers" in output
+    assert "packing: " in output and "efficiency" in output
     assert json.loads((out / "run_config.json").read_text())["train"]["gradient_checkpointing"] is True
     plain, checkpointed = metric_records(plain_run), metric_records(out)
     assert [r["step"] for r in checkpointed] == [r["step"] for r in plain] == list(range(1, STEPS + 1))

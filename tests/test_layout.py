@@ -1,6 +1,6 @@
 """--ds_config auto: the layout chosen for LLaMA-2 shapes on GPU clusters, the traffic model's figures
-against hand-computed ones, hpZ's size in the shipped ZeRO-3 configs, and a real run that records
-its layout."""
+against hand-computed ones, hpZ's size in the shipped ZeRO-3 configs. A real auto run that records
+its layout and continues under another is in tests/test_layouts_resume.py."""
 import json
 from dataclasses import replace
 
@@ -214,45 +214,3 @@ def test_hpz_is_sized_where_its_copy_fits():
     assert one_node.facts.hpz_partition_size == 1 and one_node.notes == ()
     resolved, _ = resolve_ds_config(roomy.ds_config, roomy.facts)
     assert resolved["zero_optimization"]["zero_hpz_partition_size"] == 4
-
-
-# ---------------------------------------------------------------- a real run
-
-@pytest.mark.multiprocess
-def test_an_auto_run_records_its_layout_and_resumes_under_another(tmp_path, capsys):
-    """2 processes on this CPU machine: auto replicates the tiny model (ZeRO-2) and says so in the
-    log and run_config.json. Continued in one process with a device too small for the replicated
-    layout, auto picks another (ZeRO-3 offload) and the run resumes: the trainable state is the same."""
-    import sys
-
-    from reliability_support import metric_records
-    from test_multiprocess_training import TRAIN, check, deepspeed_command, run
-
-    out = tmp_path / "run"
-    flags = ["--ds_config", "auto", "--save_every", "2", "--eval_every", "0", "--export", "false", "--seed", "0",
-             "--output_dir", str(out)]
-    output = check(run(deepspeed_command(*flags, "--max_steps", "4"), threads=1, timeout=900))
-    assert "layout auto: replicated (frozen base replicated on every process (ZeRO-2))" in output
-    record = json.loads((out / "run_config.json").read_text())
-    layout = record["layout"]
-    assert layout["chosen"] == "replicated" and layout["ds_config"] == "zero2" and "fit one device" in layout["reason"]
-    assert record["zero_stage"] == 2 and record["ds_config"]["zero_optimization"]["stage"] == 2
-    assert record["train"]["ds_config"] == "auto" and record["world_size"] == 2
-    hardware = layout["hardware"]
-    assert hardware["processes_per_node"] == 2 and hardware["device_is_host"] is True  # no CUDA: RAM / 2
-    assert [c["name"] for c in layout["candidates"]] == ["replicated", "node", "offload"]
-    assert json.loads((out / "param_report.json").read_text())["partitioned"]["tensors"] == 0  # all whole
-
-    # One process: a device between the offload layout's need and the replicated one's.
-    probe = ["plan", "--check", "layout", "--ds_config", "auto", "--world_size", "1", "--gpu_memory", "4",
-             "--output_dir", str(tmp_path / "probe"), "--json"]
-    assert cli_main(probe) == 0
-    needs = {c["name"]: c["device_need_bytes"] for c in json.loads(capsys.readouterr().out)["layout"]["candidates"]}
-    assert needs["offload"] < needs["replicated"]
-    device_gib = f"{(needs['offload'] + needs['replicated']) / 2 / GIB:.12f}"
-    output = check(run([sys.executable, TRAIN, *flags, "--max_steps", "6", "--gpu_memory", device_gib], threads=2,
-                       timeout=900))
-    assert "layout auto: offload" in output and f"resumed from {out / 'checkpoints' / 'step-4'} at step 4" in output
-    record = json.loads((out / "run_config.json").read_text())
-    assert record["layout"]["chosen"] == "offload" and record["zero_stage"] == 3 and record["finished"] is True
-    assert [r["step"] for r in metric_records(out)] == list(range(1, 7))

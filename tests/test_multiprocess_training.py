@@ -151,22 +151,44 @@ def wait_for_step(out: Path, step: int, process: subprocess.Popen, timeout: floa
     raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
+def all_reduce_segments_of(port: int) -> str:
+    """The name prefix of DeepSpeed's CPU all-reduce shared-memory segments for a run on `port`."""
+    return f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_"
+
+
+def assert_all_reduce_memory_is_already_unlinked(ranks: list[psutil.Process], port: int) -> None:
+    """DeepSpeed's CPU all-reduce maps a shared-memory segment per rank and never unlinks it; the
+    trainer unlinks the names once all ranks hold them, so nothing stays in /dev/shm afterwards
+    (nor after a preempted or killed run)."""
+    segment = all_reduce_segments_of(port)
+    for rank in ranks:  # mapped (all-reduce works) but already unlinked
+        mapped = [line for line in Path(f"/proc/{rank.pid}/maps").read_text().splitlines()
+                  if f"/dev/shm/{segment}" in line]
+        assert mapped and all(line.endswith("(deleted)") for line in mapped), mapped
+    assert not list(Path("/dev/shm").glob(f"{segment}*"))
+
+
 def test_preempted_run_resumes_to_the_same_adapter(straight, tmp_path):
     out = tmp_path / "run"
-    launcher = subprocess.Popen(deepspeed_command(*SHORT_RUN, "--output_dir", str(out)), cwd=ROOT, env=env(1),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = free_port()
+    command = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), TRAIN, *SHORT_RUN, "--output_dir", str(out)]
+    launcher = subprocess.Popen(command, cwd=ROOT, env=env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
     try:
         wait_for_step(out, 6, launcher)
-        # Only rank 1 gets the signal: the ranks agree on the stop through the per-step all-reduce.
         ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-                 if any(arg == "--local_rank=1" for arg in p.cmdline())]
-        assert len(ranks) == 1
-        ranks[0].send_signal(signal.SIGUSR1)
+                 if any(arg.startswith("--local_rank=") for arg in p.cmdline())]
+        assert len(ranks) == 2
+        assert_all_reduce_memory_is_already_unlinked(ranks, port)
+        # Only rank 1 gets the signal: the ranks agree on the stop through the per-step all-reduce.
+        [rank_1] = [p for p in ranks if "--local_rank=1" in p.cmdline()]
+        rank_1.send_signal(signal.SIGUSR1)
         output, _ = launcher.communicate(timeout=240)
     finally:
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == PREEMPTED_EXIT_CODE, output[-4000:]
+    assert not list(Path("/dev/shm").glob(f"{all_reduce_segments_of(port)}*"))
     stopped = metrics(out)[-1]["step"]
     assert 6 <= stopped < 20 and f"checkpoint at step {stopped} written" in output
     assert (out / "checkpoints" / f"step-{stopped}" / "COMPLETE").is_file()
@@ -252,32 +274,3 @@ def test_checkpoint_size_does_not_grow_with_the_frozen_model(straight, tiny_llam
     assert abs(len(json.dumps(states[0])) - len(json.dumps(states[1]))) < 64, states
     total = sum(f.stat().st_size for f in (out / "checkpoints" / "step-10").rglob("*") if f.is_file())
     assert total < 150_000  # tens of kB (3 fp32 copies of 3,200 values, RNG states), vs 6 MB of frozen weights
-
-
-def test_deepspeed_cpu_allreduce_memory_is_not_left_in_dev_shm(tmp_path):
-    """DeepSpeed's CPU all-reduce maps a shared-memory segment per rank and never unlinks it; the
-    trainer unlinks the names once all ranks hold them, so nothing stays in /dev/shm afterwards."""
-    port = free_port()
-    out = tmp_path / "run"
-    command = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), TRAIN, "--ds_config", ZERO3_OFFLOAD,
-               "--max_steps", "40", "--eval_every", "0", "--eval_batches", "1", "--export", "false",
-               "--output_dir", str(out)]
-    launcher = subprocess.Popen(command, cwd=ROOT, env=env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    try:
-        wait_for_step(out, 2, launcher)
-        ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-                 if any(arg.startswith("--local_rank=") for arg in p.cmdline())]
-        assert len(ranks) == 2
-        segment = f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_"
-        for rank in ranks:  # mapped (all-reduce works) but already unlinked
-            mapped = [line for line in Path(f"/proc/{rank.pid}/maps").read_text().splitlines()
-                      if f"/dev/shm/{segment}" in line]
-            assert mapped and all(line.endswith("(deleted)") for line in mapped), mapped
-        assert not list(Path("/dev/shm").glob(f"{segment}*"))
-        output, _ = launcher.communicate(timeout=240)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    assert launcher.returncode == 0, output[-4000:]
-    assert not list(Path("/dev/shm").glob(f"{segment}*"))

@@ -1,15 +1,11 @@
 """Sample packing: rows of exactly seq_len tokens, attention kept inside each example (the packed
 logits equal the logits of each example alone), the loss of the whole global batch the same
-packed or padded, deterministic and resumable rows, and a packed 2-process ZeRO-3 run that
-resumes to the same adapter."""
+packed or padded, deterministic and resumable rows. A packed 2-process ZeRO-3 run preempted and
+resumed to the same adapter is in tests/test_gradient_checkpointing.py (its runs are packed)."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-
 import numpy as np
-import psutil
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
@@ -194,46 +190,3 @@ def test_bundled_chat_packs_at_least_95_percent_full():
     padded = ShardedBatches(data.train, 8, 0, 1, seed=0, pad_id=data.pad_id)
     slots = sum(b["input_ids"].numel() for b in padded)
     assert sum(data.train["length"]) / slots < 0.6  # what padding wastes on the same data
-
-
-# --- a real packed 2-process ZeRO-3 run, preempted and resumed -------------------------------------
-
-
-@pytest.mark.multiprocess
-def test_packed_zero3_run_resumes_to_the_same_adapter(tmp_path):
-    from test_multiprocess_training import ROOT, adapter, check, deepspeed_command, env, max_diff, metrics, run, \
-        wait_for_step
-
-    args = ["--ds_config", str(ROOT / "ds_configs" / "zero3_offload.json"), "--dataset", "bundled:chat",
-            "--packing", "--seq_len", "256", "--micro_batch_size", "2", "--grad_accum", "2", "--max_steps", "12",
-            "--save_every", "4", "--eval_every", "0", "--eval_batches", "1", "--export", "false", "--seed", "3"]
-    straight = tmp_path / "straight"
-    output = check(run(deepspeed_command(*args, "--output_dir", str(straight), "--export", "true"), threads=1))
-    assert "packing: " in output and "efficiency" in output
-    # The chat template the run trained with (the default: tiny-llama has none) is in the export.
-    from loretta_ds.data.chat import DEFAULT_CHAT_TEMPLATE
-
-    merged = AutoTokenizer.from_pretrained(straight / "merged")
-    assert merged.chat_template == DEFAULT_CHAT_TEMPLATE
-    assert merged.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                      add_generation_prompt=True) == "<s>### User:\nHi\n\n### Assistant:\n"
-
-    out = tmp_path / "resumed"
-    launcher = subprocess.Popen(deepspeed_command(*args, "--output_dir", str(out)), cwd=ROOT, env=env(1),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for_step(out, 5, launcher, timeout=600)  # a loaded machine may start slowly
-        ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-                 if any(arg == "--local_rank=0" for arg in p.cmdline())]
-        ranks[0].send_signal(signal.SIGUSR1)
-        launcher.communicate(timeout=240)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    stopped = metrics(out)[-1]["step"]
-    assert launcher.returncode == 75 and 5 <= stopped < 12
-    output = check(run(deepspeed_command(*args, "--output_dir", str(out)), threads=1))
-    assert f"at step {stopped}" in output
-    assert max_diff(adapter(out), adapter(straight)) == 0.0
-    for mine, theirs in zip(metrics(out)[stopped:], metrics(straight)[stopped:]):
-        assert mine["loss"] == theirs["loss"]
