@@ -14,6 +14,9 @@ def initialize(model: torch.nn.Module, ds_config: dict):
     optimizer state or a gradient buffer. Returns the engine."""
     import deepspeed
 
+    from .startup_costs import avoid_startup_costs
+
+    avoid_startup_costs(ds_config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters; check --target_modules and --train_norms")
