@@ -148,11 +148,11 @@ def _merged_block(planned: PlannedTensor, block: torch.Tensor, start: int, stop:
     """Rows [start, stop) of W + s * lora_B @ lora_A, accumulated in float32 and rounded once;
     what the rounding kept of the update is added to ``rounding``."""
     lora_a, lora_b = factors
-    merged = block.to(torch.float32, copy=True)
-    merged.addmm_(lora_b[start:stop], lora_a, alpha=planned.update.scaling)
+    base = block.to(torch.float32)
+    merged = torch.addmm(base, lora_b[start:stop], lora_a, alpha=planned.update.scaling)
     written = merged.to(planned.dtype)
     if rounding is not None:
-        rounding.add(planned.source.name, block, merged, written)
+        rounding.add(planned.source.name, base, merged, written, block.dtype)
     return written
 
 

@@ -52,17 +52,21 @@ class UpdateRounding:
     tensors: dict[str, _Sums] = field(default_factory=dict)
     dtypes: set[str] = field(default_factory=set)
 
-    def add(self, name: str, base_block: torch.Tensor, merged: torch.Tensor, written: torch.Tensor) -> None:
-        """base_block: rows of W as read; merged: W + dW of those rows in float32; written: the
-        rounded rows going into the file."""
-        base = base_block.float()
-        update = merged - base
-        change = written.float() - base_block.to(written.dtype).float()
+    def add(self, name: str, base: torch.Tensor, merged: torch.Tensor, written: torch.Tensor,
+            base_dtype: torch.dtype) -> None:
+        """base: rows of W in float32; merged: W + dW of those rows in float32; written: the
+        rounded rows going into the file; base_dtype: the dtype W was stored in."""
+        update = (merged - base).view(-1)
+        # written - round(W); round(W) is W itself when the output dtype is the base's own.
+        change = written.to(torch.float32, copy=True)
+        change.sub_(base if written.dtype == base_dtype else base.to(written.dtype).float())
+        change = change.view(-1)
         self.dtypes.add(str(written.dtype).removeprefix("torch."))
         sums = self.tensors.setdefault(name, _Sums())
-        sums.error_sq += float((change - update).square().sum(dtype=torch.float64))
-        sums.update_sq += float(update.square().sum(dtype=torch.float64))
-        sums.kept_dot += float((change * update).sum(dtype=torch.float64))
+        sums.update_sq += float(torch.dot(update, update))
+        sums.kept_dot += float(torch.dot(change, update))
+        change.sub_(update)
+        sums.error_sq += float(torch.dot(change, change))
 
     def total(self) -> _Sums:
         whole = _Sums()
