@@ -3,8 +3,8 @@
 A merged weight is W + dW computed in float32 and rounded once to the output dtype. bfloat16 keeps
 8 significant bits: an update element below half a unit in the last place of its weight rounds
 back to W and is gone (for LLaMA's weights, |W| ~ 0.02, that is |dW| below ~6e-5). A short or
-small-learning-rate run gives such updates, and then the merged checkpoint is closer to the base
-model than to the trained one, whoever merges it (PEFT's merge_and_unload in bf16 rounds the same).
+small-learning-rate run gives such updates, and then the merged checkpoint holds only part of what
+was trained, whoever merges it (PEFT's merge_and_unload in bf16 rounds the same).
 
 The merge measures this as it streams, from the blocks it has in hand (W, the float32 sum, the
 rounded block), per merged weight:
