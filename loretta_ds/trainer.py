@@ -543,7 +543,7 @@ class Trainer:
         from .export import export_run_merged
 
         try:
-            out = export_run_merged(self.run_dir)
+            out = export_run_merged(self.run_dir, warn=self.log)
         except (ValueError, FileNotFoundError, OSError) as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             return 1

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from loretta_ds import LorettaConfig, export_peft_lora, inject, load_adapter, save_adapter
-from loretta_ds.export import TEMP_SUFFIX, export, export_adapter, export_lora, export_merged
+from loretta_ds.export import TEMP_SUFFIX, export, export_adapter, export_lora, export_merged, export_run_merged
 from loretta_ds.export.verify import verify_export
 from loretta_ds.tt import tt_to_dense
 
@@ -193,6 +193,37 @@ def test_merged_weights_are_w_plus_delta_rounded_once_and_the_rest_is_untouched(
         assert not torch.equal(merged[name], original[name])
     assert torch.equal(merged["model.embed_tokens.weight"], original["model.embed_tokens.weight"])
     assert torch.equal(merged["lm_head.weight"], original["lm_head.weight"])
+
+
+def test_an_update_lost_to_bf16_rounding_is_measured_and_warned_about_with_the_fix(tmp_path):
+    base = make_base(tmp_path / "base", dtype=torch.bfloat16, shard=None)
+    # TT cores of 0.02 give |Delta W| ~1e-6 x |W|: far below half a bf16 step of every weight.
+    # Cores of 0.15 give |Delta W| ~ 0.1 x |W|, which bf16 keeps up to its rounding noise.
+    make_run(tmp_path / "small", tmp_path / "base", base, scale=0.02)
+    make_run(tmp_path / "large", tmp_path / "base", base, scale=0.15)
+    adapter_config = json.loads((tmp_path / "small" / "adapter" / "adapter_config.json").read_text())
+    targets = {f"{module}.weight" for module in adapter_config["target_shapes"]}
+
+    def merged(run: str, dtype: str | None = None) -> tuple[dict, list[str]]:
+        messages = []
+        out = tmp_path / f"{run}-{dtype}"
+        export_merged(tmp_path / run, out, dtype=dtype, log=messages.append)
+        record = json.loads((out / "loretta_export.json").read_text())["update_rounding"]
+        return record, [m for m in messages if m.startswith("warning")]
+
+    record, warnings = merged("small")
+    assert record["dtype"] == "bfloat16" and set(record["per_tensor"]) == targets
+    assert record["lost"] > 0.99 and record["kept"] < 0.01  # the file holds the base weights
+    assert len(warnings) == 1 and "bfloat16" in warnings[0]
+    assert "--dtype float32" in warnings[0] and "--format peft-lora" in warnings[0]
+    record, warnings = merged("small", "float32")
+    assert record["dtype"] == "float32" and record["lost"] == 0 and record["kept"] == 1 and not warnings
+    record, warnings = merged("large")
+    assert record["lost"] < 0.1 and record["kept"] > 0.99 and not warnings
+    # The export a run writes at its end passes the warning on to the training log.
+    run_log = []
+    export_run_merged(tmp_path / "small", warn=run_log.append)
+    assert len(run_log) == 1 and run_log[0].startswith("warning: rounding the merged weights to bfloat16")
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["bin", "bin-pre-1.6-format"])

@@ -23,6 +23,7 @@ from .merged import (DEFAULT_MAX_SHARD_SIZE, parse_size, plan_merged, read_base_
                      write_model_files)
 from ..run.directory import RUN_CONFIG, RunDir, RunRecord, write_run_record
 from .provenance import PROVENANCE_NAME, foreign_files, write_provenance
+from .rounding import UpdateRounding
 from .sources import ExportSource, resolve_source
 from .staging import MARKER_NAME, StagedOutput
 from ..adapters.config import check_mergeable
@@ -194,13 +195,18 @@ def _export_merged(source: ExportSource, out_dir: Path, dtype, max_shard_size, o
 
     log(f"merging {len(updates)} LoRETTA_rep updates and {len(norms)} trained norms into {base_dir} "
         f"({checkpoint.kind}, {len(checkpoint.files)} file(s)) -> {out_dir} ({len(plan)} shard(s), {total / 1e9:.2f} GB)")
+    rounding = UpdateRounding()
     with staged:
-        write_merged(plan, checkpoint, staged.path, log)
+        write_merged(plan, checkpoint, staged.path, log, rounding)
         files = [shard.filename for shard in plan] + (["model.safetensors.index.json"] if len(plan) > 1 else [])
         files += write_model_files(base_dir, config, dtype, staged.path)
         files += _copy_trained_template(source, staged.path)
-        write_provenance(staged.path, _provenance(source, "merged", dtype, base_dir), skip=(MARKER_NAME,))
+        provenance = {**_provenance(source, "merged", dtype, base_dir), "update_rounding": rounding.summary()}
+        write_provenance(staged.path, provenance, skip=(MARKER_NAME,))
         staged.publish()
+    warning = rounding.warning()
+    if warning:
+        log(warning)
     log(f"wrote {out_dir}: load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r})")
     return ExportResult(staged.out_dir, "merged", files + [PROVENANCE_NAME])
 
@@ -286,11 +292,12 @@ def export_adapter(run_dir: str | os.PathLike | None = None, out_dir: str | os.P
     return export(run_dir, out_dir, format="adapter", **options)
 
 
-def export_run_merged(run_dir: str | os.PathLike) -> Path:
+def export_run_merged(run_dir: str | os.PathLike, warn: Callable[[str], None] = print) -> Path:
     """The merged export a finished rep run writes into RUN_DIR/merged at its end, replacing an
     earlier export of this project there but never a folder holding files of a user's. Returns
     the directory; ValueError / FileNotFoundError / OSError saying what went wrong and how to redo
     it (training is done and saved by then: only the export is missing, and it can be rerun alone).
+    warn: receives the export's warnings (its progress lines are left out of the training log).
     """
     run = RunDir(run_dir)
     out = run.merged
@@ -300,7 +307,8 @@ def export_run_merged(run_dir: str | os.PathLike) -> Path:
         raise ValueError(f"the merged export was not written: {out} holds files that no export of this trainer "
                          f"wrote, and replacing it would delete them; move them out, then run: {retry} --overwrite")
     try:
-        export_merged(run.root, out, overwrite=True, log=lambda message: None)
+        export_merged(run.root, out, overwrite=True,
+                      log=lambda message: warn(message) if message.startswith("warning") else None)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
         raise ValueError(f"the merged export failed ({err}); the trained adapter is in {run.adapter}. "
                          f"Retry with: {retry}") from None

@@ -5,7 +5,8 @@ tensor, its dtype, and whether it is copied, merged (W + (alpha/r)(A B)^T) or re
 norm); every shape is checked here, before anything is written. ``write_merged`` then streams:
 each output tensor is produced in row blocks of at most 1 MB in float32 (read rows of W, add the
 same rows of the update, cast, append to the shard file), so memory stays at a few blocks plus
-the adapter, whatever the size of the model or of its shards.
+the adapter, whatever the size of the model or of its shards. Each merged block also tells
+``UpdateRounding`` how much of the update survived the cast (rounding.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 
 from .base_weights import BaseCheckpoint, ShardReader, TensorInfo
 from .safetensors_stream import StreamingSafetensorsWriter, dtype_name
+from .rounding import UpdateRounding
 from .updates import RepUpdate
 from ..quantization import QuantSpec
 
@@ -141,7 +143,21 @@ def _row_blocks(rows: int, row_numel: int) -> list[tuple[int, int]]:
     return [(start, min(start + per_block, rows)) for start in range(0, rows, per_block)]
 
 
-def _blocks(planned: PlannedTensor, reader: ShardReader, factors: tuple | None):
+def _merged_block(planned: PlannedTensor, block: torch.Tensor, start: int, stop: int, factors: tuple,
+                  rounding: UpdateRounding | None) -> torch.Tensor:
+    """Rows [start, stop) of W + s * lora_B @ lora_A, accumulated in float32 and rounded once;
+    what the rounding kept of the update is added to ``rounding``."""
+    lora_a, lora_b = factors
+    base = block.to(torch.float32)
+    merged = torch.addmm(base, lora_b[start:stop], lora_a, alpha=planned.update.scaling)
+    written = merged.to(planned.dtype)
+    if rounding is not None:
+        rounding.add(planned.source.name, base, merged, written, block.dtype)
+    return written
+
+
+def _blocks(planned: PlannedTensor, reader: ShardReader, factors: tuple | None,
+            rounding: UpdateRounding | None = None):
     """Yield the output tensor as (rows, row_numel) blocks in the output dtype."""
     info = planned.source
     if planned.replacement is not None:
@@ -149,35 +165,31 @@ def _blocks(planned: PlannedTensor, reader: ShardReader, factors: tuple | None):
         yield flat.to(planned.dtype)
         return
     if planned.quantization is not None:
-        yield from _dequantized_blocks(planned, reader, factors)
+        yield from _dequantized_blocks(planned, reader, factors, rounding)
         return
     for start, stop in _row_blocks(info.rows, info.row_numel):
         block = reader.read_rows(info, start, stop)
-        if factors is not None:
-            lora_a, lora_b = factors
-            # Rows [start, stop) of W + s * lora_B @ lora_A, accumulated in float32 and rounded once.
-            merged = block.to(torch.float32, copy=True)
-            merged.addmm_(lora_b[start:stop], lora_a, alpha=planned.update.scaling)
-            block = merged
-        yield block.to(planned.dtype)
+        yield block.to(planned.dtype) if factors is None else _merged_block(planned, block, start, stop,
+                                                                             factors, rounding)
 
 
-def _dequantized_blocks(planned: PlannedTensor, reader: ShardReader, factors: tuple | None):
+def _dequantized_blocks(planned: PlannedTensor, reader: ShardReader, factors: tuple | None,
+                        rounding: UpdateRounding | None):
     """A weight of a 4-bit base, whole (double quantization scales its blocks with statistics of
     the whole tensor, so it cannot be quantized by row blocks): quantized as the loader did,
     dequantized, the update added in float32; written in row blocks. One weight at a time."""
     info = planned.source
     weight = planned.quantization.roundtrip(reader.read_rows(info, 0, info.rows)).reshape(info.rows, info.row_numel)
-    if factors is not None:
-        lora_a, lora_b = factors
-        weight.addmm_(lora_b, lora_a, alpha=planned.update.scaling)
     for start, stop in _row_blocks(info.rows, info.row_numel):
-        yield weight[start:stop].to(planned.dtype)
+        block = weight[start:stop]
+        yield block.to(planned.dtype) if factors is None else _merged_block(planned, block, start, stop,
+                                                                             factors, rounding)
 
 
 def write_merged(plan: list[PlannedShard], base: BaseCheckpoint, directory: Path,
-                 log: Callable[[str], None] = print) -> dict:
-    """Write every planned shard into ``directory``, then the index; return the index dict."""
+                 log: Callable[[str], None] = print, rounding: UpdateRounding | None = None) -> dict:
+    """Write every planned shard into ``directory``, then the index; return the index dict.
+    rounding: collects, per merged weight, how much of the update the output dtype kept."""
     weight_map: dict[str, str] = {}
     reader: ShardReader | None = None
     reader_file: Path | None = None
@@ -194,7 +206,7 @@ def write_merged(plan: list[PlannedShard], base: BaseCheckpoint, directory: Path
                             reader.close()
                         reader, reader_file = base.open_shard(planned.source.file), planned.source.file
                     factors = planned.update.lora_factors() if planned.update is not None else None
-                    for block in _blocks(planned, reader, factors):
+                    for block in _blocks(planned, reader, factors, rounding):
                         writer.write(planned.source.name, block)
                     weight_map[planned.source.name] = shard.filename
                 writer.close()
