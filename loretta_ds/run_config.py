@@ -165,7 +165,8 @@ class TrainConfig:
                                   "OUTPUT_DIR; needs that package installed; default none)")
     eval_every: int = setting(50, help="evaluate every N steps (0: only at the end; default 50)")
     eval_batches: int | None = setting(None, help="evaluate on at most N micro batches per process, and as many "
-                                                  "classification records (default: all)")
+                                                  "classification records (0: no evaluation at all, for runs "
+                                                  "where each forward costs minutes; default: all)")
     eval_generate: int = setting(0, help="at each evaluation, greedily complete the first N prompts of the eval "
                                          "split and log them to metrics.jsonl (kind 'generation'; default 0: none)")
     save_every: int = setting(100, help="checkpoint every N steps (0: only at the end; default 100)")
@@ -419,8 +420,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                 changes[name] = parse_bool(value)
         except argparse.ArgumentTypeError as err:
             raise ValueError(f"{name}: {err}") from None
-    for name in ("max_steps", "micro_batch_size", "grad_accum", "eval_batches"):
+    for name in ("max_steps", "micro_batch_size", "grad_accum"):
         _check_int(name, getattr(cfg, name), 1, allow_none=True)
+    _check_int("eval_batches", cfg.eval_batches, 0, allow_none=True)
     _check_int("warmup_steps", cfg.warmup_steps, 0, allow_none=True)
     for name in ("seq_len", "max_bad_steps", "dist_timeout", "keep_last"):
         _check_int(name, getattr(cfg, name), 1)

@@ -339,7 +339,7 @@ class Trainer:
                              settings=self.plan.settings)
         if metrics.tensorboard:
             self.log(f"TensorBoard logs in {self.run_dir.tensorboard}")
-        if self.step == 0 and plan.data.eval is not None:
+        if self.step == 0 and self.evaluates:
             with zero3_params.untraced_forwards(engine) if plan.zero3 else contextlib.nullcontext():
                 self.evaluate_and_log(metrics)
         progress = Progress(self.rank == 0, plan.total_steps, self.step)
@@ -398,7 +398,7 @@ class Trainer:
                             f"{self.bad_streak} consecutive steps had a non-finite loss or gradients (up to "
                             f"step {self.step})"))
                 last = self.step == plan.total_steps
-                if plan.data.eval is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
+                if self.evaluates and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
                     self.evaluate_and_log(metrics)
                     progress.write(describe_eval(self.history[-1]))
                     if not math.isfinite(self.history[-1]["loss"]):
@@ -453,6 +453,11 @@ class Trainer:
                  "settings": self.plan.settings}
         ckpt.save_checkpoint(self.run_dir, self.step, self.engine, self.model, self.trainable_names, state,
                              self.cfg.keep_last, self.rank, log=self.log)
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates at all: it has eval data and --eval_batches is not 0."""
+        return self.plan.data.eval is not None and self.cfg.eval_batches != 0
 
     def evaluate_and_log(self, metrics: MetricsLog) -> None:
         record = evaluate(self.engine, self.plan, self.classification_records, self.cfg.eval_batches,

@@ -652,6 +652,13 @@ def test_estimate_refuses_a_micro_batch_of_zero(capsys):
     assert "micro_batch_size must be an integer >= 1, got 0" in err
 
 
+def test_eval_batches_zero_turns_evaluation_off_and_below_zero_is_refused(builtin_model, tmp_path, capsys):
+    assert main(["plan", "--output_dir", str(tmp_path / "run"), "--eval_batches", "0"]) == 0
+    capsys.readouterr()
+    err = refused(capsys, "plan", "--output_dir", str(tmp_path / "run"), "--eval_batches", -1)
+    assert "eval_batches must be an integer >= 0, got -1" in err
+
+
 # --- 6 and 7. YAML: an alias bomb is refused unexpanded; a key given twice is refused -----------------------
 
 
