@@ -326,10 +326,14 @@ def test_dry_run_checks_paths_unless_asked_for_the_plan_only(tmp_path):
     assert "DS_CONFIG=nope.json not found" in planned.stderr and "[launch] srun:" not in planned.stdout
 
 
-@pytest.mark.multiprocess  # a real DeepSpeed training process, then five CLI runs: about 2 minutes
+@pytest.mark.multiprocess  # a real DeepSpeed training process, then seven CLI command lines
 def test_export_and_generate_on_a_trained_run(tmp_path):
     """The README's export and generate lines, as written, on a run in runs/7b: the built-in model
-    trained here for a few steps, since the README's 7B run needs a GPU cluster."""
+    trained here for a few steps, since the README's 7B run needs a GPU cluster. The `loretta-ds`
+    lines run as forked children of one preloaded interpreter (tests/cli_forkserver.py: each is its
+    own process with the line's arguments, as shlex splits them, but without importing torch again)."""
+    from cli_forkserver import CliForkServer
+
     env = shell_env(tmp_path)
     cwd = tmp_path / "work"
     cwd.mkdir()
@@ -339,25 +343,30 @@ def test_export_and_generate_on_a_trained_run(tmp_path):
     res = run_as_written(train, cwd, env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
+    def loretta_ds(command: str) -> str:
+        program, *argv = shlex.split(command)
+        assert program == "loretta-ds", command
+        status, stdout, stderr, _ = server.run(argv, cwd, env)
+        assert status == 0, f"{command}\n{stdout[-3000:]}\n{stderr[-3000:]}"
+        return stdout
+
     outputs = {EXPORTS[0]: "runs/7b-merged/config.json",
                EXPORTS[1]: "runs/7b-peft/adapter_model.safetensors",
                EXPORTS[2]: "runs/7b-adapter/adapter.safetensors"}
-    for command in EXPORTS:
-        res = run_as_written(command, cwd, env)
-        assert res.returncode == 0, f"{command}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-        assert (cwd / outputs[command]).is_file(), f"{command}: no {outputs[command]}"
-    for command in GENERATES:
-        res = run_as_written(command, cwd, env)
-        assert res.returncode == 0, f"{command}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-        prompt = shlex.split(command)[shlex.split(command).index("--prompt") + 1]
-        assert f">>> {prompt}\n" in res.stdout, res.stdout
-        assert res.stdout.split(f">>> {prompt}\n", 1)[1].strip(), f"{command}: no completion"
-    # On this trained run, base + adapter and its merged export give the same greedy text.
-    greedy = {}
-    for target in ("runs/7b", "runs/7b-merged"):
-        res = run_as_written(f'loretta-ds generate {target} --prompt "the film was" --max_new_tokens 12', cwd, env)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        greedy[target] = res.stdout.split(">>> the film was\n", 1)[1].strip()
+    with CliForkServer(env, cwd) as server:
+        for command in EXPORTS:
+            loretta_ds(command)
+            assert (cwd / outputs[command]).is_file(), f"{command}: no {outputs[command]}"
+        for command in GENERATES:
+            stdout = loretta_ds(command)
+            prompt = shlex.split(command)[shlex.split(command).index("--prompt") + 1]
+            assert f">>> {prompt}\n" in stdout, stdout
+            assert stdout.split(f">>> {prompt}\n", 1)[1].strip(), f"{command}: no completion"
+        # On this trained run, base + adapter and its merged export give the same greedy text.
+        greedy = {}
+        for target in ("runs/7b", "runs/7b-merged"):
+            stdout = loretta_ds(f'loretta-ds generate {target} --prompt "the film was" --max_new_tokens 12')
+            greedy[target] = stdout.split(">>> the film was\n", 1)[1].strip()
     assert greedy["runs/7b"] == greedy["runs/7b-merged"] != "", greedy
 
 
