@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"
 
@@ -36,8 +37,6 @@ def uses_muon(ds_config: dict) -> bool:
 
 def import_muon_uncompiled(ds_config: dict) -> None:
     """Import DeepSpeed's Muon module with torch.compile off, unless the run optimizes with Muon."""
-    import sys
-
     if uses_muon(ds_config) or MUON_MODULE in sys.modules:
         return
     previous = os.environ.get("TORCHDYNAMO_DISABLE")
